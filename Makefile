@@ -1,0 +1,31 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+OUT ?= outputs
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m seqtr_lib make-synthetic --out $(DATA) --num-images 2000 --seed 0 --image-size 256
+	$(PY) -m seqtr_lib contact-sheet --data-root $(DATA) --split train --out $(OUT)/synthetic_samples.png
+	@echo "contact sheet: $(OUT)/synthetic_samples.png"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_data.py --out benchmarks/results/bench_data.json
+	$(PY) benchmarks/bench_decode.py --quick --out benchmarks/results/bench_decode.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from seqtr_lib.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""Command line: ``python -m seqtr_lib <command>`` (or the ``seqtr`` console script).
+
+Heavy imports stay inside each command so that ``--help`` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seqtr_lib.config import ConfigError, experiment_to_dict, load_params
+
+
+def _add_params(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--params", required=required, help="params YAML file, e.g. params/synthetic_det.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params value, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> None:
+    from seqtr_lib.data.synthetic import generate_dataset
+
+    summary = generate_dataset(args.out, num_images=args.num_images, seed=args.seed,
+                               image_size=args.image_size, workers=args.workers)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_contact_sheet(args: argparse.Namespace) -> None:
+    from seqtr_lib.viz import contact_sheet
+
+    path = contact_sheet(args.data_root, split=args.split, out_path=args.out, num_samples=args.num_samples,
+                         seed=args.seed)
+    print(f"wrote {path}")
+
+
+def cmd_convert_refer(args: argparse.Namespace) -> None:
+    from seqtr_lib.data.convert import convert_refer
+
+    convert_refer(args.refs, args.instances, args.out)
+    print(f"wrote {args.out}")
+
+
+def cmd_check_params(args: argparse.Namespace) -> None:
+    experiment = load_params(args.params, args.overrides)
+    print(json.dumps(experiment_to_dict(experiment), indent=2))
+
+
+def cmd_model_summary(args: argparse.Namespace) -> None:
+    from seqtr_lib.data.refer import load_vocabulary
+    from seqtr_lib.model.seqtr import build_model, count_parameters
+
+    experiment = load_params(args.params, args.overrides)
+    model = build_model(experiment.model, load_vocabulary(experiment))
+    rows = count_parameters(model)
+    width = max(len(name) for name in rows)
+    print(f"{'part':<{width}}  {'parameters':>12}  {'trainable':>12}")
+    for name, (total, trainable) in rows.items():
+        print(f"{name:<{width}}  {total:>12,}  {trainable:>12,}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqtr", description="SeqTR visual grounding")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("make-synthetic", help="generate the synthetic 'shapes' grounding dataset")
+    p.add_argument("--out", default="data", help="data root to write annotations/ and images/ into")
+    p.add_argument("--num-images", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.set_defaults(run=cmd_make_synthetic)
+
+    p = commands.add_parser("contact-sheet", help="draw dataset samples with boxes, masks and expressions")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", default="outputs/synthetic_samples.png")
+    p.add_argument("--num-samples", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_contact_sheet)
+
+    p = commands.add_parser("convert-refer", help="convert an original refer release to instances.json")
+    p.add_argument("--refs", required=True, help="refs(unc).p from the refer release")
+    p.add_argument("--instances", required=True, help="COCO instances.json of the same release")
+    p.add_argument("--out", required=True, help="output instances.json")
+    p.set_defaults(run=cmd_convert_refer)
+
+    p = commands.add_parser("check-params", help="validate a params file and print the resolved values")
+    _add_params(p)
+    p.set_defaults(run=cmd_check_params)
+
+    p = commands.add_parser("model-summary", help="build the model of a params file and count its parameters")
+    _add_params(p)
+    p.set_defaults(run=cmd_model_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

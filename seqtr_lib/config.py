@@ -1,0 +1,316 @@
+"""Experiment configuration: params YAML -> frozen, typed dataclasses, with ``--set key=value`` overrides.
+
+A params file has four sections, each a dataclass below::
+
+    name: synthetic_det          # experiment name; results go to <output_dir>/<name>/
+    model: {task: box, ...}      # ModelConfig
+    data: {dataset: synthetic, ...}
+    train: {epochs: 30, ...}
+
+Everything is validated when loaded, before any heavy work: unknown keys (with the closest valid key
+suggested), wrong types, out-of-range values and missing files each fail with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqtr_lib.data.refer import DATASETS
+
+TASKS = ("box", "mask", "multi")
+AMP_MODES = ("none", "bf16", "fp16")
+MAPPINGS = ("relative", "absolute")
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    task: str = "box"  # box | mask | multi (box then mask in one sequence)
+    num_bin: int = 1000  # coordinate quantization bins; EOS is one more id
+    num_ray: int = 18  # mask contour points (18 RefCOCO, 12 RefCOCO+/g)
+    mapping: str = "relative"  # coordinates divided by the padded size (relative) or image_size (absolute)
+    darknet_width: float = 1.0  # channel multiplier of DarkNet-53 (1.0 = 256/512/1024 output channels)
+    darknet_weights: str | None = None  # Darknet .weights file to initialise the backbone
+    trainable_backbone_modules: int = 2  # the last k backbone modules train; -1 trains all
+    word_vectors: str = "random"  # GloVe text file, "spacy:<pipeline>", or "random"
+    word_dim: int = 300  # word vector size
+    freeze_word_vectors: bool = True  # frozen in the paper; random vectors should train
+    gru_hidden: int = 512  # per direction; the sentence feature (and fusion width) is twice this
+    d_model: int = 256  # transformer width
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 3
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"  # one of seqtr_lib.data.refer.DATASETS
+    data_root: str = "data"  # holds annotations/<dataset>/instances.json and images/
+    annotation_file: str | None = None  # default: <data_root>/annotations/<dataset>/instances.json
+    vocabulary: str | None = None  # vocabulary JSON; default: built from the training split
+    image_size: int = 640  # long side after resize; input is padded to a multiple of 32
+    max_token: int | None = None  # default: the dataset's (15 RefCOCO/+, 20 RefCOCOg/ReferIt/Flickr, 40 mixed)
+    lsj: bool = True  # large-scale jitter at train time
+    lsj_scale: tuple[float, float] = (0.3, 1.4)
+    center_sampling: bool = False  # mask vertices by rays from the mass centre instead of contour steps
+    shuffle_fraction: float = 0.0  # share of a batch whose mask point order is permuted
+    batch_size: int = 128
+    eval_batch_size: int = 128
+    num_workers: int = 4
+    skip_bad_images: bool = False  # skip (and count) unreadable images instead of failing
+    synthetic_images: int = 2000  # size of the generated synthetic set (dataset: synthetic)
+    synthetic_image_size: int = 256
+    synthetic_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    amsgrad: bool = True
+    weight_decay: float = 0.0
+    grad_clip: float = 0.15  # max gradient norm; 0 disables
+    warmup_epochs: int = 5  # factor (epoch+1)/(warmup+1) during warm-up
+    decay_epochs: tuple[int, ...] = (50,)  # multiply lr by decay_factor from each of these epochs
+    decay_factor: float = 0.1
+    ema: bool = True
+    ema_decay: float = 0.999
+    seed: int = 6666
+    amp: str = "none"  # none | bf16 | fp16 (GPU only)
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 50  # steps between JSONL log lines
+    checkpoint_every: int = 0  # also write last.pt every N steps (0: only at epoch ends)
+    resume: str | None = None  # checkpoint to continue the same run from
+    finetune_from: str | None = None  # checkpoint whose model weights start a new run
+    max_steps_per_epoch: int = 0  # cap for smoke runs (0: whole epoch)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str = "experiment"
+    output_dir: str = "outputs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this experiment's checkpoints, logs and figures go."""
+        return Path(self.output_dir) / self.name
+
+    @property
+    def max_token(self) -> int:
+        return self.data.max_token or DATASETS[self.data.dataset].max_token
+
+    @property
+    def annotation_path(self) -> Path:
+        if self.data.annotation_file:
+            return Path(self.data.annotation_file)
+        return Path(self.data.data_root) / "annotations" / self.data.dataset / "instances.json"
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Experiment:
+    """Read a params YAML file (or only defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"params file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    valid = _valid_keys()
+    for item in overrides:
+        key, value = _split_override(item)
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"--set {item}: unknown key '{key}'{hint}")
+        _set_nested(raw, key.split("."), yaml.safe_load(value) if value else None, source=item)
+    experiment = experiment_from_dict(raw, source=str(path) if path else "defaults")
+    validate(experiment)
+    return experiment
+
+
+def experiment_from_dict(raw: dict[str, Any], source: str = "params") -> Experiment:
+    """Build an Experiment from nested plain values (as in YAML or a checkpoint), checking keys and types."""
+    top_level = {f.name for f in dataclasses.fields(Experiment)}
+    _reject_unknown(raw, top_level, prefix="", source=source)
+    values: dict[str, Any] = {}
+    for name in top_level:
+        if name not in raw:
+            continue
+        if name in SECTIONS:
+            section = raw[name] or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"{source}: '{name}' must be a mapping of keys, got {section!r}")
+            values[name] = _build_section(SECTIONS[name], section, prefix=f"{name}.", source=source)
+        else:
+            values[name] = _coerce(raw[name], str, name, source)
+    return Experiment(**values)
+
+
+def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
+    """Plain nested values (lists, not tuples) for YAML, JSON and checkpoints."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(experiment))
+
+
+def validate(experiment: Experiment) -> None:
+    """Check value ranges and referenced files; raise ConfigError naming the key."""
+    m, d, t = experiment.model, experiment.data, experiment.train
+    checks = [
+        ("model.task", m.task in TASKS, f"must be one of {', '.join(TASKS)}"),
+        ("model.num_bin", m.num_bin >= 2, "must be at least 2"),
+        ("model.num_ray", m.num_ray >= 3, "must be at least 3 (a polygon needs three points)"),
+        ("model.mapping", m.mapping in MAPPINGS, f"must be one of {', '.join(MAPPINGS)}"),
+        ("model.darknet_width", m.darknet_width > 0, "must be positive"),
+        ("model.trainable_backbone_modules", m.trainable_backbone_modules >= -1, "must be -1 (all) or >= 0"),
+        ("model.d_model", m.d_model > 0 and m.d_model % m.num_heads == 0, "must be a positive multiple of num_heads"),
+        ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
+        ("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),
+        ("data.image_size", d.image_size >= 32 and d.image_size % 32 == 0, "must be a positive multiple of 32"),
+        ("data.max_token", d.max_token is None or d.max_token >= 1, "must be at least 1"),
+        ("data.lsj_scale", 0 < d.lsj_scale[0] <= d.lsj_scale[1], "must be (low, high) with 0 < low <= high"),
+        ("data.shuffle_fraction", 0.0 <= d.shuffle_fraction <= 1.0, "must be in [0, 1]"),
+        ("data.batch_size", d.batch_size >= 1, "must be at least 1"),
+        ("data.eval_batch_size", d.eval_batch_size >= 1, "must be at least 1"),
+        ("data.num_workers", d.num_workers >= 0, "must be 0 or more"),
+        ("train.epochs", t.epochs >= 1, "must be at least 1"),
+        ("train.lr", t.lr > 0, "must be positive"),
+        ("train.betas", all(0 <= b < 1 for b in t.betas), "must be two values in [0, 1)"),
+        ("train.grad_clip", t.grad_clip >= 0, "must be 0 (off) or positive"),
+        ("train.warmup_epochs", t.warmup_epochs >= 0, "must be 0 or more"),
+        ("train.ema_decay", 0 < t.ema_decay < 1, "must be in (0, 1)"),
+        ("train.amp", t.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
+        ("train.decay_epochs", list(t.decay_epochs) == sorted(t.decay_epochs), "must be increasing"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{key} = {_lookup(experiment, key)!r} is invalid: it {rule}")
+    if t.resume and t.finetune_from:
+        raise ConfigError("train.resume and train.finetune_from are exclusive: resume continues a run, "
+                          "finetune_from starts a new one from its weights")
+    for key in ("model.darknet_weights", "data.vocabulary", "data.annotation_file", "train.resume",
+                "train.finetune_from"):
+        value = _lookup(experiment, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{key} = {value!r}: no such file")
+    source = m.word_vectors
+    if source != "random" and not source.startswith("spacy:") and not Path(source).is_file():
+        raise ConfigError(f"model.word_vectors = {source!r}: no such file (use a GloVe text file, "
+                          "'spacy:<pipeline>' or 'random')")
+
+
+def _lookup(experiment: Experiment, key: str) -> Any:
+    value: Any = experiment
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _valid_keys() -> set[str]:
+    keys = {f.name for f in dataclasses.fields(Experiment) if f.name not in SECTIONS}
+    for section, cls in SECTIONS.items():
+        keys.update(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+    return keys
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _set_nested(raw: dict[str, Any], parts: list[str], value: Any, source: str) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {source!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _reject_unknown(raw: dict[str, Any], valid: set[str], prefix: str, source: str) -> None:
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+
+
+def _build_section(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(raw, set(fields), prefix, source)
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _coerce(value, hints[name], prefix + name, source) for name, value in raw.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Convert a YAML value to the annotated type, or fail naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {key} needs {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "5e-4" as a string
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    type_name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{source}: {key} = {value!r} is not a valid {type_name}")
