@@ -93,6 +93,8 @@ class TrainConfig:
     seed: int = 6666
     amp: str = "none"  # none | bf16 | fp16 (GPU only)
     channels_last: bool = False
+    freeze_batchnorm: bool = False  # every BatchNorm in eval mode (needed for exact DDP equivalence on CPU)
+    sync_batchnorm: bool = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 50  # steps between JSONL log lines
@@ -192,7 +194,8 @@ def validate(experiment: Experiment) -> None:
         ("model.num_ray", m.num_ray >= 3, "must be at least 3 (a polygon needs three points)"),
         ("model.mapping", m.mapping in MAPPINGS, f"must be one of {', '.join(MAPPINGS)}"),
         ("model.darknet_width", m.darknet_width > 0, "must be positive"),
-        ("model.trainable_backbone_modules", m.trainable_backbone_modules >= -1, "must be -1 (all) or >= 0"),
+        ("model.trainable_backbone_modules", -1 <= m.trainable_backbone_modules <= 14,
+         "must be -1 (all) or 0..14 (DarkNet-53 has 14 modules in the reference's split)"),
         ("model.d_model", m.d_model > 0 and m.d_model % m.num_heads == 0, "must be a positive multiple of num_heads"),
         ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
         ("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),
