@@ -1,0 +1,483 @@
+"""The built-in "shapes" grounding dataset: seeded scenes of coloured shapes, expressions naming one.
+
+Each image holds a few shapes (``KINDS`` x ``COLORS`` x ``SIZES``) on a textured background. Shapes
+drawn later occlude earlier ones, so an object's mask is its *visible* region and its box is the tight
+box of that region; objects left mostly hidden are removed from the scene. Expressions come from a
+small grammar (colour, kind, relative size, position in the image, relation to another object) and a
+semantic evaluator keeps only those that denote exactly their target. Scenes draw colours and kinds
+from small pools, so distractors share the target's colour or kind and every word matters.
+
+Splits: train / val / testA share one distribution; testB targets are colour-kind pairs
+(``HELD_OUT_PAIRS``) that never appear in the other splits' scenes.
+
+Layout written by `generate_dataset` (a ``data_root`` like the real datasets'):
+
+    data_root/annotations/synthetic/instances.json   {"train": [ann, ...], "val", "testA", "testB"}
+    data_root/images/synthetic/{image_id}.jpg
+
+Coordinates are pixels with the origin at the top-left image corner and pixel (i, j) covering
+[i, i+1) x [j, j+1) (COCO): ``bbox`` is [x, y, w, h], ``mask`` a list of flat [x1, y1, x2, y2, ...]
+polygons that pycocotools rasterises back to exactly the visible pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+COLORS: dict[str, tuple[int, int, int]] = {  # RGB, far apart so that noise and JPEG cannot mix them up
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 90, 230),
+    "yellow": (240, 210, 40),
+    "purple": (150, 60, 190),
+    "cyan": (40, 200, 210),
+}
+KINDS = ("circle", "square", "triangle", "star", "diamond")
+SIZES = {"small": 0.065, "medium": 0.095, "large": 0.135}  # circumradius / image side (+-5 % jitter)
+# One held-out kind per colour: every colour and every kind is still seen in training, only the pair is new.
+HELD_OUT_PAIRS = frozenset({("red", "star"), ("green", "diamond"), ("blue", "triangle"),
+                            ("yellow", "circle"), ("purple", "square"), ("cyan", "triangle")})
+SPLITS = ("train", "val", "testA", "testB")
+
+MAX_EXPRESSIONS = 4          # per object
+MIN_VISIBLE_FRACTION = 0.6   # of an object's own area; below it the object is removed from the scene
+CLEAR_MARGIN = 0.04          # x image side: how clearly a spatial word must hold, or fail, for a distractor
+SIZE_MARGIN = math.log(1.2)  # radius ratio for "big"/"small"; the size classes differ by >= 1.32
+JPEG_QUALITY = 90
+MAX_SCENE_ATTEMPTS = 100
+
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
+SIZE_WORDS = {"big": ("big", "large"), "small": ("small", "little")}
+EXTREME_WORDS = {"left": ("leftmost",), "right": ("rightmost",), "top": ("topmost", "highest"),
+                 "bottom": ("bottommost", "lowest")}
+RELATION_WORDS = {"left": ("left of", "to the left of"), "right": ("right of", "to the right of"),
+                  "top": ("above",), "bottom": ("below", "under")}
+REGION_PHRASES = {("left",): "on the left", ("right",): "on the right", ("top",): "at the top",
+                  ("bottom",): "at the bottom", ("top", "left"): "at the top left",
+                  ("top", "right"): "at the top right", ("bottom", "left"): "at the bottom left",
+                  ("bottom", "right"): "at the bottom right"}
+
+
+def _unit_outline(kind: str) -> np.ndarray:
+    """Vertices (N, 2) of a kind at circumradius 1, centred on the origin, y pointing down."""
+    if kind == "star":
+        angles = np.linspace(0, 2 * np.pi, 10, endpoint=False) - np.pi / 2
+        radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    if kind == "diamond":  # narrower than tall, so that it never reads as a rotated square
+        return np.array([[0.0, -1.0], [0.65, 0.0], [0.0, 1.0], [-0.65, 0.0]])
+    corners = {"circle": 40, "square": 4, "triangle": 3}[kind]
+    start = {"circle": 0.0, "square": np.pi / 4, "triangle": -np.pi / 2}[kind]
+    angles = start + np.linspace(0, 2 * np.pi, corners, endpoint=False)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+UNIT_OUTLINES = {kind: _unit_outline(kind) for kind in KINDS}
+ROTATION_JITTER = {"circle": 0, "square": 12, "triangle": 15, "star": 36, "diamond": 12}  # degrees
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One visible shape. Spatial words use ``center``, the centre of the visible box."""
+
+    color: str
+    kind: str
+    size: str                      # size class, a key of SIZES
+    radius: float                  # circumradius as drawn, pixels
+    center: tuple[float, float]    # (x, y) pixels
+    bbox: tuple[int, int, int, int]  # x, y, w, h of the visible mask
+    polygons: list[list[float]]    # visible region, COCO polygons
+    area: int                      # visible pixels
+
+
+@dataclass(frozen=True)
+class Referent:
+    """The meaning of an expression: colour/kind filters, then at most one size or spatial word."""
+
+    color: str | None = None
+    kind: str | None = None        # None reads as "shape"
+    size: str | None = None        # "big" | "small", among the objects matching colour and kind
+    region: tuple[str, ...] = ()   # a key of REGION_PHRASES: thirds of the image
+    extreme: str | None = None     # a key of DIRECTIONS: "left" -> the leftmost
+    relation: str | None = None    # a key of DIRECTIONS: "left" -> left of ``landmark``
+    landmark: Referent | None = None
+
+    @property
+    def expression_type(self) -> str:
+        if self.relation:
+            return "relation"
+        if self.region or self.extreme:
+            return "position"
+        return "size" if self.size else "attribute"
+
+
+def _keep(sure: set[int], maybe: set[int], value: Callable[[int], float],
+          margin: float) -> tuple[set[int], set[int]]:
+    return {i for i in sure if value(i) > margin}, {i for i in maybe if value(i) > -margin}
+
+
+def _keep_best(sure: set[int], maybe: set[int], difference: Callable[[int, int], float],
+               margin: float) -> tuple[set[int], set[int]]:
+    """Superlative: keep the members that beat every other possible member by ``difference(i, j)``."""
+    if len(maybe) < 2:  # "the big circle" needs a second circle
+        return set(), set()
+    return _keep(sure, maybe, lambda i: min(difference(i, j) for j in maybe if j != i), margin)
+
+
+def _region_value(center: tuple[float, float], direction: str, image_size: int) -> float:
+    """How far (pixels) ``center`` lies inside the outer third of the image towards ``direction``."""
+    dx, dy = DIRECTIONS[direction]
+    return dx * (center[0] - image_size / 2) + dy * (center[1] - image_size / 2) - image_size / 6
+
+
+def _relation_value(center: tuple[float, float], landmark: tuple[float, float], direction: str) -> float:
+    """How clearly (pixels) ``center`` lies towards ``direction`` of ``landmark``: along minus across."""
+    dx, dy = DIRECTIONS[direction]
+    offset_x, offset_y = center[0] - landmark[0], center[1] - landmark[1]
+    return (dx * offset_x + dy * offset_y) - abs(dy * offset_x - dx * offset_y)
+
+
+def denotation(referent: Referent, objects: list[SceneObject],
+               image_size: int) -> tuple[frozenset[int], frozenset[int]]:
+    """The objects (indices) that ``referent`` surely denotes, and those it may denote.
+
+    Size and spatial words are vague near their thresholds, so each is read with a margin: an object
+    surely matches when the word holds by more than the margin, and may match unless it fails by more
+    than the margin. An expression is unique when the target surely matches and nothing else may.
+    """
+    margin = CLEAR_MARGIN * image_size
+    sure = {i for i, o in enumerate(objects)
+            if referent.color in (None, o.color) and referent.kind in (None, o.kind)}
+    maybe = set(sure)
+    if referent.size:
+        sign = 1 if referent.size == "big" else -1
+        log_radius = [math.log(o.radius) for o in objects]
+        sure, maybe = _keep_best(sure, maybe, lambda i, j: sign * (log_radius[i] - log_radius[j]),
+                                 SIZE_MARGIN)
+    if referent.region:
+        sure, maybe = _keep(sure, maybe, lambda i: min(
+            _region_value(objects[i].center, d, image_size) for d in referent.region), margin)
+    if referent.extreme:
+        dx, dy = DIRECTIONS[referent.extreme]
+        reach = [dx * o.center[0] + dy * o.center[1] for o in objects]
+        sure, maybe = _keep_best(sure, maybe, lambda i, j: reach[i] - reach[j], margin)
+    if referent.relation:
+        landmark_sure, landmark_maybe = denotation(referent.landmark, objects, image_size)
+        if len(landmark_maybe) != 1 or landmark_sure != landmark_maybe:
+            return frozenset(), frozenset()
+        (landmark,) = landmark_sure
+        sure.discard(landmark)
+        maybe.discard(landmark)
+        sure, maybe = _keep(sure, maybe, lambda i: _relation_value(
+            objects[i].center, objects[landmark].center, referent.relation), margin)
+    return frozenset(sure), frozenset(maybe)
+
+
+def expression_text(referent: Referent, rng: np.random.Generator) -> str:
+    """Words for a referent, synonyms drawn from ``rng``: "the leftmost red circle", ..."""
+    def pick(options: tuple[str, ...]) -> str:
+        return options[rng.integers(len(options))]
+
+    words = ["the"]
+    if referent.extreme:
+        words.append(pick(EXTREME_WORDS[referent.extreme]))
+    if referent.size:
+        words.append(pick(SIZE_WORDS[referent.size]))
+    if referent.color:
+        words.append(referent.color)
+    words.append(referent.kind or "shape")
+    if referent.region:
+        words.append(REGION_PHRASES[referent.region])
+    if referent.relation:
+        words += [pick(RELATION_WORDS[referent.relation]), expression_text(referent.landmark, rng)]
+    return " ".join(words)
+
+
+def _candidate_referents(target: int, objects: list[SceneObject], image_size: int) -> Iterator[Referent]:
+    """Referents the grammar offers for ``target``; regions and relations only where they hold for it."""
+    t = objects[target]
+    margin = CLEAR_MARGIN * image_size
+    regions = [r for r in REGION_PHRASES if all(_region_value(t.center, d, image_size) > margin for d in r)]
+    landmarks = {d: [o for o in objects if o is not t and _relation_value(t.center, o.center, d) > margin]
+                 for d in DIRECTIONS}
+    for color in (t.color, None):
+        for kind in (t.kind, None):
+            if color or kind:
+                yield Referent(color, kind)
+            if kind:  # size is relative to objects of the same kind
+                yield from (Referent(color, kind, size=size) for size in SIZE_WORDS)
+            yield from (Referent(color, kind, region=region) for region in regions)
+            for direction, others in landmarks.items():
+                yield Referent(color, kind, extreme=direction)
+                for o in others:
+                    for landmark in (Referent(o.color, o.kind), Referent(kind=o.kind), Referent(color=o.color)):
+                        yield Referent(color, kind, relation=direction, landmark=landmark)
+
+
+def _choose_expressions(referents: list[Referent], rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Up to MAX_EXPRESSIONS distinct (text, type) pairs, taking expression types in turn."""
+    by_type: dict[str, list[Referent]] = {}
+    for referent in referents:
+        by_type.setdefault(referent.expression_type, []).append(referent)
+    queues = [[group[i] for i in rng.permutation(len(group))] for group in by_type.values()]
+    queues = [queues[i] for i in rng.permutation(len(queues))]
+    chosen: dict[str, str] = {}
+    while len(chosen) < MAX_EXPRESSIONS and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < MAX_EXPRESSIONS:
+                referent = queue.pop()
+                chosen.setdefault(expression_text(referent, rng), referent.expression_type)
+    return list(chosen.items())
+
+
+@dataclass(frozen=True)
+class _Shape:
+    color: str
+    kind: str
+    size: str
+    radius: float
+    center: np.ndarray    # (2,) x, y pixels, as placed
+    vertices: np.ndarray  # (N, 1, 2) int32 pixel positions, as cv2 drawing wants them
+
+
+def _free_pair(rng: np.random.Generator, colors: list[str], kinds: list[str], split: str) -> tuple[str, str]:
+    while True:
+        pair = (str(rng.choice(colors)), str(rng.choice(kinds)))
+        if split == "testB" or pair not in HELD_OUT_PAIRS:
+            return pair
+
+
+def _layout(rng: np.random.Generator, image_size: int, split: str) -> list[_Shape]:
+    """Shapes in drawing order; colours and kinds come from small pools so that attributes repeat."""
+    # Sorted, never in set order: string hashes, hence set order, change from one process to the next.
+    colors = sorted(str(c) for c in rng.choice(list(COLORS), size=rng.integers(2, 4), replace=False))
+    kinds = sorted(str(k) for k in rng.choice(KINDS, size=rng.integers(2, 4), replace=False))
+    num_objects = int(rng.integers(3, 7))
+    forced, forced_index = None, -1
+    if split == "testB":  # one target from the held-out pairs; other objects may be held-out too
+        forced = sorted(HELD_OUT_PAIRS)[rng.integers(len(HELD_OUT_PAIRS))]
+        colors, kinds = sorted({forced[0], *colors}), sorted({forced[1], *kinds})
+        forced_index = rng.integers(num_objects)
+    shapes: list[_Shape] = []
+    for index in range(num_objects):
+        color, kind = forced if index == forced_index else _free_pair(rng, colors, kinds, split)
+        size = str(rng.choice(list(SIZES)))
+        radius = float(SIZES[size] * image_size * rng.uniform(0.95, 1.05))
+        for _ in range(30):  # partial overlaps are welcome; near-coincident centres are not
+            center = rng.uniform(radius + 2, image_size - radius - 2, size=2)
+            if all(np.linalg.norm(center - s.center) > 0.6 * (radius + s.radius) for s in shapes):
+                break
+        else:
+            continue
+        angle = np.deg2rad(rng.uniform(-1, 1) * ROTATION_JITTER[kind])
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        points = center + radius * UNIT_OUTLINES[kind] @ rotation.T
+        vertices = np.round(points).astype(np.int32).reshape(-1, 1, 2)
+        shapes.append(_Shape(color, kind, size, radius, center, vertices))
+    return shapes
+
+
+def _outline_thickness(image_size: int) -> int:
+    return max(1, round(image_size / 128))
+
+
+def _full_mask(shape: _Shape, image_size: int) -> np.ndarray:
+    """Every pixel the shape paints, outline included (the same calls as `_render`)."""
+    mask = np.zeros((image_size, image_size), np.uint8)
+    cv2.fillPoly(mask, [shape.vertices], 1)
+    cv2.polylines(mask, [shape.vertices], True, 1, _outline_thickness(image_size))
+    return mask
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
+    """COCO polygons that rasterise back to exactly ``mask`` (H, W); None if the mask has a hole.
+
+    Contours of the 2x nearest-upsampled mask run a quarter pixel inside the pixel edges, so each
+    polygon encloses the centres of its boundary pixels, even on one-pixel-wide parts. Polygons
+    cannot carry holes (pycocotools merges them as a union), hence the None.
+    """
+    upsampled = cv2.resize(mask, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None or (hierarchy[0, :, 3] >= 0).any():
+        return None
+    return [((c.reshape(-1, 2) + 0.5) / 2).ravel().tolist() for c in contours]
+
+
+def _visible_objects(shapes: list[_Shape], image_size: int) -> tuple[list[_Shape], list[SceneObject]]:
+    """Drop shapes left mostly hidden (or with holes) until every remaining one is clearly visible."""
+    full = [_full_mask(s, image_size) for s in shapes]
+    keep = list(range(len(shapes)))
+    while True:
+        covered = np.zeros((image_size, image_size), np.uint8)
+        objects: dict[int, SceneObject] = {}
+        for k in reversed(keep):
+            visible = full[k] & (1 - covered)
+            covered |= full[k]
+            area = int(visible.sum())
+            polygons = mask_polygons(visible) if area >= MIN_VISIBLE_FRACTION * full[k].sum() else None
+            if polygons is not None:
+                x, y, w, h = cv2.boundingRect(visible)
+                s = shapes[k]
+                objects[k] = SceneObject(s.color, s.kind, s.size, round(s.radius, 2),
+                                         (x + w / 2, y + h / 2), (x, y, w, h), polygons, area)
+        if len(objects) == len(keep):
+            return [shapes[k] for k in keep], [objects[k] for k in keep]
+        keep = [k for k in keep if k in objects]
+
+
+def _render(rng: np.random.Generator, shapes: list[_Shape], image_size: int) -> np.ndarray:
+    """RGB uint8 image (H, W, 3): muted textured background, shapes in order, grain over all."""
+    base = rng.uniform(70, 180) + rng.uniform(-20, 20, size=3)
+    cells = int(rng.integers(3, 9))
+    blotches = rng.normal(0, 22, (cells, cells, 1)) + rng.normal(0, 6, (cells, cells, 3))
+    background = base.astype(np.float32) + cv2.resize(
+        blotches.astype(np.float32), (image_size, image_size), interpolation=cv2.INTER_CUBIC)
+    if rng.random() < 0.5:
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24) * image_size / 256
+        grid = np.arange(image_size, dtype=np.float32)
+        phase = np.float32(np.cos(angle)) * grid[None, :] + np.float32(np.sin(angle)) * grid[:, None]
+        background += (12 * np.sin(phase * np.float32(2 * np.pi / period)))[:, :, None]
+    image = np.clip(background, 0, 255).astype(np.uint8)
+    for s in shapes:
+        color = np.clip(np.array(COLORS[s.color]) + rng.integers(-12, 13, size=3), 0, 255)
+        cv2.fillPoly(image, [s.vertices], color.tolist())
+        cv2.polylines(image, [s.vertices], True, (color * 0.5).tolist(), _outline_thickness(image_size))
+    grain = rng.integers(-8, 9, size=image.shape, dtype=np.int16)  # uniform: much cheaper than normal
+    return np.clip(image + grain, 0, 255).astype(np.uint8)
+
+
+def _annotation(image_id: int, image_size: int, target: int, objects: list[SceneObject],
+                rng: np.random.Generator) -> dict | None:
+    unique = (frozenset({target}), frozenset({target}))
+    referents = [r for r in _candidate_referents(target, objects, image_size)
+                 if denotation(r, objects, image_size) == unique]
+    expressions = _choose_expressions(referents, rng)
+    if not expressions:
+        return None
+    o = objects[target]
+    return {
+        "image_id": image_id, "height": image_size, "width": image_size,
+        "bbox": list(o.bbox), "expressions": [text for text, _ in expressions],
+        "mask": o.polygons,
+        "category": o.kind, "color": o.color, "size": o.size,
+        "expression_types": [kind for _, kind in expressions],
+        "object_index": target,  # into "scene", the whole scene, for analysis and independent checks
+        "scene": [{"color": s.color, "kind": s.kind, "size": s.size, "radius": s.radius,
+                   "center": list(s.center), "bbox": list(s.bbox), "area": s.area} for s in objects],
+    }
+
+
+def make_image(seed: int, index: int, image_size: int, split: str) -> tuple[np.ndarray, list[dict]]:
+    """One scene: RGB uint8 image (H, W, 3) and its annotations (instances.json format, image_id = index).
+
+    Depends only on (seed, index, image_size, split). A scene whose objects all lack a unique
+    expression (or, in testB, that keeps no held-out target) is redrawn.
+    """
+    rng = np.random.default_rng([seed, index])
+    for _ in range(MAX_SCENE_ATTEMPTS):
+        shapes, objects = _visible_objects(_layout(rng, image_size, split), image_size)
+        targets = [i for i, o in enumerate(objects)
+                   if split != "testB" or (o.color, o.kind) in HELD_OUT_PAIRS]
+        annotations = [a for i in targets if (a := _annotation(index, image_size, i, objects, rng))]
+        if annotations:
+            return _render(rng, shapes, image_size), annotations
+    raise RuntimeError(f"no scene with a uniquely described object after {MAX_SCENE_ATTEMPTS} "
+                       f"attempts (seed={seed}, index={index}, image_size={image_size}, split={split})")
+
+
+def annotation_path(data_root: str | Path) -> Path:
+    return Path(data_root) / "annotations" / "synthetic" / "instances.json"
+
+
+def image_dir(data_root: str | Path) -> Path:
+    return Path(data_root) / "images" / "synthetic"
+
+
+def image_path(data_root: str | Path, image_id: int) -> Path:
+    return image_dir(data_root) / f"{image_id}.jpg"
+
+
+def split_sizes(num_images: int) -> dict[str, int]:
+    """Images per split: 10 % (at least one) each for val, testA and testB, the rest train."""
+    held = max(1, round(0.1 * num_images))
+    return {"train": num_images - 3 * held, "val": held, "testA": held, "testB": held}
+
+
+def _write_image(task: tuple[int, int, int, str, str]) -> list[dict]:
+    seed, index, image_size, split, data_root = task
+    image, annotations = make_image(seed, index, image_size, split)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"cv2 could not encode image {index} as JPEG")
+    image_path(data_root, index).write_bytes(encoded.tobytes())
+    return annotations
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # the pool already uses the cores
+
+
+def generate_dataset(out_dir: str | Path, num_images: int = 2000, seed: int = 0, image_size: int = 256,
+                     workers: int | None = None, progress: bool = True) -> dict:
+    """Write the synthetic dataset under ``out_dir`` (a data_root); return its summary.
+
+    Byte-identical output for a given (num_images, seed, image_size), whatever ``workers``.
+    Summary: {"annotation_file", "image_dir", "seconds", "splits": {split: {"images", "objects",
+    "expressions"}}}.
+    """
+    if num_images < 4:
+        raise ValueError(f"num_images must be at least 4 (one image for each of {', '.join(SPLITS)}); "
+                         f"got {num_images}")
+    if image_size < 64:
+        raise ValueError(f"image_size must be at least 64 pixels (smaller shapes are unreadable); got {image_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed}")
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1; got {workers}")
+    start = time.perf_counter()
+    json_path = annotation_path(out_dir)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    image_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    # A run that dies half-way must not leave an old instances.json describing overwritten images.
+    json_path.unlink(missing_ok=True)
+
+    splits = [name for name, count in split_sizes(num_images).items() for _ in range(count)]
+    tasks = [(seed, index, image_size, split, str(out_dir)) for index, split in enumerate(splits)]
+    bar = tqdm(total=num_images, desc="synthetic images", unit="img", disable=not progress)
+    dataset: dict[str, list[dict]] = {name: [] for name in SPLITS}
+
+    def collect(results: Iterator[list[dict]]) -> None:
+        for split, annotations in zip(splits, results):  # in index order, whatever the worker count
+            dataset[split] += annotations
+            bar.update()
+
+    if workers == 1:
+        collect(map(_write_image, tasks))
+    else:
+        chunksize = max(1, min(32, num_images // (8 * workers)))
+        with Pool(workers, initializer=_init_worker) as pool:
+            collect(pool.imap(_write_image, tasks, chunksize=chunksize))
+    bar.close()
+
+    with tempfile.NamedTemporaryFile("w", dir=json_path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(dataset, f, separators=(",", ":"))
+    os.replace(f.name, json_path)
+    counts = {name: {"images": splits.count(name), "objects": len(annotations),
+                     "expressions": sum(len(a["expressions"]) for a in annotations)}
+              for name, annotations in dataset.items()}
+    return {"annotation_file": str(json_path), "image_dir": str(image_dir(out_dir)),
+            "seconds": round(time.perf_counter() - start, 2), "splits": counts}
