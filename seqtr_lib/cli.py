@@ -59,6 +59,45 @@ def cmd_model_summary(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {total:>12,}  {trainable:>12,}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from seqtr_lib.engine import NonFiniteLossError, TrainingInterrupted, train
+
+    experiment = load_params(args.params, args.overrides)
+    try:
+        result = train(experiment)
+    except (NonFiniteLossError, TrainingInterrupted) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(3 if isinstance(error, NonFiniteLossError) else 130) from None
+    print(f"best validation score {result['best_score']:.2f} at epoch {result['best_epoch'] + 1}; "
+          f"checkpoints in {result['run_dir']}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from seqtr_lib.engine import evaluate
+
+    experiment = load_params(args.params, args.overrides)
+    splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
+    results = evaluate(experiment, args.checkpoint, splits)
+    for split, per_weights in results["splits"].items():
+        for weights, metrics in per_weights.items():
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "num_expressions")
+            print(f"{split:>6} {weights:>3}: {shown} ({metrics['num_expressions']} expressions)")
+    print(f"wrote {experiment.run_dir / 'metrics.json'}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from seqtr_lib.predict import Grounder
+
+    grounder = Grounder.from_checkpoint(args.checkpoint, device=args.device)
+    prediction = grounder.predict(args.image, args.expression, task=args.task)
+    if prediction.box is not None:
+        print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
+    if prediction.polygon is not None:
+        print("polygon (x, y, ...):", [round(float(v), 1) for v in prediction.polygon.reshape(-1)])
+    out = grounder.save_overlay(args.image, args.expression, prediction, args.out)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqtr", description="SeqTR visual grounding")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("check-params", help="validate a params file and print the resolved values")
     _add_params(p)
     p.set_defaults(run=cmd_check_params)
+
+    p = commands.add_parser("train", help="train (alone, or under torchrun for several processes)")
+    _add_params(p)
+    p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser("evaluate", help="evaluate a checkpoint's raw and EMA weights; writes metrics.json")
+    _add_params(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--splits", default="", help="comma-separated, e.g. val,testA (default: all but train)")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("predict", help="ground one expression in one image; prints and draws the result")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--expression", required=True)
+    p.add_argument("--task", choices=("box", "mask"), default=None, help="default: the checkpoint's task")
+    p.add_argument("--out", default="prediction.png", help="overlay PNG to write")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser("model-summary", help="build the model of a params file and count its parameters")
     _add_params(p)

@@ -90,3 +90,40 @@ def contact_sheet(data_root: str | Path, split: str = "train",
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_path, dpi=100)
     return out_path
+
+
+def draw_points(ax: Axes, points: np.ndarray, scores: Sequence[float] | None = None, *, color: str = "#ff3366",
+                close: bool = True) -> Axes:
+    """Draw contour vertices (K, 2) numbered in emission order, joined into the polygon they close.
+
+    With ``scores`` (the probability of each point, e.g. the mean of its x and y token scores) the
+    marker size shows the confidence.
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(points) == 0:
+        return ax
+    path = np.vstack([points, points[:1]]) if close and len(points) > 2 else points
+    ax.plot(path[:, 0], path[:, 1], color=color, linewidth=1)
+    sizes = 12 + 60 * np.asarray(scores, dtype=float) if scores is not None else 20
+    ax.scatter(points[:, 0], points[:, 1], s=sizes, color=color, edgecolors="white", linewidths=0.5, zorder=3)
+    for number, (x, y) in enumerate(points, start=1):
+        ax.annotate(str(number), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, color="white",
+                    bbox={"boxstyle": "round,pad=0.1", "facecolor": color, "alpha": 0.7, "linewidth": 0})
+    return ax
+
+
+def draw_prediction(ax: Axes, image: np.ndarray, prediction, expression: str | None = None) -> Axes:
+    """Draw a ``predict.Prediction``: its box, or its polygon with numbered points and filled mask."""
+    title = f"{expression}  ({prediction.seconds * 1000:.0f} ms)" if expression else None
+    if prediction.task == "box":
+        return draw_sample(ax, image, box=prediction.box, expression=title, color="#ff3366")
+    polygons = [prediction.polygon.reshape(-1)] if len(prediction.polygon) > 2 else []
+    draw_sample(ax, image, polygons=polygons, expression=title, color="#ff3366")
+    pair_scores = prediction.scores[: 2 * len(prediction.polygon)].reshape(-1, 2).mean(axis=1)
+    return draw_points(ax, prediction.polygon, pair_scores)
+
+
+def new_figure(width: float = 6.0, height: float = 6.0) -> tuple[Figure, Axes]:
+    """A bare Figure with one Axes (no pyplot: works headless and leaves notebook backends alone)."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots()

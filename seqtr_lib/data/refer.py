@@ -1,8 +1,26 @@
-"""The instances.json datasets of SeqTR: one table of per-dataset facts and one Dataset class."""
+"""The instances.json datasets of SeqTR: one table of per-dataset facts and one Dataset class.
+
+This module only imports the standard library and numpy at load time (config.py reads the table, and
+the command line must start instantly); OpenCV, torch and the transforms load on first use.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from seqtr_lib.text import Vocabulary
+
+if TYPE_CHECKING:
+    from seqtr_lib.config import Experiment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,3 +63,370 @@ DATASETS: dict[str, DatasetInfo] = {
     "mixed": DatasetInfo(("train",), 40, None),
     "synthetic": DatasetInfo(("train", "val", "testA", "testB"), 20, SYNTHETIC),
 }
+
+# The annotation fields each task reads; "expressions" and "image_id" are always needed.
+TASK_FIELDS = {"box": ("bbox",), "mask": ("mask",), "multi": ("bbox", "mask")}
+# Fields the pipeline interprets; any other field (category, colour, ...) rides along in meta["extra"].
+KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source"})
+
+
+class AnnotationError(ValueError):
+    """An annotation file or entry is malformed; the message names the file, split, index and fix."""
+
+
+class BadImageError(RuntimeError):
+    """An image file is missing or cannot be decoded; the message names the file."""
+
+
+def read_annotations(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Parse an instances.json file: ``{split: [annotation, ...]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"annotation file {path} does not exist; generate the synthetic set with `python -m seqtr_lib "
+            "make-synthetic`, convert a refer release with `convert-refer`, or set data.data_root / "
+            "data.annotation_file"
+        )
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{path} is not valid JSON ({error})") from error
+    if not isinstance(document, dict) or not all(isinstance(v, list) for v in document.values()):
+        raise AnnotationError(f"{path}: expected {{split: [annotation, ...]}} at the top level")
+    return document
+
+
+def image_path(data_root: str | Path, dataset: str, annotation: dict[str, Any]) -> Path:
+    """Where an annotation's image lives: ``data_root/images/<folder>/<name>`` per the DATASETS table."""
+    folder = DATASETS[dataset].images or MIXED_SOURCES[annotation["data_source"]]
+    return Path(data_root) / "images" / folder.path_for(annotation["image_id"])
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB with its EXIF orientation applied.
+
+    OpenCV's IMREAD_COLOR honours the EXIF orientation tag, expands grayscale to three channels,
+    drops an alpha channel and maps 16-bit samples to 8 bits (the high byte). Raises BadImageError.
+    """
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise BadImageError(f"cannot read image {path}: {error.strerror or error}") from error
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise BadImageError(f"cannot decode image {path} ({data.size} bytes): corrupt or not an image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(mask: list | dict, height: int, width: int) -> tuple[np.ndarray, dict]:
+    """An annotation's ``mask`` (polygons or RLE) -> ((H, W) uint8 mask, compressed RLE with bytes counts)."""
+    import pycocotools.mask as mask_utils
+
+    from seqtr_lib.sequence import polygon_to_rle, rle_to_mask
+
+    if isinstance(mask, list):
+        rle = polygon_to_rle(mask, height, width)
+    else:
+        size = [int(v) for v in mask["size"]]
+        if size != [height, width]:
+            raise AnnotationError(f"RLE mask size {size} differs from the image size [{height}, {width}]")
+        counts = mask["counts"]
+        if isinstance(counts, list):
+            rle = mask_utils.frPyObjects(mask, height, width)
+        else:
+            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+    return rle_to_mask(rle), rle
+
+
+def _annotation_problem(annotation: Any, needed: tuple[str, ...], dataset: str) -> str | None:
+    """What is wrong with one annotation entry, or None."""
+    if not isinstance(annotation, dict):
+        return f"is a {type(annotation).__name__}, not a mapping"
+    image_id = annotation.get("image_id")
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        return f"has image_id {image_id!r}; it must be an integer"
+    expressions = annotation.get("expressions")
+    if not isinstance(expressions, list) or not expressions:
+        return "has no 'expressions'; give a non-empty list of referring expressions"
+    if not all(isinstance(e, str) for e in expressions):
+        return "has an expression that is not a string"
+    for field in needed:
+        if field not in annotation:
+            hint = "[x, y, w, h] in pixels" if field == "bbox" else "polygons or an RLE"
+            return f"has no '{field}' (the task needs it); add {hint} or drop the annotation"
+    bbox = annotation.get("bbox")
+    if bbox is not None and not (
+        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
+        and bbox[2] >= 0 and bbox[3] >= 0
+    ):
+        return f"has bbox {bbox!r}; it must be [x, y, w, h] with w, h >= 0"
+    mask = annotation.get("mask")
+    is_rle = isinstance(mask, dict) and {"size", "counts"} <= set(mask)
+    if mask is not None and not (isinstance(mask, list) or is_rle):
+        return "has a 'mask' that is neither a list of polygons nor an RLE {'size', 'counts'}"
+    if DATASETS[dataset].images is None and annotation.get("data_source") not in MIXED_SOURCES:
+        return f"has data_source {annotation.get('data_source')!r}; it must be one of {', '.join(MIXED_SOURCES)}"
+    return None
+
+
+def _box_outside_image(annotation: dict[str, Any]) -> bool:
+    """Whether the bbox reaches outside [0, width] x [0, height] (known only when both are recorded)."""
+    if "bbox" not in annotation or "height" not in annotation or "width" not in annotation:
+        return False
+    x, y, w, h = annotation["bbox"]
+    return x < 0 or y < 0 or x + w > annotation["width"] or y + h > annotation["height"]
+
+
+class _PackedAnnotations:
+    """Annotations stored as one byte buffer of JSON records, decoded on access.
+
+    A list of dicts would be copied page by page into every forked loader worker as Python touches
+    reference counts; a numpy buffer is only read, so all workers share one copy.
+    """
+
+    def __init__(self, annotations: list[dict[str, Any]]) -> None:
+        records = [json.dumps(a, separators=(",", ":")).encode() for a in annotations]
+        self._ends = np.cumsum([len(r) for r in records], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(records), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self._ends):
+            raise IndexError(f"annotation index {index} is out of range (0 .. {len(self._ends) - 1})")
+        start = self._ends[index - 1] if index > 0 else 0
+        return json.loads(self._buffer[start : self._ends[index]].tobytes())
+
+
+class ReferDataset:
+    """One split of an instances.json dataset, as samples ready for the collate function.
+
+    Training (``training=True``): one sample per annotated object. Each load draws one of its
+    expressions, and the LSJ scale and crop, from a generator seeded by (seed, epoch, index), so a
+    sample is the same whichever worker or process loads it. Evaluation: one sample per
+    (object, expression) pair, each exactly once, in file order; plain resize of the long side.
+
+    ``dataset[index]`` uses ``self.epoch`` (see set_epoch); ``dataset[(epoch, index)]`` names it, which
+    is what the loader's batch sampler does. A sample is a dict:
+
+    - ``image``: tv_tensors.Image uint8 (3, h, w) RGB 0-255, the un-padded img_shape region;
+    - ``expression_ids``: int64 (max_token,), the encoded expression;
+    - ``box`` (task box/multi): float32 (4,) x1, y1, x2, y2 in pixels of the transformed image;
+    - ``vertices`` (task mask/multi): float32 (2, num_ray) mask contour points, -1 where missing;
+    - ``meta``: plain values: image_id, ann_index, expression, expression_index, image_path,
+      ori_shape, img_shape, pad_shape, scale_factor, crop (see transforms.Geometry), gt_box (x1, y1,
+      x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields);
+    - ``rng_key``: (seed, epoch, index), from which the collate function seeds batch-level draws.
+
+    An unreadable image raises BadImageError, or with ``skip_bad_images`` logs a warning and returns
+    None (the collate function drops and counts it).
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        dataset: str,
+        split: str,
+        task: str,
+        vocabulary: Vocabulary,
+        *,
+        annotation_file: str | Path | None = None,
+        training: bool = False,
+        max_token: int | None = None,
+        image_size: int = 640,
+        lsj: bool = True,
+        lsj_scale: tuple[float, float] = (0.3, 1.4),
+        num_ray: int = 18,
+        center_sampling: bool = False,
+        skip_bad_images: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        if task not in TASK_FIELDS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_FIELDS)}")
+        self.data_root = Path(data_root)
+        self.dataset, self.split, self.task = dataset, split, task
+        self.annotation_file = Path(annotation_file or self.data_root / "annotations" / dataset / "instances.json")
+        self.vocabulary = vocabulary
+        self.training = training
+        self.max_token = max_token or DATASETS[dataset].max_token
+        self.image_size, self.lsj, self.lsj_scale = image_size, lsj, tuple(lsj_scale)
+        self.num_ray, self.center_sampling = num_ray, center_sampling
+        self.skip_bad_images = skip_bad_images
+        self.seed = seed
+        self.epoch = 0
+
+        document = read_annotations(self.annotation_file)
+        if split not in document:
+            raise AnnotationError(
+                f"{self.annotation_file} has no split '{split}'; it has {', '.join(document) or 'none'} "
+                f"({dataset} uses {', '.join(DATASETS[dataset].splits)})"
+            )
+        annotations = document[split]
+        for index, annotation in enumerate(annotations):
+            problem = _annotation_problem(annotation, TASK_FIELDS[task], dataset)
+            if problem:
+                raise AnnotationError(f"{self.annotation_file}, split '{split}', annotation {index} {problem}")
+        outside = [i for i, a in enumerate(annotations) if _box_outside_image(a)]
+        self.num_clipped_boxes = len(outside)
+        if outside:
+            log.warning("%s, split '%s': %d boxes reach outside their image (first: annotation %d); they are "
+                        "clipped to it", self.annotation_file, split, len(outside), outside[0])
+        self._annotations = _PackedAnnotations(annotations)
+        # Evaluation samples: every (annotation index, expression index) pair, (P, 2).
+        pairs = [(i, j) for i, a in enumerate(annotations) for j in range(len(a["expressions"]))]
+        self._pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        ratios = np.array([a["width"] / a["height"] if a.get("height") and a.get("width") else 1.0
+                           for a in annotations], dtype=np.float32)
+        self._aspect_ratios = ratios if training else ratios[self._pairs[:, 0]]
+
+    def __len__(self) -> int:
+        return len(self._annotations) if self.training else len(self._pairs)
+
+    def __repr__(self) -> str:
+        unit = "objects" if self.training else "expressions"
+        return (f"ReferDataset({self.dataset}, split {self.split}, task {self.task}, {len(self)} {unit}, "
+                f"{self.num_clipped_boxes} clipped boxes)")
+
+    @property
+    def aspect_ratios(self) -> np.ndarray:
+        """Width / height of each sample's image from the annotations (1.0 where not recorded): (len,)."""
+        return self._aspect_ratios
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch plain ``dataset[index]`` draws for (loaders pass it with each index instead)."""
+        self.epoch = epoch
+
+    def annotation(self, ann_index: int) -> dict[str, Any]:
+        """The raw annotation entry at ``ann_index`` of this split."""
+        return self._annotations[ann_index]
+
+    def image_path(self, annotation: dict[str, Any]) -> Path:
+        """The image file of an annotation of this dataset."""
+        return image_path(self.data_root, self.dataset, annotation)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng((self.seed, epoch, index))
+        ann_index = index if self.training else int(self._pairs[index, 0])
+        annotation = self._annotations[ann_index]
+        if self.training:
+            expression_index = int(rng.integers(len(annotation["expressions"])))
+        else:
+            expression_index = int(self._pairs[index, 1])
+        where = f"{self.dataset} split '{self.split}', annotation {ann_index}"
+        path = self.image_path(annotation)
+        try:
+            image = read_image(path)
+        except BadImageError as error:
+            if not self.skip_bad_images:
+                raise BadImageError(f"{error} ({where}); fix or remove the file, or set data.skip_bad_images: "
+                                    "true to skip and count such images") from None
+            log.warning("skipping %s (%s)", error, where)
+            return None
+        return self._sample(annotation, image, path, ann_index, expression_index, rng, (self.seed, epoch, index))
+
+    def _sample(self, annotation: dict[str, Any], image: np.ndarray, path: Path, ann_index: int,
+                expression_index: int, rng: np.random.Generator, rng_key: tuple[int, int, int]) -> dict[str, Any]:
+        from seqtr_lib.data import transforms
+        from seqtr_lib.sequence import sample_mask_vertices
+
+        height, width = image.shape[:2]
+        box = None
+        if "bbox" in annotation:
+            x, y, w, h = annotation["bbox"]
+            box = np.array([x, y, x + w, y + h], dtype=np.float64)
+            # The reference clips to the last pixel, [0, W-1] x [0, H-1], before any resize.
+            box[0::2] = box[0::2].clip(0, width - 1)
+            box[1::2] = box[1::2].clip(0, height - 1)
+        mask = rle = None
+        if self.task != "box":
+            try:
+                mask, rle = decode_mask(annotation["mask"], height, width)
+            except (ValueError, TypeError, KeyError) as error:
+                raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index} "
+                                      f"({path}): cannot decode its mask: {error}") from error
+        gt_box = box if box is not None else _rle_box(rle, height, width)
+
+        image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box if self.task != "mask" else None, mask)
+        if self.training and self.lsj:
+            out = transforms.large_scale_jitter(image_tv, box_tv, mask_tv, rng, self.image_size, self.lsj_scale)
+        else:
+            out = transforms.resize_long_side(image_tv, box_tv, mask_tv, self.image_size)
+        expression = annotation["expressions"][expression_index]
+        meta = {
+            "image_id": annotation["image_id"],
+            "ann_index": ann_index,
+            "expression": expression,
+            "expression_index": expression_index,
+            "image_path": str(path),
+            **vars(out.geometry),
+            "gt_box": [float(v) for v in gt_box],
+            "extra": {k: v for k, v in annotation.items() if k not in KNOWN_FIELDS},
+        }
+        sample: dict[str, Any] = {
+            "image": out.image,
+            "expression_ids": self.vocabulary.encode(expression, self.max_token),
+            "meta": meta,
+            "rng_key": rng_key,
+        }
+        if out.box is not None:
+            sample["box"] = out.box[0].numpy().astype(np.float32)
+        if out.mask is not None:
+            meta["gt_mask_rle"] = rle
+            sample["vertices"] = sample_mask_vertices(
+                out.mask[0].numpy(), self.num_ray, out.geometry.pad_shape, self.center_sampling
+            )
+        return sample
+
+
+def _rle_box(rle: dict, height: int, width: int) -> np.ndarray:
+    """The tight XYXY box of an RLE mask, clipped like annotation boxes (zeros for an empty mask)."""
+    import pycocotools.mask as mask_utils
+
+    x, y, w, h = mask_utils.toBbox(rle)
+    return np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)], dtype=np.float64)
+
+
+def load_vocabulary(experiment: Experiment) -> Vocabulary:
+    """The experiment's vocabulary: ``data.vocabulary`` if set, else built from the training split."""
+    if experiment.data.vocabulary:
+        return Vocabulary.load(experiment.data.vocabulary)
+    path = experiment.annotation_path
+    document = read_annotations(path)
+    if "train" not in document:
+        raise AnnotationError(f"{path} has no 'train' split to build the vocabulary from; set data.vocabulary "
+                              "to a vocabulary JSON file")
+    return Vocabulary.build(_expressions(document["train"]))
+
+
+def _expressions(annotations: list[dict[str, Any]]) -> Iterable[str]:
+    for annotation in annotations:
+        if isinstance(annotation, dict):
+            yield from (e for e in annotation.get("expressions") or () if isinstance(e, str))
+
+
+def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, training: bool) -> ReferDataset:
+    """The ReferDataset of ``split`` configured by an experiment (task and num_ray from its model)."""
+    data, model = experiment.data, experiment.model
+    return ReferDataset(
+        data.data_root,
+        data.dataset,
+        split,
+        model.task,
+        vocabulary,
+        annotation_file=experiment.annotation_path,
+        training=training,
+        max_token=experiment.max_token,
+        image_size=data.image_size,
+        lsj=data.lsj,
+        lsj_scale=data.lsj_scale,
+        num_ray=model.num_ray,
+        center_sampling=data.center_sampling,
+        skip_bad_images=data.skip_bad_images,
+        seed=experiment.train.seed,
+    )

@@ -1,0 +1,272 @@
+"""Training throughput of the full 640 px SeqTR configuration on synthetic data held in memory.
+
+One training step is the recipe's (REFERENCE.md): forward under autocast, the label-smoothed loss,
+backward, gradient-norm clip 0.15, Adam (amsgrad) and the EMA update, with the model and the images
+in channels_last. The batches are random 0-255 images with a random un-padded region, valid box (and
+mask) tokens and expressions of up to 15 words, built once on the device and cycled, so the numbers
+measure the model and the optimizer, not data loading. Each configuration (batch size x compile)
+gets a fresh model; out-of-memory is recorded as a result, not a crash.
+
+On a GPU (benchmarks/gpu_check.sh runs it this way)::
+
+    python benchmarks/bench_train.py --batch-sizes 64,128 --compile both --out benchmarks/results/bench_train.json
+
+Check the script itself on a CPU in seconds::
+
+    python benchmarks/bench_train.py --device cpu --tiny --out /tmp/bench_train.json
+
+The JSON is rewritten (atomically) after every configuration, so a run stopped by a time limit keeps
+what it measured. Exit status 1 if a configuration failed other than by running out of memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqtr_lib.config import ModelConfig, TrainConfig
+from seqtr_lib.engine import ModelEMA, autocast
+from seqtr_lib.loss import sequence_loss
+from seqtr_lib.model.seqtr import SeqTR, build_model, count_parameters
+from seqtr_lib.sequence import eos_token
+from seqtr_lib.text import PAD_ID, Vocabulary
+
+GIB = 2**30
+# A small colour/shape/position vocabulary, like the synthetic set's; its size barely matters.
+EXPRESSIONS = [
+    "the big red square on the left",
+    "small blue circle next to the green triangle",
+    "yellow star at the top right corner",
+    "the second purple ellipse from the bottom",
+    "dark orange shape below the white cross",
+]
+# The full model is ModelConfig's defaults; --tiny shrinks every width so a CPU runs it in seconds.
+TINY_MODEL = dict(darknet_width=0.125, word_dim=16, gru_hidden=16, d_model=32, num_heads=2,
+                  num_encoder_layers=1, num_decoder_layers=1, ffn_dim=64, num_ray=6)
+
+
+def synthetic_batch(batch_size: int, image_size: int, max_token: int, vocabulary_size: int, model: ModelConfig,
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One random training batch, laid out as `seqtr_lib.data.loader.Collate`'s, on the generator's device.
+
+    images float32 (B, 3, S, S) raw 0-255, zero outside each sample's region; pad_mask bool (B, S, S)
+    True on padding. Each region spans the full width and 60-100% of the height (a resized landscape
+    photo padded to a square). expression_ids int64 (B, max_token): 3..max_token word ids, then PAD.
+    box_tokens int64 (B, 4) with x1 <= x2, y1 <= y2 in [0, num_bin - 1]; mask_tokens int64 (B, 2N):
+    N - 3..N vertices, EOS for the missing ones.
+    """
+    device = generator.device
+    options = dict(generator=generator, device=device)
+    heights = torch.randint(int(0.6 * image_size), image_size + 1, (batch_size,), **options)
+    rows = torch.arange(image_size, device=device)
+    pad_mask = (rows[None, :, None] >= heights[:, None, None]).expand(batch_size, image_size, image_size)
+    images = torch.rand(batch_size, 3, image_size, image_size, **options) * 255
+    images = images.masked_fill(pad_mask[:, None], 0.0)
+    lengths = torch.randint(3, max_token + 1, (batch_size,), **options)
+    words = torch.randint(PAD_ID + 1, vocabulary_size, (batch_size, max_token), **options)
+    expression_ids = words.masked_fill(torch.arange(max_token, device=device)[None, :] >= lengths[:, None], PAD_ID)
+    corners = torch.randint(0, model.num_bin, (batch_size, 2, 2), **options).sort(dim=1).values  # (B, 2, [x, y])
+    box_tokens = corners.reshape(batch_size, 4)  # (B, [x1, y1, x2, y2])
+    points = 2 * model.num_ray
+    mask_tokens = torch.randint(0, model.num_bin, (batch_size, points), **options)
+    vertices = torch.randint(model.num_ray - 3, model.num_ray + 1, (batch_size,), **options)
+    missing = torch.arange(points, device=device)[None, :] >= 2 * vertices[:, None]
+    mask_tokens = mask_tokens.masked_fill(missing, eos_token(model.num_bin))
+    return dict(images=images, pad_mask=pad_mask.contiguous(), expression_ids=expression_ids, box_tokens=box_tokens,
+                mask_tokens=mask_tokens)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(model_config: ModelConfig, recipe: TrainConfig, vocabulary: Vocabulary,
+            batches: list[dict[str, torch.Tensor]], device: torch.device, compile_model: bool, use_ema: bool,
+            warmup_steps: int, steps: int, seed: int) -> dict[str, Any]:
+    """Train a fresh model for warm-up then timed steps; samples/s, step time and the final loss."""
+    torch.manual_seed(seed)
+    model: SeqTR = build_model(model_config, vocabulary).to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, amsgrad=recipe.amsgrad,
+                                 weight_decay=recipe.weight_decay)
+    ema = ModelEMA(model, recipe.ema_decay) if use_ema else None
+    forward_model: nn.Module = torch.compile(model) if compile_model else model
+
+    def train_step(step: int) -> torch.Tensor:
+        batch = batches[step % len(batches)]
+        with autocast(device, recipe.amp):
+            outputs = forward_model(batch["images"], batch["pad_mask"], batch["expression_ids"],
+                                    batch["box_tokens"], batch["mask_tokens"])
+        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch["box_tokens"], batch["mask_tokens"],
+                             model_config.num_bin)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
+        return loss.detach()
+
+    started = time.perf_counter()
+    for step in range(warmup_steps):
+        train_step(step)
+    synchronize(device)
+    warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for step in range(warmup_steps, warmup_steps + steps):
+        loss = train_step(step)
+    synchronize(device)
+    elapsed = time.perf_counter() - started
+    batch_size = batches[0]["images"].shape[0]
+    final_loss = float(loss)
+    if not math.isfinite(final_loss):
+        raise FloatingPointError(f"the loss is {final_loss} after {warmup_steps + steps} steps")
+    return {"samples_per_s": round(batch_size * steps / elapsed, 2), "step_ms": round(1000 * elapsed / steps, 2),
+            "warmup_s": round(warmup_s, 2), "final_loss": round(final_loss, 4)}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    # torch.compile can wrap an allocation failure in its own exception type.
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON so that readers see the previous file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(value, file, indent=1)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="small model, 64 px, 2 steps: checks the script on a CPU")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated (default 64,128; tiny: 2)")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default=None,
+                        help="torch.compile the model: off, on, or both in turn (default both; tiny: off)")
+    parser.add_argument("--task", choices=("box", "mask", "multi"), default="box")
+    parser.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast dtype (CUDA only)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="EMA update every step")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
+                        help="let cuDNN time its convolution algorithms (the engine leaves this off)")
+    parser.add_argument("--image-size", type=int, default=None, help="square input side (default 640; tiny: 64)")
+    parser.add_argument("--max-token", type=int, default=15)
+    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed steps (default 5; tiny: 1)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20; tiny: 2)")
+    parser.add_argument("--num-batches", type=int, default=2, help="distinct batches held in memory, cycled")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_train.json"))
+    args = parser.parse_args(argv)
+    defaults = {"batch_sizes": "2", "compile": "off", "image_size": 64, "warmup_steps": 1, "steps": 2} if args.tiny \
+        else {"batch_sizes": "64,128", "compile": "both", "image_size": 640, "warmup_steps": 5, "steps": 20}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.batch_sizes = [int(size) for size in str(args.batch_sizes).split(",") if size.strip()]
+    if args.steps < 1 or args.warmup_steps < 0 or args.num_batches < 1:
+        parser.error("--steps and --num-batches must be at least 1, --warmup-steps at least 0")
+    if args.image_size % 32:
+        parser.error(f"--image-size {args.image_size} must be a multiple of 32 (the backbone's stride)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    model_config = ModelConfig(task=args.task, **(TINY_MODEL if args.tiny else {}))
+    recipe = TrainConfig(amp=args.amp, channels_last=args.channels_last)
+    vocabulary = Vocabulary.build(EXPRESSIONS)
+    counts = count_parameters(build_model(model_config, vocabulary)).values()
+    parameters = {"total": sum(total for total, _ in counts), "trainable": sum(trainable for _, trainable in counts)}
+    compile_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    report: dict[str, Any] = {
+        "benchmark": "bench_train",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "settings": {
+            "image_size": args.image_size, "max_token": args.max_token, "task": args.task, "tiny": args.tiny,
+            "amp": args.amp if device.type == "cuda" else "none", "channels_last": args.channels_last,
+            "cudnn_benchmark": args.cudnn_benchmark, "ema": args.ema, "warmup_steps": args.warmup_steps,
+            "steps": args.steps, "num_batches": args.num_batches,
+            "data": "synthetic, resident on the device", "model": dataclasses.asdict(model_config),
+            "optimizer": {"name": "Adam", "lr": recipe.lr, "betas": list(recipe.betas), "eps": recipe.eps,
+                          "amsgrad": recipe.amsgrad, "grad_clip": recipe.grad_clip},
+        },
+        "parameters": parameters,
+        "results": [],
+    }
+    failed = False
+    generator = torch.Generator(device).manual_seed(args.seed)
+    for batch_size in args.batch_sizes:
+        batches = [synthetic_batch(batch_size, args.image_size, args.max_token, len(vocabulary), model_config,
+                                   generator) for _ in range(args.num_batches)]
+        data_bytes = sum(t.numel() * t.element_size() for batch in batches for t in batch.values())
+        for compile_model in compile_modes:
+            result: dict[str, Any] = {"batch_size": batch_size, "compile": compile_model,
+                                      "data_memory_gib": round(data_bytes / GIB, 3)}
+            print(f"batch {batch_size}, compile {'on' if compile_model else 'off'} ...", flush=True)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if compile_model:
+                torch.compiler.reset()  # each configuration compiles from scratch, for its own shapes
+            try:
+                result.update(status="ok", **measure(model_config, recipe, vocabulary, batches, device, compile_model,
+                                                     args.ema, args.warmup_steps, args.steps, args.seed))
+            except Exception as error:  # one configuration failing must not lose the others' numbers
+                result.update(status="oom" if _is_out_of_memory(error) else "error",
+                              error=f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:500]}")
+                if result["status"] == "error":
+                    failed = True
+                    traceback.print_exc()
+            if device.type == "cuda":
+                result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report["results"].append(result)
+            write_json_atomic(args.out, report)
+            print("  " + json.dumps(result), flush=True)
+        del batches
+    print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

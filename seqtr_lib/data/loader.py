@@ -1,0 +1,244 @@
+"""Batches: collate (pad to the batch maximum, targets as tokens, per-sample metas) and samplers.
+
+Reproducibility: each sample draws its randomness from (seed, epoch, index) (see ReferDataset), the
+training order from DistributedSampler(seed, epoch), the point-order shuffle from the batch's sample
+keys, and each worker seeds Python, numpy and torch from (seed, epoch, rank, worker id). A run is
+therefore the same with any number of workers. Call ``set_epoch(loader, epoch)`` before each epoch,
+or build the loader with ``epoch=``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from seqtr_lib.sequence import NUM_BIN, box_to_tokens, shuffle_point_order, vertices_to_tokens
+
+if TYPE_CHECKING:
+    from seqtr_lib.config import Experiment
+    from seqtr_lib.data.refer import ReferDataset
+
+
+class Collate:
+    """Turn a list of ReferDataset samples into one batch (runs inside the loader workers).
+
+    Returns a dict:
+
+    - ``images``: float32 (B, 3, Hb, Wb), raw 0-255 RGB, zero-padded; (Hb, Wb) is the largest
+      ``pad_shape`` of the batch (each a multiple of 32). ``image_dtype=torch.uint8`` gives the same
+      values as uint8: a quarter of the bytes through shared and pinned memory (benchmarks/bench_data.py
+      measures the difference); convert with ``.float()`` on the device;
+    - ``pad_mask``: bool (B, Hb, Wb), True outside each sample's ``img_shape`` region;
+    - ``expression_ids``: int64 (B, max_token);
+    - ``box_tokens`` (task box/multi): int64 (B, 4), x1, y1, x2, y2 quantized with the sample's own
+      pad_shape (relative mapping) or image_size (absolute);
+    - ``mask_tokens`` (task mask/multi): int64 (B, 2 * num_ray), x1, y1, ..., EOS for missing points;
+      ``shuffle_fraction`` of the batch gets one shared permutation of its point order first;
+    - ``metas``: list of the samples' meta dicts (plain values);
+    - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        num_ray: int,
+        num_bin: int = NUM_BIN,
+        shuffle_fraction: float = 0.0,
+        mapping: str = "relative",
+        image_size: int = 640,
+        image_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.task, self.num_ray, self.num_bin = task, num_ray, num_bin
+        self.shuffle_fraction, self.mapping, self.image_size = shuffle_fraction, mapping, image_size
+        self.image_dtype = image_dtype
+
+    def _token_extent(self, meta: dict[str, Any]) -> tuple[int, int]:
+        """The (height, width) that coordinates are divided by before quantization."""
+        return meta["pad_shape"] if self.mapping == "relative" else (self.image_size, self.image_size)
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        kept = [s for s in samples if s is not None]
+        size = len(kept)
+        pad_h = max((s["meta"]["pad_shape"][0] for s in kept), default=0)
+        pad_w = max((s["meta"]["pad_shape"][1] for s in kept), default=0)
+        images = _batch_tensor((size, 3, pad_h, pad_w), self.image_dtype)
+        pad_mask = _batch_tensor((size, pad_h, pad_w), torch.bool)
+        for i, sample in enumerate(kept):
+            height, width = sample["meta"]["img_shape"]
+            images[i, :, :height, :width] = sample["image"].as_subclass(torch.Tensor)
+            # Only the padding is zeroed: a zero-filled batch would write every pixel twice.
+            images[i, :, height:] = 0
+            images[i, :, :height, width:] = 0
+            pad_mask[i] = True
+            pad_mask[i, :height, :width] = False
+        ids = [s["expression_ids"] for s in kept]
+        batch: dict[str, Any] = {
+            "images": images,
+            "pad_mask": pad_mask,
+            "expression_ids": torch.from_numpy(np.stack(ids)) if ids else torch.zeros(0, 0, dtype=torch.int64),
+            "metas": [s["meta"] for s in kept],
+            "num_skipped": len(samples) - size,
+        }
+        if self.task in ("box", "multi"):
+            tokens = [box_to_tokens(s["box"], self._token_extent(s["meta"]), self.num_bin) for s in kept]
+            batch["box_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, 4))
+        if self.task in ("mask", "multi"):
+            vertices = np.stack([s["vertices"] for s in kept]).reshape(size, 2, self.num_ray)
+            if self.shuffle_fraction > 0 and size:
+                rng = np.random.default_rng([k for s in kept for k in s["rng_key"]])
+                vertices = shuffle_point_order(vertices, self.shuffle_fraction, rng)
+            tokens = [vertices_to_tokens(v, self._token_extent(s["meta"]), self.num_bin)
+                      for v, s in zip(vertices, kept)]
+            batch["mask_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, 2 * self.num_ray))
+        return batch
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a loader worker, in shared memory, as torch's default_collate does.
+
+    A worker's batch travels to the main process through shared memory: allocating it there avoids
+    one more copy of the whole batch (about 5 MB per 640 px float32 image).
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order split over ranks without padding: rank r takes r, r + world_size, ...
+
+    Every index is visited exactly once over all ranks (DistributedSampler would repeat some to even
+    out the ranks); ranks may differ by one sample.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of (epoch, index) keys drawn from ``sampler``, optionally grouped by aspect ratio.
+
+    With ``groups`` (one integer per dataset index, e.g. landscape 0 / portrait 1), a batch holds one
+    group only, so less padding is wasted; the leftovers of all groups are batched together at the end,
+    which keeps the number of batches ceil(len / batch_size) on every rank (a DDP requirement).
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
+                 groups: np.ndarray | None = None, epoch: int = 0) -> None:
+        self.sampler, self.batch_size, self.drop_last, self.groups = sampler, batch_size, drop_last, groups
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _index_batches(self) -> Iterator[list[int]]:
+        buckets: dict[int, list[int]] = {}
+        for index in self.sampler:
+            bucket = buckets.setdefault(0 if self.groups is None else int(self.groups[index]), [])
+            bucket.append(index)
+            if len(bucket) == self.batch_size:
+                yield bucket.copy()
+                bucket.clear()
+        leftovers = [index for bucket in buckets.values() for index in bucket]
+        for start in range(0, len(leftovers), self.batch_size):
+            chunk = leftovers[start : start + self.batch_size]
+            if len(chunk) == self.batch_size or not self.drop_last:
+                yield chunk
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self._index_batches():
+            yield [(self.epoch, index) for index in batch]
+
+    def __len__(self) -> int:
+        count = len(self.sampler) / self.batch_size
+        return math.floor(count) if self.drop_last else math.ceil(count)
+
+
+class _WorkerInit:
+    """Seed a loader worker's numpy generator from (seed, epoch, rank, worker id).
+
+    It holds the batch sampler, and workers start (fork or pickle) when an epoch's iteration starts,
+    so each worker sees that epoch's number. (torch already gives each worker one intra-op thread;
+    OpenCV's thread count must not be changed here: cv2.setNumThreads in a forked child deadlocks
+    once the parent has used OpenCV's thread pool.)
+    """
+
+    def __init__(self, seed: int, rank: int, batch_sampler: EpochBatchSampler) -> None:
+        self.seed, self.rank, self.batch_sampler = seed, rank, batch_sampler
+
+    def __call__(self, worker_id: int) -> None:
+        state = np.random.SeedSequence([self.seed, self.batch_sampler.epoch, self.rank, worker_id])
+        worker_seed = int(state.generate_state(1, dtype=np.uint64)[0] % 2**63)
+        # torch and random are already seeded by the DataLoader from its generator (seeded by seed and
+        # epoch in build_loader); re-seeding torch here hung forked workers after other tests had run.
+        np.random.seed(worker_seed % 2**32)
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_loader(
+    dataset: ReferDataset,
+    experiment: Experiment,
+    training: bool,
+    seed: int | None = None,
+    epoch: int = 0,
+    group_by_aspect_ratio: bool = False,
+    image_dtype: torch.dtype = torch.float32,
+) -> DataLoader:
+    """The DataLoader for a ReferDataset: shuffled and sharded for training, sharded in order for evaluation.
+
+    Training uses DistributedSampler (rank and world size from torch.distributed when initialised,
+    else one process) seeded by ``seed`` (default train.seed) and ``epoch``; evaluation visits every
+    sample once over all ranks. ``group_by_aspect_ratio`` batches landscape and portrait images
+    apart; ``image_dtype`` is the Collate option. Workers are not persistent, so ``set_epoch`` before
+    an epoch reaches them.
+    """
+    data, model = experiment.data, experiment.model
+    seed = experiment.train.seed if seed is None else seed
+    rank, world_size = _rank_and_world_size()
+    if training:
+        sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                                   seed=seed)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+    groups = (dataset.aspect_ratios < 1.0).astype(np.int64) if group_by_aspect_ratio else None
+    batch_sampler = EpochBatchSampler(sampler, data.batch_size if training else data.eval_batch_size,
+                                      groups=groups, epoch=epoch)
+    collate = Collate(model.task, model.num_ray, model.num_bin, data.shuffle_fraction if training else 0.0,
+                      model.mapping, data.image_size, image_dtype)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate,
+        num_workers=data.num_workers,
+        worker_init_fn=_WorkerInit(seed, rank, batch_sampler),
+        pin_memory=torch.cuda.is_available() and experiment.train.device != "cpu",
+        persistent_workers=False,
+        # The loader draws its workers' base seed from this generator, not from the global RNG, so a
+        # run resumed mid-epoch sees the same dropout masks as an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Start a new epoch: new shuffle, new per-sample draws, new worker seeds."""
+    loader.batch_sampler.set_epoch(epoch)

@@ -1,0 +1,517 @@
+"""Training and evaluation: the SeqTR recipe (Adam + warm-up/multi-step LR, clip 0.15, EMA 0.999).
+
+Runs alone or under torchrun::
+
+    python -m seqtr_lib train --params params/synthetic_det.yaml
+    python -m torch.distributed.run --nproc_per_node 8 -m seqtr_lib train --params params/refcoco-unc_det.yaml
+
+Only rank 0 writes files. Everything a run needs to continue is in ``last.pt`` (see checkpoint.py);
+SIGINT/SIGTERM write a resumable ``last.pt`` before exiting, and a non-finite loss stops the run without
+overwriting the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from seqtr_lib import checkpoint as ckpt
+from seqtr_lib import distributed
+from seqtr_lib.config import Experiment, ModelConfig, experiment_from_dict, experiment_to_dict
+from seqtr_lib.data.loader import build_loader
+from seqtr_lib.data.refer import DATASETS, build_dataset, load_vocabulary
+from seqtr_lib.loss import sequence_loss
+from seqtr_lib.metrics import box_iou, box_metrics, mask_metrics
+from seqtr_lib.model.seqtr import SeqTR, build_model
+from seqtr_lib.sequence import dequantize, polygon_to_rle, tokens_to_vertices
+from seqtr_lib.text import Vocabulary
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a resumable checkpoint was written."""
+
+
+def lr_factor(epoch: int, warmup_epochs: int, decay_epochs: tuple[int, ...], decay_factor: float) -> float:
+    """Learning-rate multiplier for an epoch: linear warm-up (e+1)/(w+1), then x decay_factor per milestone."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    return decay_factor ** sum(epoch >= milestone for milestone in decay_epochs)
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights and float buffers.
+
+    The decay ramps up as min(decay, (step+1)/(step+10)) so early averages are not dominated by the
+    random initialisation (the reference's warm-up). Integer buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        self.module = copy.deepcopy(model).eval()
+        self.module.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (step + 1) / (step + 10))
+        current = model.state_dict()
+        for name, averaged in self.module.state_dict().items():
+            value = current[name].detach()
+            if averaged.dtype.is_floating_point:
+                averaged.mul_(decay).add_(value.to(averaged.dtype), alpha=1 - decay)
+            else:
+                averaged.copy_(value)
+
+
+@dataclass
+class RunState:
+    """Counters that a checkpoint carries."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    epoch_loss_sum: float = 0.0  # running sums of the current epoch, so a resumed epoch reports the same mean
+    epoch_samples: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA; nothing on CPU (where AMP only slows the small models down)."""
+    if amp == "none" or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _move(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if channels_last:
+        moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
+    return moved
+
+
+def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
+    for key in ("box_tokens", "mask_tokens"):
+        if key in batch:
+            inputs[key] = batch[key]
+    return inputs
+
+
+def _set_batchnorm_eval(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class Trainer:
+    """One training run; ``train(experiment)`` is the public entry point."""
+
+    def __init__(self, experiment: Experiment, context: distributed.Context) -> None:
+        self.experiment = experiment
+        self.context = context
+        self.device = context.device
+        self.run_dir = experiment.run_dir
+        t = experiment.train
+        resume = ckpt.load(t.resume) if t.resume else None
+        if resume is not None:
+            self._check_same_model(resume, t.resume)
+            self.vocabulary = Vocabulary.from_list(resume["vocabulary"])
+        else:
+            self.vocabulary = load_vocabulary(experiment)
+        seed_everything(t.seed)
+        model = build_model(experiment.model, self.vocabulary)
+        if t.finetune_from:
+            weights = ckpt.load(t.finetune_from)
+            model.load_state_dict(weights.get("ema") or weights["model"])
+        if context.world_size > 1 and t.sync_batchnorm and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model: SeqTR = model.to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEMA(self.model, t.ema_decay) if t.ema else None
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=t.betas, eps=t.eps, amsgrad=t.amsgrad,
+                                          weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_factor))
+        self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" and self.device.type == "cuda" else None
+        self.forward_model: nn.Module = self.model
+        if context.world_size > 1:
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.state = RunState()
+        if resume is not None:
+            self._restore(resume)
+        self.train_set = build_dataset(experiment, "train", self.vocabulary, training=True)
+        self.val_split = "val" if "val" in _dataset_splits(experiment) else None
+
+    def _check_same_model(self, payload: dict[str, Any], path: str) -> None:
+        saved = payload["config"]["model"]
+        current = experiment_to_dict(self.experiment)["model"]
+        differences = ckpt.config_differences(saved, current)
+        if differences:
+            raise ValueError(f"checkpoint {path} was trained with a different model config; differing keys "
+                             f"(checkpoint -> params): {'; '.join(differences)}")
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        if self.ema is not None and "ema" in payload:
+            self.ema.module.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler is not None and "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
+        self.state = RunState(epoch=payload["epoch"], batches_done=payload["batches_done"], step=payload["step"],
+                              best_score=payload["best"]["score"], best_epoch=payload["best"]["epoch"],
+                              epoch_loss_sum=payload["epoch_loss"][0], epoch_samples=payload["epoch_loss"][1],
+                              history=list(payload.get("history", [])))
+        ckpt.restore_rng_state(payload["rng"])
+
+    def _payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "format": ckpt.CHECKPOINT_FORMAT,
+            "config": experiment_to_dict(self.experiment),
+            "vocabulary": self.vocabulary.to_list(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.state.epoch,
+            "batches_done": self.state.batches_done,
+            "step": self.state.step,
+            "rng": ckpt.rng_state(),
+            "best": {"score": self.state.best_score, "epoch": self.state.best_epoch},
+            "epoch_loss": [self.state.epoch_loss_sum, self.state.epoch_samples],
+            "history": self.state.history,
+        }
+        if self.ema is not None:
+            payload["ema"] = self.ema.module.state_dict()
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler.state_dict()
+        return payload
+
+    def _save(self, name: str) -> None:
+        if self.context.is_main:
+            ckpt.save_atomic(self._payload(), self.run_dir / name)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "log.jsonl", "a") as file:
+                file.write(json.dumps(record) + "\n")
+
+    def _batches(self, loader: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The epoch's batches, skipping those a mid-epoch checkpoint already trained on."""
+        for index, batch in enumerate(loader):
+            if index >= self.state.batches_done:
+                yield index, batch
+
+    def train_one_epoch(self, stop: _StopRequest) -> dict[str, float]:
+        t = self.experiment.train
+        epoch = self.state.epoch
+        loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch)
+        total = len(loader) if not t.max_steps_per_epoch else min(len(loader), t.max_steps_per_epoch)
+        self.forward_model.train()
+        if t.freeze_batchnorm:
+            _set_batchnorm_eval(self.model)
+        samples, started = 0, time.perf_counter()
+        bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   disable=not self.context.is_main, leave=False, dynamic_ncols=True)
+        for index, batch in self._batches(loader):
+            if index >= total:
+                break
+            batch = _move(batch, self.device, t.channels_last)
+            with autocast(self.device, t.amp):
+                outputs = self.forward_model(**_model_inputs(batch))
+            losses = sequence_loss({k: v.float() for k, v in outputs.items()}, batch.get("box_tokens"),
+                                   batch.get("mask_tokens"), self.experiment.model.num_bin)
+            loss = losses["loss"]
+            if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.state.step + 1} (epoch {epoch + 1}, batch {index + 1}); "
+                    f"the last good checkpoint {self.run_dir / 'last.pt'} is kept. Try a lower train.lr or "
+                    "train.amp=none.")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, self.state.step)
+            self.state.step += 1
+            self.state.batches_done = index + 1
+            batch_size = batch["images"].shape[0] * self.context.world_size
+            loss_value = float(distributed.all_reduce_mean(loss))
+            self.state.epoch_loss_sum += loss_value * batch_size
+            self.state.epoch_samples += batch_size
+            samples += batch_size
+            rate = samples / max(time.perf_counter() - started, 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+            bar.update(1)
+            if self.state.step % t.log_every == 0:
+                self._log({"type": "step", "epoch": epoch, "step": self.state.step, "lr": lr,
+                           **{k: float(distributed.all_reduce_mean(v)) for k, v in losses.items()},
+                           "samples_per_s": rate})
+            if t.checkpoint_every and self.state.step % t.checkpoint_every == 0:
+                self._save("last.pt")
+            if distributed.broadcast_flag(stop.requested, self.device):
+                self._save("last.pt")
+                raise TrainingInterrupted(f"stopped at step {self.state.step}; resume with "
+                                          f"--set train.resume={self.run_dir / 'last.pt'}")
+        bar.close()
+        return {"loss": self.state.epoch_loss_sum / max(self.state.epoch_samples, 1), "samples_per_s": samples / max(time.perf_counter() - started, 1e-9),
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def run(self) -> dict[str, Any]:
+        t = self.experiment.train
+        with _StopRequest() as stop:
+            while self.state.epoch < t.epochs:
+                epoch = self.state.epoch
+                train_stats = self.train_one_epoch(stop)
+                record: dict[str, Any] = {"type": "epoch", "epoch": epoch, "step": self.state.step, **train_stats}
+                if self.val_split is not None:
+                    scores = {"raw": evaluate_model(self.model, self.experiment, self.vocabulary, self.val_split,
+                                                    self.device)["metrics"]}
+                    if self.ema is not None:
+                        scores["ema"] = evaluate_model(self.ema.module, self.experiment, self.vocabulary,
+                                                       self.val_split, self.device)["metrics"]
+                    record["val"] = scores
+                    score = max(headline_score(s, self.experiment.model.task) for s in scores.values())
+                else:
+                    score = -train_stats["loss"]
+                self.state.epoch = epoch + 1
+                self.state.batches_done = 0
+                self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
+                self.scheduler.step()
+                improved = score > self.state.best_score
+                if improved:
+                    self.state.best_score, self.state.best_epoch = score, epoch
+                self.state.history.append(record)
+                self._log(record)
+                self._save("last.pt")
+                if improved:
+                    self._save("best.pt")
+                distributed.barrier()
+        return {"run_dir": str(self.run_dir), "best_score": self.state.best_score,
+                "best_epoch": self.state.best_epoch, "history": self.state.history}
+
+
+def headline_score(metrics: dict[str, float], task: str) -> float:
+    """The number best.pt is chosen by: Acc@0.5 for boxes, mIoU for masks, their mean for multi-task."""
+    if task == "box":
+        return metrics["acc@0.5"]
+    if task == "mask":
+        return metrics["miou"]
+    return (metrics["box/acc@0.5"] + metrics["mask/miou"]) / 2
+
+
+def train(experiment: Experiment) -> dict[str, Any]:
+    """Train an experiment (alone or under torchrun); returns the run directory and the validation history."""
+    context = distributed.setup(experiment.train.device)
+    try:
+        return Trainer(experiment, context).run()
+    finally:
+        distributed.teardown()
+
+
+def _predicted_box(tokens: np.ndarray, meta: dict[str, Any], num_bin: int) -> np.ndarray:
+    """Box tokens -> x1y1x2y2 in the original image's pixels."""
+    pad_h, pad_w = meta["pad_shape"]
+    box = dequantize(tokens, pad_w, pad_h, num_bin)
+    sx, sy = meta["scale_factor"]
+    box = box / np.array([sx, sy, sx, sy], dtype=np.float32)
+    ori_h, ori_w = meta["ori_shape"]
+    return np.clip(box, 0, [ori_w, ori_h, ori_w, ori_h]).astype(np.float32)
+
+
+def _predicted_polygon(tokens: np.ndarray, meta: dict[str, Any], num_bin: int) -> np.ndarray:
+    """Mask tokens -> (K, 2) polygon vertices in the original image's pixels."""
+    points = tokens_to_vertices(tokens, meta["pad_shape"], num_bin)
+    sx, sy = meta["scale_factor"]
+    return (points / np.array([sx, sy], dtype=np.float32)).astype(np.float32)
+
+
+def _polygon_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
+    """Predicted polygon -> RLE at the original size, with the reference's < 2 and == 2 point rules."""
+    height, width = shape
+    if len(points) < 2:
+        return polygon_to_rle([], height, width)
+    return polygon_to_rle([points.reshape(-1).tolist()], height, width)
+
+
+@torch.inference_mode()
+def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
+                   device: torch.device, limit: int | None = None) -> dict[str, Any]:
+    """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
+
+    Metrics are computed at the original image size from the complete, de-duplicated list of expressions
+    (a distributed sampler pads the last batch with repeats), never as a mean of per-batch means.
+    """
+    task, num_bin = experiment.model.task, experiment.model.num_bin
+    dataset = build_dataset(experiment, split, vocabulary, training=False)
+    loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0)
+    was_training = model.training
+    model.eval()
+    records: list[dict[str, Any]] = []
+    for batch in tqdm(loader, desc=f"evaluate {split}", leave=False, disable=not distributed_main()):
+        batch = _move(batch, device, experiment.train.channels_last)
+        with autocast(device, experiment.train.amp):
+            generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"])
+        generated = {k: v.float().cpu().numpy() if k.endswith("scores") else v.cpu().numpy()
+                     for k, v in generated.items()}
+        for i, meta in enumerate(batch["metas"]):
+            record: dict[str, Any] = {"ann_index": meta["ann_index"], "expression_index": meta["expression_index"],
+                                      "image_id": meta["image_id"], "expression": meta["expression"],
+                                      "gt_box": [float(v) for v in meta["gt_box"]]}
+            if "box_tokens" in generated:
+                record["pred_box"] = _predicted_box(generated["box_tokens"][i], meta, num_bin).tolist()
+            if "mask_tokens" in generated:
+                polygon = _predicted_polygon(generated["mask_tokens"][i], meta, num_bin)
+                record["pred_polygon"] = polygon.reshape(-1).tolist()
+                record["pred_rle"] = _polygon_rle(polygon, meta["ori_shape"])
+                record["gt_rle"] = meta["gt_mask_rle"]
+            records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    if was_training:
+        model.train()
+    unique: dict[tuple[int, int], dict[str, Any]] = {}
+    for record in distributed.gather_objects(records):
+        unique.setdefault((record["ann_index"], record["expression_index"]), record)
+    ordered = [unique[key] for key in sorted(unique)]
+    return {"metrics": _metrics(ordered, task), "records": ordered, "num_expressions": len(ordered)}
+
+
+def distributed_main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _metrics(records: list[dict[str, Any]], task: str) -> dict[str, float]:
+    gt = np.array([r["gt_box"] for r in records], dtype=np.float32).reshape(-1, 4)
+    box = mask = {}
+    if task in ("box", "multi"):
+        pred = np.array([r["pred_box"] for r in records], dtype=np.float32).reshape(-1, 4)
+        box = box_metrics(pred, gt)
+        ious = box_iou(pred, gt)
+        for record, iou in zip(records, np.asarray(ious).tolist()):
+            record["box_iou"] = iou
+    if task in ("mask", "multi"):
+        mask = mask_metrics([r["pred_rle"] for r in records], [r["gt_rle"] for r in records])
+    if task == "multi":
+        return {**{f"box/{k}": v for k, v in box.items()}, **{f"mask/{k}": v for k, v in mask.items()}}
+    return dict(box or mask)
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Experiment, Vocabulary, dict[str, SeqTR]]:
+    """Rebuild the model(s) stored in a checkpoint: ``{"raw": model, "ema": model}`` (ema when present)."""
+    payload = ckpt.load(path)
+    experiment = experiment_from_dict(payload["config"], source=str(path))
+    vocabulary = Vocabulary.from_list(payload["vocabulary"])
+    models = {}
+    for name, key in (("raw", "model"), ("ema", "ema")):
+        if key in payload:
+            model = build_model(_without_weight_files(experiment.model), vocabulary)
+            model.load_state_dict(payload[key])
+            models[name] = model.to(device).eval()
+    return experiment, vocabulary, models
+
+
+def _without_weight_files(config: ModelConfig) -> ModelConfig:
+    """A checkpoint holds every weight: do not read the Darknet or word-vector files again."""
+    return dataclasses.replace(config, darknet_weights=None, word_vectors="random")
+
+
+def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
+             save_predictions: bool = True) -> dict[str, Any]:
+    """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json."""
+    context = distributed.setup(experiment.train.device)
+    try:
+        payload = ckpt.load(checkpoint_path)
+        _, vocabulary, models = load_trained(checkpoint_path, context.device)
+        splits = splits or tuple(s for s in _dataset_splits(experiment) if s != "train")
+        results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
+                                   "epoch": payload["epoch"], "splits": {}}
+        for split in splits:
+            per_split: dict[str, Any] = {}
+            for name, model in models.items():
+                outcome = evaluate_model(model, experiment, vocabulary, split, context.device)
+                per_split[name] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"]}
+                if save_predictions and context.is_main:
+                    _write_json(experiment.run_dir / "predictions" / f"{split}_{name}.json",
+                                [{k: v for k, v in r.items() if not k.endswith("rle")} for r in outcome["records"]])
+            results["splits"][split] = per_split
+        if context.is_main:
+            _write_json(experiment.run_dir / "metrics.json", results)
+        return results
+    finally:
+        distributed.teardown()
+
+
+def _dataset_splits(experiment: Experiment) -> tuple[str, ...]:
+    return DATASETS[experiment.data.dataset].splits
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Atomic JSON write (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    temporary.replace(path)

@@ -1,0 +1,338 @@
+"""SeqTR: image + expression -> a box or a mask contour as a sequence of coordinate tokens.
+
+Sequences (N = num_ray; token ids as in `seqtr_lib.sequence`: 0..num_bin-1 coordinates, num_bin EOS):
+
+    task   decoder inputs                                        targets                          length
+    box    [zero, x1, y1, x2, y2]                                [x1, y1, x2, y2, EOS]            5
+    mask   [zero, px1, py1, ..., pxN, pyN]                       [px1, ..., pyN, EOS]             2N + 1
+    multi  [task_box, x1, .., y2, task_mask, px1, .., pyN]       [x1, .., y2, EOS, px1, .., EOS]  2N + 6
+
+``zero`` is a zero vector and ``task_box`` / ``task_mask`` the two rows of a learned task embedding;
+every other input is the embedding of the previous target token. The decoder has one learned
+position per input.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqtr_lib.config import TASKS, ModelConfig
+from seqtr_lib.model.darknet import DarkNet53, freeze, load_darknet_weights
+from seqtr_lib.model.fusion import SimpleFusion, padding_zeroed
+from seqtr_lib.model.language import LanguageEncoder
+from seqtr_lib.model.transformer import Decoder, DecoderCache, Encoder, downsample_padding, sine_position_2d
+from seqtr_lib.sequence import eos_token, token_vocab_size
+from seqtr_lib.text import Vocabulary, load_word_vectors
+
+logger = logging.getLogger(__name__)
+
+BOX_LENGTH = 4  # x1, y1, x2, y2
+STRATEGIES = ("greedy", "top_p")
+
+
+def decoder_length(task: str, num_ray: int) -> int:
+    """Number of decoder positions (inputs) of a task's sequence: 5, 2N + 1 or 2N + 6."""
+    lengths = {"box": BOX_LENGTH + 1, "mask": 2 * num_ray + 1, "multi": BOX_LENGTH + 1 + 2 * num_ray + 1}
+    if task not in lengths:
+        raise ValueError(f"task {task!r} is unknown; use one of {', '.join(TASKS)}")
+    return lengths[task]
+
+
+class Memory(NamedTuple):
+    """Encoder output: features and sine positions (B, S, D), padding bool (B, S) (True = padding)."""
+
+    features: torch.Tensor
+    position: torch.Tensor
+    padding: torch.Tensor
+
+
+class _Decoding:
+    """The decoder inputs of an autoregressive decode, fed with a key/value cache or recomputed.
+
+    With the cache, each call of `next_logits` runs the decoder on the inputs appended since the last
+    call only. Without it (the reference's way), it re-runs the decoder over every input so far.
+    """
+
+    def __init__(self, model: SeqTR, memory: Memory, first: torch.Tensor, use_cache: bool) -> None:
+        self.model = model
+        self.memory = memory
+        self.cache = DecoderCache() if use_cache else None
+        self.inputs = first  # (B, T, D): not yet cached (cache) or all so far (recompute)
+
+    def append(self, embeddings: torch.Tensor) -> None:
+        """Add input embeddings (B, T, D) at the next positions."""
+        self.inputs = torch.cat([self.inputs, embeddings], dim=1)
+
+    def next_logits(self) -> torch.Tensor:
+        """Logits (B, V) for the position after the last input."""
+        memory = self.memory
+        hidden = self.model.decoder(self.inputs, memory.features, memory.position, memory.padding, self.cache)
+        if self.cache is not None:
+            self.inputs = self.inputs[:, :0]
+        return self.model.predictor(hidden[:, -1])
+
+
+def top_p_sample(probs: torch.Tensor, top_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Nucleus sampling: draw from the most likely tokens whose mass reaches ``top_p`` (B, V) -> (B,).
+
+    As the reference: tokens sorted by probability are kept while the mass before them is at most
+    ``top_p`` (the most likely token always stays); the kept probabilities are renormalised.
+    """
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+    keep[:, 1:] = cumulative[:, :-1] <= top_p
+    choice = torch.multinomial(sorted_probs * keep, 1, generator=generator)  # (B, 1) index into order
+    return order.gather(1, choice)[:, 0]
+
+
+class SeqTR(nn.Module):
+    """Visual grounding as coordinate-token sequence prediction (Zhu et al., ECCV 2022).
+
+    Built from its parts (see `build_model`): the DarkNet backbone, the expression encoder, the
+    fusion (with the projection to d_model), the transformer encoder and decoder. It adds the token
+    embedding (num_bin + 1 rows), the task embedding (multi-task only) and the predictor MLP.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        language: LanguageEncoder,
+        fusion: SimpleFusion,
+        encoder: Encoder,
+        decoder: Decoder,
+        task: str,
+        num_bin: int,
+        num_ray: int,
+    ) -> None:
+        super().__init__()
+        if decoder.max_length != decoder_length(task, num_ray):
+            raise ValueError(
+                f"the decoder has {decoder.max_length} positions but task {task!r} with num_ray {num_ray} needs "
+                f"{decoder_length(task, num_ray)}; build it with decoder_length(task, num_ray)"
+            )
+        self.task = task
+        self.num_bin = num_bin
+        self.num_ray = num_ray
+        self.backbone = backbone
+        self.language = language
+        self.fusion = fusion
+        self.encoder = encoder
+        self.decoder = decoder
+        d_model = decoder.norm.normalized_shape[0]
+        vocab_size = token_vocab_size(num_bin)
+        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        # The released code has three linear layers (d -> d -> d -> V), ReLU between them.
+        self.predictor = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, vocab_size)
+        )
+        self.task_embedding = nn.Embedding(2, d_model) if task == "multi" else None
+
+    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor) -> Memory:
+        """Backbone, expression encoder, fusion and transformer encoder.
+
+        images: float (B, 3, H, W) raw 0-255 RGB, zero-padded, H and W multiples of 32; pad_mask: bool
+        (B, H, W), True outside each image; expression_ids: int64 (B, L), PAD = 0 trailing.
+        Returns the memory over the (H/32) x (W/32) fused map, S = H * W / 1024.
+        """
+        if images.ndim != 4 or pad_mask.shape != (images.shape[0], *images.shape[2:]):
+            raise ValueError(f"images must be (B, 3, H, W) and pad_mask (B, H, W); got {tuple(images.shape)} "
+                             f"and {tuple(pad_mask.shape)}")
+        sentence = self.language(expression_ids)  # (B, 2 * gru_hidden)
+        with padding_zeroed(self, pad_mask):
+            maps = self.backbone(images)
+            padding = downsample_padding(pad_mask, maps[-1].shape[-2:])  # (B, h, w)
+            fused = self.fusion(maps, sentence, padding)  # (B, D, h, w)
+        position = sine_position_2d(padding, fused.shape[1]).to(fused.dtype)  # (B, h * w, D)
+        padding = padding.flatten(1)
+        features = self.encoder(fused.flatten(2).transpose(1, 2), position, padding)
+        return Memory(features, position, padding)
+
+    def _start(self, batch: int, device: torch.device) -> torch.Tensor:
+        """First decoder input (B, 1, D): the box task embedding (multi-task) or a zero vector."""
+        if self.task_embedding is not None:
+            return self.task_embedding.weight[0].expand(batch, 1, -1)
+        return torch.zeros(batch, 1, self.token_embedding.embedding_dim, device=device)
+
+    def _task_mask(self, batch: int) -> torch.Tensor:
+        assert self.task_embedding is not None
+        return self.task_embedding.weight[1].expand(batch, 1, -1)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        pad_mask: torch.Tensor,
+        expression_ids: torch.Tensor,
+        box_tokens: torch.Tensor | None = None,
+        mask_tokens: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Teacher-forced logits for training.
+
+        Inputs as `encode`, plus box_tokens int64 (B, 4) [x1, y1, x2, y2] (tasks box, multi) and
+        mask_tokens int64 (B, 2N) [x1, y1, ...], EOS for missing vertices (tasks mask, multi).
+        Returns ``box_logits`` (B, 5, V) and/or ``mask_logits`` (B, 2N + 1, V), V = num_bin + 1;
+        position t predicts target t of the module docstring's table (multi-task: the first 5 and
+        the last 2N + 1 positions of the joint sequence).
+        """
+        batch = images.shape[0]
+        inputs = [self._start(batch, images.device)]
+        if self.task in ("box", "multi"):
+            inputs.append(self.token_embedding(_checked(box_tokens, "box_tokens", (batch, BOX_LENGTH), self.task)))
+        if self.task == "multi":
+            inputs.append(self._task_mask(batch))
+        if self.task in ("mask", "multi"):
+            shape = (batch, 2 * self.num_ray)
+            inputs.append(self.token_embedding(_checked(mask_tokens, "mask_tokens", shape, self.task)))
+        memory = self.encode(images, pad_mask, expression_ids)
+        hidden = self.decoder(torch.cat(inputs, dim=1), memory.features, memory.position, memory.padding)
+        logits = self.predictor(hidden)  # (B, T, V)
+        if self.task == "box":
+            return {"box_logits": logits}
+        if self.task == "mask":
+            return {"mask_logits": logits}
+        return {"box_logits": logits[:, : BOX_LENGTH + 1], "mask_logits": logits[:, BOX_LENGTH + 1 :]}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor,
+        pad_mask: torch.Tensor,
+        expression_ids: torch.Tensor,
+        task: str | None = None,
+        strategy: str = "greedy",
+        top_p: float = 0.9,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Predict token sequences; inputs as `encode`, the rest as `generate_from_memory`."""
+        memory = self.encode(images, pad_mask, expression_ids)
+        return self.generate_from_memory(memory, task, strategy, top_p, use_cache, generator)
+
+    @torch.no_grad()
+    def generate_from_memory(
+        self,
+        memory: Memory,
+        task: str | None = None,
+        strategy: str = "greedy",
+        top_p: float = 0.9,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Autoregressive decoding from an encoded batch.
+
+        task: None (the model's task), or for a multi-task model "box" (stop after the box) or
+        "mask" / "multi" (box, then mask). strategy: "greedy" or "top_p" (nucleus sampling with
+        ``top_p``, drawing from ``generator``, which must be on the model's device).
+        use_cache=False re-runs the decoder over the whole prefix at every step, as the reference;
+        it gives the same result and exists for tests and benchmarks.
+
+        Returns, per decoded part: ``box_tokens`` int64 (B, 4) in [0, num_bin - 1] (the EOS logit is
+        excluded) with ``box_scores`` float (B, 4); ``mask_tokens`` int64 (B, 2N) with ``mask_scores``.
+        A score is the softmax probability of the emitted token. Mask decoding stops at EOS: after a
+        sequence's first EOS every token is EOS with score 0, and the loop ends once all have stopped.
+        """
+        task = task or self.task
+        allowed = ("box", "mask", "multi") if self.task == "multi" else (self.task,)
+        if task not in allowed:
+            raise ValueError(f"this model was built for task {self.task!r}; it can generate {', '.join(allowed)}, "
+                             f"not {task!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+        batch = memory.features.shape[0]
+        decoding = _Decoding(self, memory, self._start(batch, memory.features.device), use_cache)
+        results: dict[str, torch.Tensor] = {}
+        if self.task in ("box", "multi"):
+            tokens, scores = self._decode(decoding, BOX_LENGTH, False, strategy, top_p, generator)
+            results.update(box_tokens=tokens, box_scores=scores)
+        if task == "box":
+            return results
+        if self.task == "multi":
+            decoding.append(self._task_mask(batch))
+        tokens, scores = self._decode(decoding, 2 * self.num_ray, True, strategy, top_p, generator)
+        results.update(mask_tokens=tokens, mask_scores=scores)
+        return results
+
+    def _decode(
+        self,
+        decoding: _Decoding,
+        steps: int,
+        with_eos: bool,
+        strategy: str,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Emit up to ``steps`` tokens; EOS allowed (and ending a sequence) only ``with_eos``.
+
+        Each emitted token's embedding is appended to ``decoding``. Returns tokens int64 (B, steps)
+        and scores float32 (B, steps).
+        """
+        batch = decoding.inputs.shape[0]
+        device = decoding.inputs.device
+        eos = eos_token(self.num_bin)
+        tokens = torch.full((batch, steps), eos, dtype=torch.int64, device=device)
+        scores = torch.zeros(batch, steps, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for step in range(steps):
+            logits = decoding.next_logits().float()
+            if not with_eos:
+                logits = logits[:, :eos]  # EOS is the last id: coordinates only
+            probs = F.softmax(logits, dim=-1)
+            if strategy == "greedy":
+                token = probs.argmax(dim=-1)
+            else:
+                token = top_p_sample(probs, top_p, generator)
+            score = probs.gather(1, token[:, None])[:, 0]
+            if with_eos:
+                token = token.masked_fill(finished, eos)
+                score = score.masked_fill(finished, 0.0)
+                finished |= token == eos
+            tokens[:, step] = token
+            scores[:, step] = score
+            if with_eos and bool(finished.all()):
+                break
+            decoding.append(self.token_embedding(token)[:, None])
+        return tokens, scores
+
+
+def _checked(tokens: torch.Tensor | None, name: str, shape: tuple[int, int], task: str) -> torch.Tensor:
+    if tokens is None:
+        raise ValueError(f"task {task!r} needs {name} for teacher forcing; pass an int64 tensor of shape {shape}")
+    if tuple(tokens.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(tokens.shape)}")
+    return tokens
+
+
+def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
+    """Build SeqTR from a ModelConfig; the only code that reads the model config.
+
+    Loads the Darknet weights (if configured) before freezing all but the last
+    ``trainable_backbone_modules`` backbone modules, and the word vectors for ``vocabulary``.
+    """
+    backbone = DarkNet53(config.darknet_width)
+    if config.darknet_weights:
+        load_darknet_weights(backbone, config.darknet_weights)
+    freeze(backbone, config.trainable_backbone_modules)
+    vectors, coverage = load_word_vectors(vocabulary, config.word_vectors, config.word_dim)
+    if config.word_vectors != "random":
+        logger.info("word vectors %s cover %.1f%% of the %d-word vocabulary", config.word_vectors,
+                    100 * coverage, len(vocabulary))
+    language = LanguageEncoder(vectors, config.gru_hidden, freeze=config.freeze_word_vectors)
+    fusion = SimpleFusion(backbone.out_channels, language.out_channels, config.d_model)
+    layer = (config.d_model, config.num_heads, config.ffn_dim, config.dropout)
+    encoder = Encoder(*layer, config.num_encoder_layers)
+    decoder = Decoder(*layer, config.num_decoder_layers, decoder_length(config.task, config.num_ray))
+    return SeqTR(backbone, language, fusion, encoder, decoder, config.task, config.num_bin, config.num_ray)
+
+
+def count_parameters(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Parameters per top-level part of ``model``: {name: (total, trainable)}, in module order."""
+    counts = {}
+    for name, part in model.named_children():
+        parameters = list(part.parameters())
+        counts[name] = (sum(p.numel() for p in parameters), sum(p.numel() for p in parameters if p.requires_grad))
+    return counts

@@ -1,0 +1,133 @@
+"""Grounder: one image and one expression in, a box or a mask out, in the original image's pixels.
+
+    grounder = Grounder.from_checkpoint("outputs/synthetic_det/best.pt")
+    prediction = grounder.predict("scene.jpg", "the red circle left of the blue square")
+    prediction.box       # array([x1, y1, x2, y2]) in pixels of scene.jpg
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqtr_lib.config import Experiment
+from seqtr_lib.data.refer import read_image
+from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
+from seqtr_lib.engine import _polygon_rle, _predicted_box, _predicted_polygon, load_trained
+from seqtr_lib.model.seqtr import SeqTR
+from seqtr_lib.sequence import rle_to_mask
+from seqtr_lib.text import Vocabulary
+
+
+def to_rgb_uint8(image: Any) -> np.ndarray:
+    """A path, PIL image or array (gray, RGB, RGBA; 8 or 16 bit) -> (H, W, 3) uint8 RGB."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):  # a PIL image
+        from PIL import ImageOps
+
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    array = image
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    if array.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8 or uint16, got {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def prepare_inference_image(rgb: np.ndarray, image_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The evaluation transform for one image: resize the long side, pad to /32; returns a batch of one."""
+    image, _, _ = to_tv_tensors(rgb, None, None)
+    transformed = resize_long_side(image, image_size=image_size)
+    geometry = transformed.geometry
+    height, width = geometry.img_shape
+    images = torch.zeros(1, 3, *geometry.pad_shape)
+    images[0, :, :height, :width] = transformed.image.as_subclass(torch.Tensor)
+    pad_mask = torch.ones(1, *geometry.pad_shape, dtype=torch.bool)
+    pad_mask[0, :height, :width] = False
+    meta = {"ori_shape": geometry.ori_shape, "img_shape": geometry.img_shape, "pad_shape": geometry.pad_shape,
+            "scale_factor": geometry.scale_factor}
+    return images, pad_mask, meta
+
+
+@dataclass
+class Prediction:
+    """Plain results in original-image pixels; ``tokens``/``scores`` are the raw sequence and its confidences."""
+
+    task: str
+    box: np.ndarray | None  # (4,) x1, y1, x2, y2
+    polygon: np.ndarray | None  # (K, 2) vertices in emission order
+    mask: np.ndarray | None  # (H, W) uint8
+    tokens: np.ndarray  # generated coordinate tokens (EOS = num_bin)
+    scores: np.ndarray  # probability of each generated token
+    seconds: float  # wall time of preprocessing + network + decoding
+
+
+class Grounder:
+    """A trained SeqTR ready for single-image inference (EMA weights when the checkpoint has them)."""
+
+    def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device) -> None:
+        self.model = model.eval().to(device)
+        self.experiment = experiment
+        self.vocabulary = vocabulary
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
+                        weights: str = "ema") -> Grounder:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        experiment, vocabulary, models = load_trained(path, device)
+        model = models.get(weights) or models["raw"]
+        return cls(model, experiment, vocabulary, device)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        task = self.experiment.model.task
+        return ("box", "mask") if task == "multi" else (task,)
+
+    @torch.inference_mode()
+    def predict(self, image: Any, expression: str, task: str | None = None) -> Prediction:
+        """Ground ``expression`` in ``image`` (a path, a PIL image or an HxWx3/HxW uint8 array)."""
+        task = task or self.tasks[0]
+        if task not in self.tasks:
+            raise ValueError(f"this checkpoint was trained for {self.experiment.model.task!r} and cannot predict "
+                             f"a {task!r}; choose one of {self.tasks}")
+        if not expression or not expression.strip():
+            raise ValueError("the expression is empty: type what to look for, e.g. 'the red circle on the left'")
+        started = time.perf_counter()
+        rgb = to_rgb_uint8(image)
+        images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
+        ids = torch.from_numpy(self.vocabulary.encode(expression, self.experiment.max_token))[None]
+        generated = self.model.generate(images.to(self.device), pad_mask.to(self.device), ids.to(self.device))
+        num_bin = self.experiment.model.num_bin
+        tokens = generated[f"{task}_tokens"][0].cpu().numpy()
+        scores = generated[f"{task}_scores"][0].float().cpu().numpy()
+        box = polygon = mask = None
+        if task == "box":
+            box = _predicted_box(tokens, meta, num_bin)
+        else:
+            polygon = _predicted_polygon(tokens, meta, num_bin)
+            mask = rle_to_mask(_polygon_rle(polygon, meta["ori_shape"]))
+        return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started)
+
+    def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
+        """Draw the prediction over the image (numbered points for masks) and write a PNG."""
+        from seqtr_lib.viz import draw_prediction, new_figure
+
+        figure, ax = new_figure()
+        draw_prediction(ax, to_rgb_uint8(image), prediction, expression)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+        return path

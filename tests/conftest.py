@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny model config that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_MODEL = {
+    "darknet_width": 0.125,
+    "trainable_backbone_modules": -1,
+    "word_vectors": "random",
+    "word_dim": 16,
+    "freeze_word_vectors": False,
+    "gru_hidden": 16,
+    "d_model": 32,
+    "num_heads": 2,
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "ffn_dim": 64,
+    "num_ray": 6,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """24 synthetic scenes of 64 px (train/val/testA/testB), generated once per test session."""
+    from seqtr_lib.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, num_images=24, seed=3, image_size=64, workers=1, progress=False)
+    return root
+
+
+def write_params(path: Path, data_root: Path, output_dir: Path, task: str = "box", **sections) -> Path:
+    """A params file for a tiny run; ``sections`` update the model/data/train mappings."""
+    params = {
+        "name": "tiny",
+        "output_dir": str(output_dir),
+        "model": {**TINY_MODEL, "task": task},
+        "data": {"dataset": "synthetic", "data_root": str(data_root), "image_size": 64, "lsj": False,
+                 "batch_size": 4, "eval_batch_size": 8, "num_workers": 0},
+        "train": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 1, "decay_epochs": [1], "log_every": 1,
+                  "seed": 1},
+    }
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of test subprocesses: one thread each, so runs compare bit for bit."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m seqtr_lib ...`` (or any module via args) in a fresh process."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

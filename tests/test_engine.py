@@ -1,0 +1,233 @@
+"""The training engine: recipe pieces, crash-safe resume, DDP equivalence, failure handling, CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT, cli_env, run_cli, write_params
+from seqtr_lib import checkpoint as ckpt
+from seqtr_lib.engine import ModelEMA, lr_factor
+
+
+def test_lr_factor_warms_up_linearly_then_steps_down():
+    factors = [lr_factor(e, warmup_epochs=5, decay_epochs=(50,), decay_factor=0.1) for e in range(60)]
+    assert factors[:5] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+    assert factors[5:50] == pytest.approx([1.0] * 45)
+    assert factors[50:] == pytest.approx([0.1] * 10)
+    assert lr_factor(80, 0, (75, 78), 0.1) == pytest.approx(0.01)
+
+
+def test_ema_follows_the_reference_decay_ramp():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.constant_(model.weight, 0.0)
+    ema = ModelEMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=0)  # decay min(0.999, 1/10) = 0.1 -> 0.1 * 0 + 0.9 * 1
+    assert ema.module.weight.item() == pytest.approx(0.9)
+    ema.update(model, step=20000)  # (step+1)/(step+10) > 0.999, so decay 0.999 -> 0.999 * 0.9 + 0.001
+    assert ema.module.weight.item() == pytest.approx(0.999 * 0.9 + 0.001)
+    assert not ema.module.weight.requires_grad
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt.save_atomic({"format": ckpt.CHECKPOINT_FORMAT, "x": torch.ones(2)}, path)
+
+    class Unsaveable:
+        pass
+
+    with pytest.raises(Exception):
+        ckpt.save_atomic({"format": ckpt.CHECKPOINT_FORMAT, "bad": Unsaveable()}, path)
+    assert torch.equal(ckpt.load(path)["x"], torch.ones(2))  # the old checkpoint survived
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    ckpt.save_atomic({"format": ckpt.CHECKPOINT_FORMAT, "rng": ckpt.rng_state()}, tmp_path / "c.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    ckpt.restore_rng_state(ckpt.load(tmp_path / "c.pt")["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def _weights(path):
+    return ckpt.load(path)["model"]
+
+
+def _assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key].float(), b[key].float(), atol=atol, rtol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch_equals_an_uninterrupted_run(tiny_data_root, tmp_path):
+    common = {"train": {"epochs": 3, "checkpoint_every": 2, "log_every": 1, "seed": 5},
+              "data": {"lsj": True, "num_workers": 0}}
+    whole = write_params(tmp_path / "whole.yaml", tiny_data_root, tmp_path / "whole", **common)
+    run_cli("-m", "seqtr_lib", "train", "--params", str(whole))
+
+    killed = write_params(tmp_path / "killed.yaml", tiny_data_root, tmp_path / "killed", **common)
+    run_dir = tmp_path / "killed" / "tiny"
+    env_cmd = [sys.executable, "-m", "seqtr_lib", "train", "--params", str(killed)]
+    process = subprocess.Popen(env_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=cli_env())
+    steps_per_epoch = None
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        log = run_dir / "log.jsonl"
+        if log.exists():
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            epochs = [r for r in records if r["type"] == "epoch"]
+            if epochs and steps_per_epoch is None:
+                steps_per_epoch = epochs[0]["step"]
+            steps = [r["step"] for r in records if r["type"] == "step"]
+            # Kill inside the second epoch, after a mid-epoch checkpoint.
+            if steps_per_epoch and steps and steps[-1] >= steps_per_epoch + 3:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = ckpt.load(run_dir / "last.pt")
+    assert partial["epoch"] < 3
+    run_cli("-m", "seqtr_lib", "train", "--params", str(killed), "--set", f"train.resume={run_dir / 'last.pt'}")
+
+    _assert_same_weights(_weights(tmp_path / "whole" / "tiny" / "last.pt"), _weights(run_dir / "last.pt"))
+    whole_history = ckpt.load(tmp_path / "whole" / "tiny" / "last.pt")["history"]
+    resumed_history = ckpt.load(run_dir / "last.pt")["history"]
+    assert [(r["loss"], r["val"]) for r in resumed_history] == [(r["loss"], r["val"]) for r in whole_history]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_twice_the_batch(tiny_data_root, tmp_path):
+    # Adam with a large eps is smooth in the gradient, so reduction-order noise cannot flip an update;
+    # BatchNorm statistics stay frozen because SyncBatchNorm does not exist on CPU.
+    train = {"epochs": 1, "max_steps_per_epoch": 2, "ema": False, "eps": 1e-3, "grad_clip": 0.0,
+             "freeze_batchnorm": True, "warmup_epochs": 0, "decay_epochs": [], "seed": 2}
+    model = {"dropout": 0.0}
+    single = write_params(tmp_path / "single.yaml", tiny_data_root, tmp_path / "single", train=train, model=model,
+                          data={"batch_size": 4})
+    double = write_params(tmp_path / "double.yaml", tiny_data_root, tmp_path / "double", train=train, model=model,
+                          data={"batch_size": 2})
+    run_cli("-m", "seqtr_lib", "train", "--params", str(single))
+    run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "seqtr_lib", "train",
+            "--params", str(double))
+
+    def losses(folder):
+        lines = (folder / "tiny" / "log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if json.loads(line)["type"] == "step"]
+
+    assert losses(tmp_path / "double") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    single_weights, double_weights = _weights(tmp_path / "single/tiny/last.pt"), _weights(tmp_path / "double/tiny/last.pt")
+    _assert_same_weights(single_weights, double_weights, atol=1e-5)
+    # The updates are real: the weights moved well beyond the tolerance.
+    init = write_params(tmp_path / "init.yaml", tiny_data_root, tmp_path / "init", train={**train, "lr": 1e-12},
+                        model=model, data={"batch_size": 4})
+    run_cli("-m", "seqtr_lib", "train", "--params", str(init))
+    moved = max((single_weights[k].float() - _weights(tmp_path / "init/tiny/last.pt")[k].float()).abs().max().item()
+                for k in single_weights if single_weights[k].is_floating_point())
+    assert moved > 1e-4
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_counts_every_expression_once(tiny_data_root, tmp_path):
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 1, "max_steps_per_epoch": 1}, data={"eval_batch_size": 3})
+    run_cli("-m", "seqtr_lib", "train", "--params", str(params))
+    checkpoint = tmp_path / "out" / "tiny" / "last.pt"
+    run_cli("-m", "seqtr_lib", "evaluate", "--params", str(params), "--checkpoint", str(checkpoint),
+            "--splits", "val,testB")
+    alone = json.loads((tmp_path / "out" / "tiny" / "metrics.json").read_text())
+    run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "seqtr_lib", "evaluate",
+            "--params", str(params), "--checkpoint", str(checkpoint), "--splits", "val,testB")
+    together = json.loads((tmp_path / "out" / "tiny" / "metrics.json").read_text())
+    annotations = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())
+    for split in ("val", "testB"):
+        expected = sum(len(ann["expressions"]) for ann in annotations[split])
+        assert alone["splits"][split]["raw"]["num_expressions"] == expected
+        assert together["splits"][split]["raw"]["num_expressions"] == expected
+        assert together["splits"][split]["raw"] == pytest.approx(alone["splits"][split]["raw"])
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny_data_root, tmp_path, monkeypatch):
+    from seqtr_lib import engine
+    from seqtr_lib.config import load_params
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 2, "max_steps_per_epoch": 3})
+    engine.train(load_params(params, ["train.epochs=1"]))
+    good = tmp_path / "out" / "tiny" / "last.pt"
+    before = good.read_bytes()
+
+    real_loss = engine.sequence_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        losses = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(engine, "sequence_loss", poisoned)
+    resumed = load_params(params, [f"train.resume={good}"])
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss at step \d+"):
+        engine.train(resumed)
+    assert good.read_bytes() == before
+
+
+def test_resume_refuses_a_checkpoint_of_a_different_model(tiny_data_root, tmp_path):
+    from seqtr_lib import engine
+    from seqtr_lib.config import load_params
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 1, "max_steps_per_epoch": 1})
+    engine.train(load_params(params))
+    last = tmp_path / "out" / "tiny" / "last.pt"
+    with pytest.raises(ValueError, match=r"model.d_model: 32 -> 64|d_model: 32 -> 64"):
+        engine.train(load_params(params, [f"train.resume={last}", "model.d_model=64", "train.epochs=2"]))
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out", task="multi",
+                          train={"epochs": 2, "checkpoint_every": 3})
+    run_cli("-m", "seqtr_lib", "train", "--params", str(params))
+    run_dir = tmp_path / "out" / "tiny"
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(run_dir / name, weights_only=True)  # every checkpoint loads safely
+        assert payload["epoch"] == 2 or name == "best.pt"
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["type"] == "epoch"] == [0, 1]
+    assert {"raw", "ema"} <= set(next(r for r in log if r["type"] == "epoch")["val"])
+
+    run_cli("-m", "seqtr_lib", "evaluate", "--params", str(params), "--checkpoint", str(run_dir / "best.pt"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["splits"]) == {"val", "testA", "testB"}
+    assert {"box/acc@0.5", "mask/miou", "mask/oiou"} <= set(metrics["splits"]["val"]["ema"])
+
+    annotations = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())
+    sample = annotations["val"][0]
+    image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
+    out = tmp_path / "overlay.png"
+    result = run_cli("-m", "seqtr_lib", "predict", "--checkpoint", str(run_dir / "best.pt"), "--image", str(image),
+                     "--expression", sample["expressions"][0], "--task", "mask", "--out", str(out))
+    assert "polygon" in result.stdout and out.stat().st_size > 1000

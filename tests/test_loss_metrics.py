@@ -1,0 +1,197 @@
+"""Loss and metrics against hand-computed values, a second implementation and pycocotools."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from seqtr_lib.loss import box_targets, label_smooth_cross_entropy, mask_targets, sequence_loss
+from seqtr_lib.metrics import (
+    box_iou,
+    box_metrics,
+    mask_ious,
+    mask_metrics,
+    summarize_box_ious,
+    summarize_mask_ious,
+)
+
+# ------------------------------------------------------------------------------------------------
+# Loss
+# ------------------------------------------------------------------------------------------------
+
+LOGITS = [
+    [[1.0, 2.0, 0.5, -1.0, 0.0], [0.2, 0.1, 3.0, 1.0, -2.0], [0.0, 0.0, 0.0, 0.0, 0.0]],
+    [[-1.0, 4.0, 2.0, 0.3, 1.5], [2.5, -0.5, 0.0, 1.0, 1.0], [1.0, 1.0, -3.0, 2.0, 0.7]],
+]
+TARGETS = [[1, 2, 4], [0, 3, 2]]
+WEIGHTS = [[1.5, 1.0, 0.1], [1.0, 2.0, 1.0]]
+
+
+def hand_loss(logits, targets, weights, neg_factor=0.1):
+    total, count = 0.0, 0
+    for logit_row, target_row, weight_row in zip(logits, targets, weights):
+        for values, target, weight in zip(logit_row, target_row, weight_row):
+            log_sum = math.log(sum(math.exp(v) for v in values))
+            soft = [neg_factor / len(values)] * len(values)
+            soft[target] = 1 - neg_factor
+            total += weight * -sum(p * (v - log_sum) for p, v in zip(soft, values))
+            count += 1
+    return total / count
+
+
+def test_label_smoothed_loss_equals_a_hand_computed_2x3x5_example():
+    loss = label_smooth_cross_entropy(torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor(WEIGHTS))
+    assert loss.item() == pytest.approx(hand_loss(LOGITS, TARGETS, WEIGHTS), rel=1e-6)
+
+
+def test_label_smoothed_loss_of_uniform_logits_has_a_closed_form():
+    vocab = 7
+    loss = label_smooth_cross_entropy(torch.zeros(2, 3, vocab), torch.zeros(2, 3, dtype=torch.int64), torch.ones(2, 3))
+    assert loss.item() == pytest.approx((1 - 0.1 / vocab) * math.log(vocab), rel=1e-6)
+
+
+def test_without_smoothing_the_loss_is_weighted_cross_entropy_over_batch_times_tokens():
+    logits, targets, weights = torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor(WEIGHTS)
+    plain = F.cross_entropy(logits.reshape(6, 5), targets.reshape(6), reduction="none") * weights.reshape(6)
+    loss = label_smooth_cross_entropy(logits, targets, weights, neg_factor=0.0)
+    torch.testing.assert_close(loss, plain.sum() / 6)
+
+
+def test_box_targets_end_with_eos_and_weigh_x1_one_and_a_half():
+    targets, weights = box_targets(torch.tensor([[3, 1, 4, 2]]), num_bin=5)
+    assert targets.tolist() == [[3, 1, 4, 2, 5]]
+    assert weights.tolist() == [[1.5, 1.0, 1.0, 1.0, 1.0]]
+
+
+def test_mask_targets_weigh_every_eos_one_tenth():
+    targets, weights = mask_targets(torch.tensor([[3, 1, 4, 2, 5, 5]]), num_bin=5)
+    assert targets.tolist() == [[3, 1, 4, 2, 5, 5, 5]]
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1]]))
+
+
+def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
+    generator = torch.Generator().manual_seed(0)
+    outputs = {"box_logits": torch.randn(2, 5, 6, generator=generator),
+               "mask_logits": torch.randn(2, 7, 6, generator=generator)}
+    box_tokens = torch.tensor([[0, 1, 2, 3], [4, 4, 0, 1]])
+    mask_tokens = torch.tensor([[1, 2, 3, 4, 5, 5], [0, 0, 1, 1, 2, 2]])
+    losses = sequence_loss(outputs, box_tokens, mask_tokens, num_bin=5)
+    box_hand = hand_loss(outputs["box_logits"].tolist(), [[0, 1, 2, 3, 5], [4, 4, 0, 1, 5]],
+                         [[1.5, 1, 1, 1, 1]] * 2)
+    mask_hand = hand_loss(outputs["mask_logits"].tolist(), [[1, 2, 3, 4, 5, 5, 5], [0, 0, 1, 1, 2, 2, 5]],
+                          [[1, 1, 1, 1, 0.1, 0.1, 0.1], [1, 1, 1, 1, 1, 1, 0.1]])
+    assert losses["loss_box"].item() == pytest.approx(box_hand, rel=1e-6)
+    assert losses["loss_mask"].item() == pytest.approx(mask_hand, rel=1e-6)
+    assert losses["loss"].item() == pytest.approx(box_hand + mask_hand, rel=1e-6)
+    box_only = sequence_loss({"box_logits": outputs["box_logits"]}, box_tokens, None, num_bin=5)
+    assert set(box_only) == {"loss", "loss_box"}
+    with pytest.raises(ValueError, match="mask_tokens is None"):
+        sequence_loss(outputs, box_tokens, None, num_bin=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Box metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def test_box_iou_of_hand_made_pairs():
+    a = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 1, 1], [5, 5, 5, 5]], dtype=torch.float32)
+    b = torch.tensor([[1, 1, 3, 3], [0, 0, 1, 1], [2, 2, 3, 3], [5, 5, 5, 5]], dtype=torch.float32)
+    # overlap 1 of union 7; half; disjoint; two zero-area boxes (empty union counts as IoU 0)
+    torch.testing.assert_close(box_iou(a, b), torch.tensor([1 / 7, 0.5, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_box_iou_matches_torchvision_on_random_boxes():
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(50, 2, 2, generator=generator) * 100
+    boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)  # (50, 4)
+    a, b = boxes[:25], boxes[25:] * 0.5 + 20
+    expected = torchvision.ops.box_iou(a.double(), b.double()).diagonal()
+    torch.testing.assert_close(box_iou(a, b), expected)
+    assert isinstance(box_iou(a.numpy(), b.numpy()), np.ndarray)
+
+
+def test_box_metrics_count_iou_of_exactly_half_as_a_hit():
+    pred = np.array([[0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2]], dtype=np.float32)
+    gt = np.array([[0, 0, 2, 2], [0, 0, 1, 1], [1, 1, 3, 3]], dtype=np.float32)
+    metrics = box_metrics(pred, gt)
+    assert metrics["acc@0.5"] == pytest.approx(100 * 2 / 3)
+    assert metrics["miou"] == pytest.approx(100 * (1 + 0.5 + 1 / 7) / 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mask metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def rle(mask: np.ndarray) -> dict:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def rectangle(x1: int, y1: int, x2: int, y2: int, size: tuple[int, int] = (8, 10)) -> dict:
+    mask = np.zeros(size, dtype=np.uint8)
+    mask[y1:y2, x1:x2] = 1
+    return rle(mask)
+
+
+EMPTY = rectangle(0, 0, 0, 0)
+# (pred, gt, intersection, union): 4 of 6 pixels; identical; disjoint; empty pred; both empty
+MASK_PAIRS = [
+    (rectangle(0, 0, 2, 2), rectangle(0, 0, 3, 2), 4, 6),
+    (rectangle(1, 1, 4, 4), rectangle(1, 1, 4, 4), 9, 9),
+    (rectangle(0, 0, 2, 2), rectangle(5, 5, 7, 7), 0, 8),
+    (EMPTY, rectangle(2, 2, 7, 3), 0, 5),
+    (EMPTY, EMPTY, 0, 0),
+]
+
+
+def test_mask_ious_of_hand_made_pairs_including_empty_masks():
+    ious, intersections, unions = mask_ious([p for p, *_ in MASK_PAIRS], [g for _, g, *_ in MASK_PAIRS])
+    assert intersections.tolist() == [i for *_, i, _ in MASK_PAIRS]
+    assert unions.tolist() == [u for *_, u in MASK_PAIRS]
+    np.testing.assert_allclose(ious, [4 / 6, 1.0, 0.0, 0.0, 0.0])
+
+
+def test_mask_ious_agree_with_pycocotools_iou():
+    rng = np.random.default_rng(0)
+    preds = [rle(rng.random((12, 9)) < 0.4) for _ in range(10)] + [rle(np.zeros((12, 9))), rle(np.zeros((12, 9)))]
+    gts = [rle(rng.random((12, 9)) < 0.5) for _ in range(10)] + [rle(np.ones((12, 9))), rle(np.zeros((12, 9)))]
+    expected = np.diag(mask_utils.iou(preds, gts, [0] * len(gts)))
+    np.testing.assert_allclose(mask_ious(preds, gts)[0], expected)
+
+
+def test_mask_metrics_equal_hand_computed_values():
+    metrics = mask_metrics([p for p, *_ in MASK_PAIRS], [g for _, g, *_ in MASK_PAIRS])
+    assert metrics["miou"] == pytest.approx(100 * (4 / 6 + 1) / 5)
+    assert metrics["oiou"] == pytest.approx(100 * 13 / 28)
+    assert metrics["prec@0.5"] == pytest.approx(40.0)  # 0.667 and 1.0
+    assert metrics["prec@0.6"] == pytest.approx(40.0)
+    assert metrics["prec@0.7"] == pytest.approx(20.0)
+    assert metrics["prec@0.9"] == pytest.approx(20.0)
+
+
+def test_metrics_over_batches_use_every_expression_once_even_with_a_short_last_batch():
+    ious = np.array([0.9, 0.2, 0.6, 0.4, 0.55, 0.1, 0.95])
+    batches = [ious[0:3], ious[3:6], ious[6:7]]  # the last batch holds one expression
+    gathered = np.concatenate(batches)
+    metrics = summarize_box_ious(gathered)
+    assert metrics["acc@0.5"] == pytest.approx(100 * 4 / 7)
+    assert metrics["miou"] == pytest.approx(100 * ious.sum() / 7)
+    mean_of_batch_means = np.mean([np.mean(batch >= 0.5) for batch in batches]) * 100  # the reference's figure
+    assert metrics["acc@0.5"] != pytest.approx(mean_of_batch_means)
+    intersections, unions = np.array([9, 1, 3, 2, 5, 1, 19]), np.array([10, 5, 5, 5, 9, 10, 20])
+    mask = summarize_mask_ious(intersections / unions, intersections, unions)
+    assert mask["oiou"] == pytest.approx(100 * 40 / 64)
+
+
+def test_mask_ious_reject_masks_of_different_sizes():
+    with pytest.raises(ValueError, match="mask pair 0"):
+        mask_ious([rectangle(0, 0, 1, 1, size=(4, 4))], [rectangle(0, 0, 1, 1, size=(4, 5))])
+    with pytest.raises(ValueError, match="no mask IoUs"):
+        summarize_mask_ious([], [], [])
