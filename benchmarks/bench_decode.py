@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import ModelConfig
 from seqtr_lib.model.seqtr import Memory, SeqTR, build_model
 from seqtr_lib.sequence import eos_token
@@ -105,8 +105,9 @@ def measure(name: str, task: str, batch: int, args: argparse.Namespace, device: 
             encode_s = encode_one * batch
             memory = repeat_memory(model.encode(*inputs), batch)
         else:
-            inputs = random_inputs(batch, image_size, device)
-            encode_s = encode_one if batch == 1 else median_seconds(lambda: model.encode(*inputs), args.repeats, device)
+            if batch > 1:
+                inputs = random_inputs(batch, image_size, device)
+            encode_s = median_seconds(lambda: model.encode(*inputs), args.repeats, device) if batch > 1 else encode_one
             memory = model.encode(*inputs)
         cached = median_seconds(lambda: model.generate_from_memory(memory, use_cache=True), args.repeats, device)
         recompute = median_seconds(lambda: model.generate_from_memory(memory, use_cache=False), args.repeats, device)
@@ -130,18 +131,11 @@ def machine(device: torch.device) -> dict[str, Any]:
     }
     cpu_model = Path("/proc/cpuinfo")
     if device.type == "cpu" and cpu_model.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpu_model.read_text().splitlines() if line.startswith("model name")]
+        lines = cpu_model.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         if names:
             info["device"] = names[0]
     return info
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        json.dump(value, file, indent=1)
-    os.replace(temporary, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -185,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(name, task, batch, args, device)
                 report["results"].append(result)
                 write_json_atomic(args.out, report)
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+                rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+                print(json.dumps(rounded), flush=True)
     return 0
 
 

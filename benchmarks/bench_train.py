@@ -28,7 +28,6 @@ import gc
 import json
 import math
 import os
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import ModelConfig, TrainConfig
 from seqtr_lib.engine import ModelEMA, autocast
 from seqtr_lib.loss import sequence_loss
@@ -145,22 +145,6 @@ def measure(model_config: ModelConfig, recipe: TrainConfig, vocabulary: Vocabula
 def _is_out_of_memory(error: BaseException) -> bool:
     # torch.compile can wrap an allocation failure in its own exception type.
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON so that readers see the previous file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(value, file, indent=1)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def device_name(device: torch.device) -> str:

@@ -77,11 +77,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     experiment = load_params(args.params, args.overrides)
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
-    results = evaluate(experiment, args.checkpoint, splits)
+    results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation)
     for split, per_weights in results["splits"].items():
         for weights, metrics in per_weights.items():
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "num_expressions")
-            print(f"{split:>6} {weights:>3}: {shown} ({metrics['num_expressions']} expressions)")
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
+                              if k not in ("num_expressions", "skipped_images"))
+            print(f"{split:>6} {weights:>12}: {shown} ({metrics['num_expressions']} expressions)")
     print(f"wrote {experiment.run_dir / 'metrics.json'}")
 
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--splits", default="", help="comma-separated, e.g. val,testA (default: all but train)")
+    p.add_argument("--shuffle-ablation", action="store_true",
+                   help="also evaluate with expressions shuffled across samples (proof that words are used)")
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("predict", help="ground one expression in one image; prints and draws the result")

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
+from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import Experiment, ModelConfig, experiment_from_dict, experiment_to_dict
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import DATASETS, build_dataset, load_vocabulary
@@ -91,6 +92,7 @@ class RunState:
     best_epoch: int = -1
     epoch_loss_sum: float = 0.0  # running sums of the current epoch, so a resumed epoch reports the same mean
     epoch_samples: int = 0
+    skipped_images: int = 0  # unreadable images skipped so far (data.skip_bad_images)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -131,7 +133,9 @@ def autocast(device: torch.device, amp: str):
 
 
 def _move(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    """Batch to the device; images travel as uint8 (a quarter of the bytes) and become floats there."""
     moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    moved["images"] = moved["images"].float()
     if channels_last:
         moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
     return moved
@@ -214,6 +218,7 @@ class Trainer:
         self.state = RunState(epoch=payload["epoch"], batches_done=payload["batches_done"], step=payload["step"],
                               best_score=payload["best"]["score"], best_epoch=payload["best"]["epoch"],
                               epoch_loss_sum=payload["epoch_loss"][0], epoch_samples=payload["epoch_loss"][1],
+                              skipped_images=payload["skipped_images"],
                               history=list(payload.get("history", [])))
         ckpt.restore_rng_state(payload["rng"])
 
@@ -231,6 +236,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "best": {"score": self.state.best_score, "epoch": self.state.best_epoch},
             "epoch_loss": [self.state.epoch_loss_sum, self.state.epoch_samples],
+            "skipped_images": self.state.skipped_images,
             "history": self.state.history,
         }
         if self.ema is not None:
@@ -258,7 +264,8 @@ class Trainer:
     def train_one_epoch(self, stop: _StopRequest) -> dict[str, float]:
         t = self.experiment.train
         epoch = self.state.epoch
-        loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch)
+        loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch,
+                              image_dtype=torch.uint8)
         total = len(loader) if not t.max_steps_per_epoch else min(len(loader), t.max_steps_per_epoch)
         self.forward_model.train()
         if t.freeze_batchnorm:
@@ -269,6 +276,9 @@ class Trainer:
         for index, batch in self._batches(loader):
             if index >= total:
                 break
+            self.state.skipped_images += batch["num_skipped"]
+            if not batch["metas"]:  # every image of the batch was unreadable (skip_bad_images)
+                continue
             batch = _move(batch, self.device, t.channels_last)
             with autocast(self.device, t.amp):
                 outputs = self.forward_model(**_model_inputs(batch))
@@ -326,7 +336,8 @@ class Trainer:
             while self.state.epoch < t.epochs:
                 epoch = self.state.epoch
                 train_stats = self.train_one_epoch(stop)
-                record: dict[str, Any] = {"type": "epoch", "epoch": epoch, "step": self.state.step, **train_stats}
+                record: dict[str, Any] = {"type": "epoch", "epoch": epoch, "step": self.state.step, **train_stats,
+                                          "skipped_images": self.state.skipped_images}
                 if self.val_split is not None:
                     scores = {"raw": evaluate_model(self.model, self.experiment, self.vocabulary, self.val_split,
                                                     self.device)["metrics"]}
@@ -350,7 +361,10 @@ class Trainer:
                 if improved:
                     self._save("best.pt")
                 distributed.barrier()
+        if self.state.skipped_images and self.context.is_main:
+            print(f"skipped {self.state.skipped_images} unreadable training images (data.skip_bad_images)")
         return {"run_dir": str(self.run_dir), "best_score": self.state.best_score,
+                "skipped_images": self.state.skipped_images,
                 "best_epoch": self.state.best_epoch, "history": self.state.history}
 
 
@@ -399,19 +413,32 @@ def _polygon_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
 
 @torch.inference_mode()
 def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
-                   device: torch.device, limit: int | None = None) -> dict[str, Any]:
+                   device: torch.device, limit: int | None = None,
+                   shuffle_expressions: bool = False) -> dict[str, Any]:
     """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
 
-    Metrics are computed at the original image size from the complete, de-duplicated list of expressions
-    (a distributed sampler pads the last batch with repeats), never as a mean of per-batch means.
+    Metrics are computed at the original image size from the complete list of expressions, never as a
+    mean of per-batch means. ``shuffle_expressions`` is the ablation that proves the words are used: each
+    sample is grounded with the expression of another sample of its batch (a fixed random permutation).
     """
     task, num_bin = experiment.model.task, experiment.model.num_bin
     dataset = build_dataset(experiment, split, vocabulary, training=False)
-    loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0)
+    loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0,
+                          image_dtype=torch.uint8)
+    permutation_rng = torch.Generator().manual_seed(experiment.train.seed)
     was_training = model.training
     model.eval()
     records: list[dict[str, Any]] = []
+    skipped = 0
     for batch in tqdm(loader, desc=f"evaluate {split}", leave=False, disable=not distributed_main()):
+        skipped += batch["num_skipped"]
+        if not batch["metas"]:
+            continue
+        if shuffle_expressions:
+            order = torch.randperm(len(batch["metas"]), generator=permutation_rng)
+            batch["expression_ids"] = batch["expression_ids"][order]
+            batch["metas"] = [{**meta, "expression": batch["metas"][j]["expression"]}
+                              for meta, j in zip(batch["metas"], order.tolist())]
         batch = _move(batch, device, experiment.train.channels_last)
         with autocast(device, experiment.train.amp):
             generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"])
@@ -437,7 +464,9 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     for record in distributed.gather_objects(records):
         unique.setdefault((record["ann_index"], record["expression_index"]), record)
     ordered = [unique[key] for key in sorted(unique)]
-    return {"metrics": _metrics(ordered, task), "records": ordered, "num_expressions": len(ordered)}
+    skipped = sum(distributed.gather_objects([skipped]))
+    return {"metrics": _metrics(ordered, task), "records": ordered, "num_expressions": len(ordered),
+            "skipped_images": skipped}
 
 
 def distributed_main() -> bool:
@@ -480,8 +509,12 @@ def _without_weight_files(config: ModelConfig) -> ModelConfig:
 
 
 def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
-             save_predictions: bool = True) -> dict[str, Any]:
-    """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json."""
+             save_predictions: bool = True, shuffle_ablation: bool = False) -> dict[str, Any]:
+    """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
+
+    With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
+    (keys ``raw_shuffled``/``ema_shuffled``): a model that reads the words must fall far below its score.
+    """
     context = distributed.setup(experiment.train.device)
     try:
         payload = ckpt.load(checkpoint_path)
@@ -492,14 +525,19 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
         for split in splits:
             per_split: dict[str, Any] = {}
             for name, model in models.items():
-                outcome = evaluate_model(model, experiment, vocabulary, split, context.device)
-                per_split[name] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"]}
-                if save_predictions and context.is_main:
-                    _write_json(experiment.run_dir / "predictions" / f"{split}_{name}.json",
-                                [{k: v for k, v in r.items() if not k.endswith("rle")} for r in outcome["records"]])
+                for shuffled in (False, True) if shuffle_ablation else (False,):
+                    key = f"{name}_shuffled" if shuffled else name
+                    outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
+                                             shuffle_expressions=shuffled)
+                    per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
+                                      "skipped_images": outcome["skipped_images"]}
+                    if save_predictions and context.is_main:
+                        write_json_atomic(experiment.run_dir / "predictions" / f"{split}_{key}.json",
+                                    [{k: v for k, v in r.items() if not k.endswith("rle")}
+                                     for r in outcome["records"]])
             results["splits"][split] = per_split
         if context.is_main:
-            _write_json(experiment.run_dir / "metrics.json", results)
+            write_json_atomic(experiment.run_dir / "metrics.json", results)
         return results
     finally:
         distributed.teardown()
@@ -507,11 +545,3 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
 
 def _dataset_splits(experiment: Experiment) -> tuple[str, ...]:
     return DATASETS[experiment.data.dataset].splits
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    temporary.replace(path)

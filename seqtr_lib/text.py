@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from seqtr_lib.atomic import write_text_atomic
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -134,7 +135,7 @@ class Vocabulary:
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"format", "version", "words"}`` as JSON, atomically (temporary file, then rename)."""
         document = {"format": VOCABULARY_FORMAT, "version": VOCABULARY_VERSION, "words": self.to_list()}
-        _write_text_atomic(Path(path), json.dumps(document, ensure_ascii=False, indent=0) + "\n")
+        write_text_atomic(Path(path), json.dumps(document, ensure_ascii=False, indent=0) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
@@ -158,21 +159,6 @@ class Vocabulary:
             return cls(words)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,7 +288,7 @@ _ORIGINAL_SPECIAL_NAMES = tuple(
 )
 
 
-class _PlainDataUnpickler(pickle.Unpickler):
+class PlainDataUnpickler(pickle.Unpickler):
     """Unpickler that builds only built-in containers and scalars: every class or function is refused."""
 
     def find_class(self, module: str, name: str) -> None:
@@ -320,7 +306,7 @@ def load_token_to_ix(path: str | os.PathLike) -> Vocabulary:
     path = Path(path)
     try:
         with path.open("rb") as file:
-            table = _PlainDataUnpickler(file).load()
+            table = PlainDataUnpickler(file).load()
     except Exception as error:  # a damaged pickle can raise almost any exception type
         raise ValueError(f"{path}: refused to unpickle ({error}); token_to_ix.pkl must hold a plain "
                          "dict of word -> id") from error

@@ -224,7 +224,15 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
     assert set(metrics["splits"]) == {"val", "testA", "testB"}
     assert {"box/acc@0.5", "mask/miou", "mask/oiou"} <= set(metrics["splits"]["val"]["ema"])
 
+    run_cli("-m", "seqtr_lib", "evaluate", "--params", str(params), "--checkpoint", str(run_dir / "best.pt"),
+            "--splits", "val", "--shuffle-ablation")
+    ablation = json.loads((run_dir / "metrics.json").read_text())["splits"]["val"]
+    assert ablation["raw_shuffled"]["num_expressions"] == ablation["raw"]["num_expressions"]
     annotations = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())
+    shuffled = json.loads((run_dir / "predictions" / "val_raw_shuffled.json").read_text())
+    moved = [r for r in shuffled
+             if r["expression"] != annotations["val"][r["ann_index"]]["expressions"][r["expression_index"]]]
+    assert len(moved) > len(shuffled) // 2  # most samples were grounded with another sample's words
     sample = annotations["val"][0]
     image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
     out = tmp_path / "overlay.png"

@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Builds only containers, strings, bytes and numbers: any class or function reference is refused,
-    so a malicious pickle cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is accepted")
+from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.text import PlainDataUnpickler
 
 
 def _decoded(value: Any) -> Any:
@@ -47,7 +40,7 @@ def load_refs(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     try:
         # encoding="bytes" keeps Python 2 strings as bytes, decoded as UTF-8 by _decoded.
-        refs = _decoded(_PlainDataUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load())
+        refs = _decoded(PlainDataUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load())
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
         raise ValueError(f"{path}: refused to unpickle ({error}); a refs file must hold plain data "
                          "(lists, dicts, strings, numbers)") from error
@@ -105,20 +98,5 @@ def convert_refer(refs_path: str | Path, instances_path: str | Path, out_path: s
     for index, ref in enumerate(refs):
         entry = _entry(ref, index, refs_path, instances_path, annotations, images, expression_field)
         splits.setdefault(str(ref["split"]), []).append(entry)
-    _write_json_atomic(out_path, splits)
+    write_json_atomic(out_path, splits, indent=None)
     return {split: len(entries) for split, entries in splits.items()}
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    """Readers see the old file or the complete new one, never a partial write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(value, file, separators=(",", ":"))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -22,10 +22,8 @@ polygons that pycocotools rasterises back to exactly the visible pixels.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing import Pool
@@ -35,6 +33,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from seqtr_lib.atomic import write_json_atomic
 
 COLORS: dict[str, tuple[int, int, int]] = {  # RGB, far apart so that noise and JPEG cannot mix them up
     "red": (220, 40, 40),
@@ -473,9 +473,7 @@ def generate_dataset(out_dir: str | Path, num_images: int = 2000, seed: int = 0,
             collect(pool.imap(_write_image, tasks, chunksize=chunksize))
     bar.close()
 
-    with tempfile.NamedTemporaryFile("w", dir=json_path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(dataset, f, separators=(",", ":"))
-    os.replace(f.name, json_path)
+    write_json_atomic(json_path, dataset, indent=None)
     counts = {name: {"images": splits.count(name), "objects": len(annotations),
                      "expressions": sum(len(a["expressions"]) for a in annotations)}
               for name, annotations in dataset.items()}
