@@ -38,7 +38,8 @@ from torch import nn
 
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import ModelConfig, TrainConfig
-from seqtr_lib.engine import ModelEMA, autocast
+from seqtr_lib.engine import ModelEMA
+from seqtr_lib.evaluation import autocast
 from seqtr_lib.loss import sequence_loss
 from seqtr_lib.model.seqtr import SeqTR, build_model, count_parameters
 from seqtr_lib.sequence import eos_token

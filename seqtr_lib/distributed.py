@@ -49,6 +49,11 @@ def setup(device_preference: str = "auto") -> Context:
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process; the one that prints progress and writes files."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

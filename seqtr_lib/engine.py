@@ -13,13 +13,11 @@ overwriting the last good checkpoint.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import random
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,13 +30,12 @@ from tqdm.auto import tqdm
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import Experiment, ModelConfig, experiment_from_dict, experiment_to_dict
+from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import DATASETS, build_dataset, load_vocabulary
+from seqtr_lib.evaluation import autocast, evaluate_model, load_trained, move_batch
 from seqtr_lib.loss import sequence_loss
-from seqtr_lib.metrics import box_iou, box_metrics, mask_metrics
 from seqtr_lib.model.seqtr import SeqTR, build_model
-from seqtr_lib.sequence import dequantize, polygon_to_rle, tokens_to_vertices
 from seqtr_lib.text import Vocabulary
 
 
@@ -123,22 +120,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA; nothing on CPU (where AMP only slows the small models down)."""
-    if amp == "none" or device.type != "cuda":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def _move(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    """Batch to the device; images travel as uint8 (a quarter of the bytes) and become floats there."""
-    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    moved["images"] = moved["images"].float()
-    if channels_last:
-        moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
-    return moved
 
 
 def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +260,7 @@ class Trainer:
             self.state.skipped_images += batch["num_skipped"]
             if not batch["metas"]:  # every image of the batch was unreadable (skip_bad_images)
                 continue
-            batch = _move(batch, self.device, t.channels_last)
+            batch = move_batch(batch, self.device, t.channels_last)
             with autocast(self.device, t.amp):
                 outputs = self.forward_model(**_model_inputs(batch))
             losses = sequence_loss({k: v.float() for k, v in outputs.items()}, batch.get("box_tokens"),
@@ -384,128 +365,6 @@ def train(experiment: Experiment) -> dict[str, Any]:
         return Trainer(experiment, context).run()
     finally:
         distributed.teardown()
-
-
-def _predicted_box(tokens: np.ndarray, meta: dict[str, Any], num_bin: int) -> np.ndarray:
-    """Box tokens -> x1y1x2y2 in the original image's pixels."""
-    pad_h, pad_w = meta["pad_shape"]
-    box = dequantize(tokens, pad_w, pad_h, num_bin)
-    sx, sy = meta["scale_factor"]
-    box = box / np.array([sx, sy, sx, sy], dtype=np.float32)
-    ori_h, ori_w = meta["ori_shape"]
-    return np.clip(box, 0, [ori_w, ori_h, ori_w, ori_h]).astype(np.float32)
-
-
-def _predicted_polygon(tokens: np.ndarray, meta: dict[str, Any], num_bin: int) -> np.ndarray:
-    """Mask tokens -> (K, 2) polygon vertices in the original image's pixels."""
-    points = tokens_to_vertices(tokens, meta["pad_shape"], num_bin)
-    sx, sy = meta["scale_factor"]
-    return (points / np.array([sx, sy], dtype=np.float32)).astype(np.float32)
-
-
-def _polygon_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
-    """Predicted polygon -> RLE at the original size, with the reference's < 2 and == 2 point rules."""
-    height, width = shape
-    if len(points) < 2:
-        return polygon_to_rle([], height, width)
-    return polygon_to_rle([points.reshape(-1).tolist()], height, width)
-
-
-@torch.inference_mode()
-def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
-                   device: torch.device, limit: int | None = None,
-                   shuffle_expressions: bool = False) -> dict[str, Any]:
-    """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
-
-    Metrics are computed at the original image size from the complete list of expressions, never as a
-    mean of per-batch means. ``shuffle_expressions`` is the ablation that proves the words are used: each
-    sample is grounded with the expression of another sample of its batch (a fixed random permutation).
-    """
-    task, num_bin = experiment.model.task, experiment.model.num_bin
-    dataset = build_dataset(experiment, split, vocabulary, training=False)
-    loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0,
-                          image_dtype=torch.uint8)
-    permutation_rng = torch.Generator().manual_seed(experiment.train.seed)
-    was_training = model.training
-    model.eval()
-    records: list[dict[str, Any]] = []
-    skipped = 0
-    for batch in tqdm(loader, desc=f"evaluate {split}", leave=False, disable=not distributed_main()):
-        skipped += batch["num_skipped"]
-        if not batch["metas"]:
-            continue
-        if shuffle_expressions:
-            order = torch.randperm(len(batch["metas"]), generator=permutation_rng)
-            batch["expression_ids"] = batch["expression_ids"][order]
-            batch["metas"] = [{**meta, "expression": batch["metas"][j]["expression"]}
-                              for meta, j in zip(batch["metas"], order.tolist())]
-        batch = _move(batch, device, experiment.train.channels_last)
-        with autocast(device, experiment.train.amp):
-            generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"])
-        generated = {k: v.float().cpu().numpy() if k.endswith("scores") else v.cpu().numpy()
-                     for k, v in generated.items()}
-        for i, meta in enumerate(batch["metas"]):
-            record: dict[str, Any] = {"ann_index": meta["ann_index"], "expression_index": meta["expression_index"],
-                                      "image_id": meta["image_id"], "expression": meta["expression"],
-                                      "gt_box": [float(v) for v in meta["gt_box"]]}
-            if "box_tokens" in generated:
-                record["pred_box"] = _predicted_box(generated["box_tokens"][i], meta, num_bin).tolist()
-            if "mask_tokens" in generated:
-                polygon = _predicted_polygon(generated["mask_tokens"][i], meta, num_bin)
-                record["pred_polygon"] = polygon.reshape(-1).tolist()
-                record["pred_rle"] = _polygon_rle(polygon, meta["ori_shape"])
-                record["gt_rle"] = meta["gt_mask_rle"]
-            records.append(record)
-        if limit is not None and len(records) >= limit:
-            break
-    if was_training:
-        model.train()
-    unique: dict[tuple[int, int], dict[str, Any]] = {}
-    for record in distributed.gather_objects(records):
-        unique.setdefault((record["ann_index"], record["expression_index"]), record)
-    ordered = [unique[key] for key in sorted(unique)]
-    skipped = sum(distributed.gather_objects([skipped]))
-    return {"metrics": _metrics(ordered, task), "records": ordered, "num_expressions": len(ordered),
-            "skipped_images": skipped}
-
-
-def distributed_main() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-def _metrics(records: list[dict[str, Any]], task: str) -> dict[str, float]:
-    gt = np.array([r["gt_box"] for r in records], dtype=np.float32).reshape(-1, 4)
-    box = mask = {}
-    if task in ("box", "multi"):
-        pred = np.array([r["pred_box"] for r in records], dtype=np.float32).reshape(-1, 4)
-        box = box_metrics(pred, gt)
-        ious = box_iou(pred, gt)
-        for record, iou in zip(records, np.asarray(ious).tolist()):
-            record["box_iou"] = iou
-    if task in ("mask", "multi"):
-        mask = mask_metrics([r["pred_rle"] for r in records], [r["gt_rle"] for r in records])
-    if task == "multi":
-        return {**{f"box/{k}": v for k, v in box.items()}, **{f"mask/{k}": v for k, v in mask.items()}}
-    return dict(box or mask)
-
-
-def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Experiment, Vocabulary, dict[str, SeqTR]]:
-    """Rebuild the model(s) stored in a checkpoint: ``{"raw": model, "ema": model}`` (ema when present)."""
-    payload = ckpt.load(path)
-    experiment = experiment_from_dict(payload["config"], source=str(path))
-    vocabulary = Vocabulary.from_list(payload["vocabulary"])
-    models = {}
-    for name, key in (("raw", "model"), ("ema", "ema")):
-        if key in payload:
-            model = build_model(_without_weight_files(experiment.model), vocabulary)
-            model.load_state_dict(payload[key])
-            models[name] = model.to(device).eval()
-    return experiment, vocabulary, models
-
-
-def _without_weight_files(config: ModelConfig) -> ModelConfig:
-    """A checkpoint holds every weight: do not read the Darknet or word-vector files again."""
-    return dataclasses.replace(config, darknet_weights=None, word_vectors="random")
 
 
 def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,

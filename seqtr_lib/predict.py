@@ -18,7 +18,7 @@ import torch
 from seqtr_lib.config import Experiment
 from seqtr_lib.data.refer import read_image
 from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
-from seqtr_lib.engine import _polygon_rle, _predicted_box, _predicted_polygon, load_trained
+from seqtr_lib.evaluation import box_in_original_pixels, load_trained, polygon_in_original_pixels, polygon_mask_rle
 from seqtr_lib.model.seqtr import SeqTR
 from seqtr_lib.sequence import rle_to_mask
 from seqtr_lib.text import Vocabulary
@@ -115,10 +115,10 @@ class Grounder:
         scores = generated[f"{task}_scores"][0].float().cpu().numpy()
         box = polygon = mask = None
         if task == "box":
-            box = _predicted_box(tokens, meta, num_bin)
+            box = box_in_original_pixels(tokens, meta, num_bin)
         else:
-            polygon = _predicted_polygon(tokens, meta, num_bin)
-            mask = rle_to_mask(_polygon_rle(polygon, meta["ori_shape"]))
+            polygon = polygon_in_original_pixels(tokens, meta, num_bin)
+            mask = rle_to_mask(polygon_mask_rle(polygon, meta["ori_shape"]))
         return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started)
 
     def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:

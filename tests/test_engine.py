@@ -239,3 +239,29 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
     result = run_cli("-m", "seqtr_lib", "predict", "--checkpoint", str(run_dir / "best.pt"), "--image", str(image),
                      "--expression", sample["expressions"][0], "--task", "mask", "--out", str(out))
     assert "polygon" in result.stdout and out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_ground_truth_tokens_decode_back_to_the_original_pixels(tiny_data_root, tmp_path, task):
+    """The evaluation path (tokens -> padded pixels -> original pixels) inverts the data pipeline."""
+    from seqtr_lib.config import load_params
+    from seqtr_lib.data.loader import build_loader
+    from seqtr_lib.data.refer import build_dataset, load_vocabulary
+    from seqtr_lib.evaluation import box_in_original_pixels, polygon_in_original_pixels, polygon_mask_rle
+    from seqtr_lib.metrics import mask_ious
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out", task=task,
+                          data={"image_size": 96}, model={"num_ray": 24})
+    experiment = load_params(params)
+    dataset = build_dataset(experiment, "val", load_vocabulary(experiment), training=False)
+    batch = next(iter(build_loader(dataset, experiment, training=False)))
+    for i, meta in enumerate(batch["metas"]):
+        # One bin of the padded image, mapped back to the original size.
+        tolerance = max(meta["pad_shape"]) / experiment.model.num_bin / min(meta["scale_factor"]) + 1e-3
+        if task == "box":
+            box = box_in_original_pixels(batch["box_tokens"][i].numpy(), meta, experiment.model.num_bin)
+            np.testing.assert_allclose(box, meta["gt_box"], atol=tolerance)
+        else:
+            polygon = polygon_in_original_pixels(batch["mask_tokens"][i].numpy(), meta, experiment.model.num_bin)
+            iou, _, _ = mask_ious([polygon_mask_rle(polygon, meta["ori_shape"])], [meta["gt_mask_rle"]])
+            assert iou[0] > 0.6, (i, iou)  # 24 contour points of a shape at 96 px

@@ -52,7 +52,8 @@ def test_label_smoothed_loss_equals_a_hand_computed_2x3x5_example():
 
 def test_label_smoothed_loss_of_uniform_logits_has_a_closed_form():
     vocab = 7
-    loss = label_smooth_cross_entropy(torch.zeros(2, 3, vocab), torch.zeros(2, 3, dtype=torch.int64), torch.ones(2, 3))
+    targets = torch.zeros(2, 3, dtype=torch.int64)
+    loss = label_smooth_cross_entropy(torch.zeros(2, 3, vocab), targets, torch.ones(2, 3))
     assert loss.item() == pytest.approx((1 - 0.1 / vocab) * math.log(vocab), rel=1e-6)
 
 

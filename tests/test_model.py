@@ -175,7 +175,8 @@ def test_mask_generation_stops_each_sequence_at_its_first_eos():
     with torch.no_grad():
         last.weight[:EOS] = 0
         last.bias.zero_()
-        first_eos_logit = model(*batch, mask_tokens=torch.zeros(6, 2 * NUM_RAY, dtype=torch.int64))["mask_logits"][:, 0, EOS]
+        zeros = torch.zeros(6, 2 * NUM_RAY, dtype=torch.int64)
+        first_eos_logit = model(*batch, mask_tokens=zeros)["mask_logits"][:, 0, EOS]
         threshold = first_eos_logit.sort().values[2:4].mean()
         last.bias[EOS] = -threshold
     cached = model.generate(*batch)

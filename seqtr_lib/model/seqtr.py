@@ -129,7 +129,9 @@ class SeqTR(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         # The released code has three linear layers (d -> d -> d -> V), ReLU between them.
         self.predictor = nn.Sequential(
-            nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, vocab_size)
+            nn.Linear(d_model, d_model), nn.ReLU(),
+            nn.Linear(d_model, d_model), nn.ReLU(),
+            nn.Linear(d_model, vocab_size),
         )
         self.task_embedding = nn.Embedding(2, d_model) if task == "multi" else None
 
