@@ -26,7 +26,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -469,7 +469,9 @@ def generate_dataset(out_dir: str | Path, num_images: int = 2000, seed: int = 0,
         collect(map(_write_image, tasks))
     else:
         chunksize = max(1, min(32, num_images // (8 * workers)))
-        with Pool(workers, initializer=_init_worker) as pool:
+        # Spawned, not forked: a forked child that touches OpenCV's thread pool after the parent used it
+        # deadlocks (seen when the generator ran inside a test session or a notebook kernel).
+        with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
             collect(pool.imap(_write_image, tasks, chunksize=chunksize))
     bar.close()
 
