@@ -16,9 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m seqtr_lib make-synthetic --out $(DATA) --num-images 2000 --seed 0 --image-size 256
-	$(PY) -m seqtr_lib contact-sheet --data-root $(DATA) --split train --out $(OUT)/synthetic_samples.png
-	@echo "contact sheet: $(OUT)/synthetic_samples.png"
+	$(PY) -m seqtr_lib.pipeline $(if $(filter 1,$(DEMO_FAST)),--fast)
 
 test: install
 	$(PY) -m pytest -q

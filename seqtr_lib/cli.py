@@ -68,8 +68,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     except (NonFiniteLossError, TrainingInterrupted) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(3 if isinstance(error, NonFiniteLossError) else 130) from None
-    print(f"best validation score {result['best_score']:.2f} at epoch {result['best_epoch'] + 1}; "
-          f"checkpoints in {result['run_dir']}")
+    if result["is_main"]:
+        print(f"best validation score {result['best_score']:.2f} at epoch {result['best_epoch'] + 1}; "
+              f"checkpoints in {result['run_dir']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -177,6 +177,9 @@ class Trainer:
         self.state = RunState()
         if resume is not None:
             self._restore(resume)
+        elif context.is_main:
+            # A new run starts a new log; a resumed one appends to its own.
+            (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         self.train_set = build_dataset(experiment, "train", self.vocabulary, training=True)
         self.val_split = "val" if "val" in _dataset_splits(experiment) else None
 
@@ -345,7 +348,7 @@ class Trainer:
         if self.state.skipped_images and self.context.is_main:
             print(f"skipped {self.state.skipped_images} unreadable training images (data.skip_bad_images)")
         return {"run_dir": str(self.run_dir), "best_score": self.state.best_score,
-                "skipped_images": self.state.skipped_images,
+                "skipped_images": self.state.skipped_images, "is_main": self.context.is_main,
                 "best_epoch": self.state.best_epoch, "history": self.state.history}
 
 

@@ -86,7 +86,10 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     model.eval()
     records: list[dict[str, Any]] = []
     skipped = 0
-    for batch in tqdm(loader, desc=f"evaluate {split}", leave=False, disable=not distributed.is_main_process()):
+    # A bar that does not wrap the loader: tqdm.notebook would keep a finished loader (and its workers) alive.
+    bar = tqdm(total=len(loader), desc=f"evaluate {split}", leave=False, disable=not distributed.is_main_process())
+    for batch in loader:
+        bar.update(1)
         skipped += batch["num_skipped"]
         if not batch["metas"]:
             continue
@@ -114,6 +117,7 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
             records.append(record)
         if limit is not None and len(records) >= limit:
             break
+    bar.close()
     if was_training:
         model.train()
     unique: dict[tuple[int, int], dict[str, Any]] = {}

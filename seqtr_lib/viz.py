@@ -127,3 +127,249 @@ def new_figure(width: float = 6.0, height: float = 6.0) -> tuple[Figure, Axes]:
     """A bare Figure with one Axes (no pyplot: works headless and leaves notebook backends alone)."""
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure, figure.subplots()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notebook figures: training curves, evaluation analysis, point sequences. Each returns a bare Figure.
+# ---------------------------------------------------------------------------------------------------
+
+GT_COLOR = "#00ff66"
+PRED_COLOR = "#ff3366"
+# The number best.pt is chosen by, per task (engine.headline_score).
+HEADLINE_METRICS = {"box": ("acc@0.5",), "mask": ("miou",), "multi": ("box/acc@0.5", "mask/miou")}
+
+
+def figure_png(figure: Figure, dpi: int = 110) -> bytes:
+    """A Figure rendered as PNG bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def grid_figure(count: int, columns: int = 4, cell: float = 3.0) -> tuple[Figure, list[Axes]]:
+    """A Figure with ``count`` square Axes in rows of ``columns`` (unused cells hidden)."""
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    figure = Figure(figsize=(cell * columns, (cell + 0.35) * rows), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return figure, axes[:count]
+
+
+def draw_comparison(ax: Axes, image: np.ndarray, gt_box: Sequence[float] | None,
+                    gt_polygons: Sequence[Sequence[float]] | None, pred_box: Sequence[float] | None = None,
+                    pred_polygon: np.ndarray | None = None, title: str | None = None) -> Axes:
+    """Ground truth in green (box, mask polygons), prediction in red (dashed box, or numbered polygon)."""
+    draw_sample(ax, image, gt_box, gt_polygons, title, color=GT_COLOR)
+    if pred_box is not None:
+        x1, y1, x2, y2 = pred_box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=PRED_COLOR, linewidth=1.5,
+                               linestyle="--"))
+    if pred_polygon is not None:
+        draw_points(ax, pred_polygon, color=PRED_COLOR)
+    return ax
+
+
+def training_curves(records: Sequence[dict], task: str) -> Figure:
+    """Loss (per logged step and epoch mean), learning rate, and validation scores of raw vs EMA weights.
+
+    records: log.jsonl lines (``type`` "step" or "epoch"); task picks the validation metric(s).
+    """
+    steps = [r for r in records if r.get("type") == "step"]
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    figure = Figure(figsize=(13, 3.6), layout="constrained")
+    loss_ax, lr_ax, val_ax = figure.subplots(1, 3)
+    if steps:
+        loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], linewidth=0.8, alpha=0.6,
+                     label="logged step")
+    if epochs:
+        loss_ax.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], "o-", label="epoch mean")
+    loss_ax.set(xlabel="step", ylabel="loss", title="training loss")
+    lr_source = steps or epochs
+    lr_ax.plot([r["step"] for r in lr_source], [r["lr"] for r in lr_source], ".-")
+    lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    for weights in ("raw", "ema"):
+        for metric in HEADLINE_METRICS[task]:
+            points = [(r["epoch"] + 1, r["val"][weights][metric]) for r in epochs if weights in r.get("val", {})]
+            if points:
+                val_ax.plot(*zip(*points), "o-" if weights == "raw" else "s--", label=f"{weights} {metric}")
+    val_ax.set(xlabel="epoch", ylabel="%", title="validation")
+    for ax in (loss_ax, val_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return figure
+
+
+def length_histogram(lengths: dict[str, Sequence[int]], max_token: int) -> Figure:
+    """Words per expression, one outline per split, with the max_token cut-off marked."""
+    figure, ax = new_figure(6.5, 3.5)
+    longest = max((max(v) for v in lengths.values() if len(v)), default=1)
+    bins = np.arange(0, max(longest, max_token) + 2) - 0.5
+    for split, values in lengths.items():
+        if len(values):
+            ax.hist(values, bins=bins, histtype="step", density=True, linewidth=1.5, label=split)
+    ax.axvline(max_token + 0.5, color="black", linestyle="--", linewidth=1,
+               label=f"max_token {max_token} (longer ones are cut)")
+    ax.set(xlabel="words per expression", ylabel="share of expressions", title="expression lengths")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def iou_histogram(ious: Sequence[float], title: str) -> Figure:
+    """Histogram of per-expression IoUs with the 0.5 threshold marked."""
+    ious = np.asarray(ious, dtype=float)
+    figure, ax = new_figure(6.0, 3.5)
+    ax.hist(ious, bins=np.linspace(0, 1, 21), color="#4477aa", edgecolor="white")
+    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+    summary = f"mean {ious.mean():.2f}, {np.mean(ious >= 0.5):.0%} at IoU >= 0.5" if ious.size else "empty"
+    ax.set(xlabel="IoU with the ground truth", ylabel="expressions", title=f"{title}: {summary}")
+    return figure
+
+
+def breakdown_chart(breakdown: dict[str, dict[str, dict[str, float]]]) -> Figure:
+    """Bars of mIoU and Acc@0.5 per group, one panel per grouping (notebook.category_breakdown)."""
+    figure = Figure(figsize=(5.5 * len(breakdown), 3.8), layout="constrained")
+    axes = figure.subplots(1, max(len(breakdown), 1), squeeze=False)[0]
+    for ax, (grouping, members) in zip(axes, breakdown.items()):
+        x = np.arange(len(members))
+        for offset, key, label, color in ((-0.2, "miou", "mIoU", "#4477aa"), (0.2, "acc@0.5", "Acc@0.5", "#ee6677")):
+            bars = ax.bar(x + offset, [m[key] for m in members.values()], 0.4, label=label, color=color)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(x, [f"{name}\nn={m['n']}" for name, m in members.items()], fontsize=8)
+        ax.set(ylim=(0, 100), ylabel="%", title=f"by {grouping}")
+        ax.legend(fontsize=8)
+    return figure
+
+
+def ablation_chart(results: dict, metric: str) -> Figure:
+    """Matched vs shuffled expressions (engine.evaluate's ``<weights>_shuffled`` entries), per split and weights."""
+    pairs = [(f"{split}\n{weights}", scores[metric], per_split[f"{weights}_shuffled"][metric])
+             for split, per_split in results["splits"].items()
+             for weights, scores in per_split.items() if f"{weights}_shuffled" in per_split]
+    figure, ax = new_figure(max(4.0, 1.2 * len(pairs) + 1), 3.6)
+    x = np.arange(len(pairs))
+    for offset, index, label, color in ((-0.2, 1, "its own expression", "#4477aa"),
+                                        (0.2, 2, "another sample's expression", "#bbbbbb")):
+        bars = ax.bar(x + offset, [p[index] for p in pairs], 0.4, label=label, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, [p[0] for p in pairs], fontsize=8)
+    ax.set(ylabel=f"{metric} (%)", ylim=(0, 100), title="does the model read the expression?")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def cmap_color(index: int) -> tuple[float, float, float, float]:
+    """A distinct colour per point index (tab20, cycling)."""
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](index % 20)
+
+
+def draw_token_scores(ax: Axes, tokens: Sequence[int], scores: Sequence[float], eos: int) -> Axes:
+    """Bar per emitted token (x1, y1, x2, ... up to the first EOS) with its probability, coloured per point."""
+    tokens = np.asarray(tokens).reshape(-1)
+    stop = np.flatnonzero(tokens == eos)
+    length = int(stop[0]) + 1 if len(stop) else len(tokens)
+    labels = ["EOS" if tokens[i] == eos else f"{'xy'[i % 2]}{i // 2 + 1}" for i in range(length)]
+    colors = [to_rgba("black") if tokens[i] == eos else cmap_color(i // 2) for i in range(length)]
+    ax.bar(np.arange(length), np.asarray(scores, dtype=float)[:length], color=colors)
+    ax.set_xticks(np.arange(length), labels, rotation=90, fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="probability", title="confidence of each emitted token")
+    return ax
+
+
+def sequence_view(image: np.ndarray, gt_points: np.ndarray, expression: str, task: str, prediction=None,
+                  eos: int | None = None) -> Figure:
+    """The target and predicted point sequences, numbered in emission order, and per-token confidences.
+
+    gt_points: (K, 2) pixels, the training target's vertices, or for ``task`` "box" its two corners
+    (x1, y1) and (x2, y2). ``prediction``
+    (a predict.Prediction, optional) adds its points (polygon, or the box corners) sized by confidence
+    and a bar chart of its token probabilities (``eos`` is the EOS id).
+    """
+    panels = 3 if prediction is not None else 1
+    figure = Figure(figsize=(4.6 * panels, 4.8), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    gt_box = np.asarray(gt_points).reshape(-1) if task == "box" else None
+    draw_sample(axes[0], image, box=gt_box, expression=f"target: {expression}", color=GT_COLOR)
+    draw_points(axes[0], gt_points, color=GT_COLOR, close=task != "box")
+    if len(gt_points):  # the numbers of a small object's points need room: zoom on the target
+        _zoom(axes[0], np.asarray(gt_points, dtype=float), margin=0.3 * float(np.ptp(gt_points, axis=0).max()) + 8,
+              shape=image.shape)
+    if prediction is not None:
+        points = prediction.box.reshape(2, 2) if prediction.task == "box" else prediction.polygon
+        pair_scores = np.asarray(prediction.scores, dtype=float)[: 2 * len(points)].reshape(-1, 2).mean(axis=1)
+        polygons = [points.reshape(-1)] if prediction.task != "box" and len(points) > 2 else None
+        draw_sample(axes[1], image, box=prediction.box, polygons=polygons, color=PRED_COLOR,
+                    expression=f"predicted ({prediction.seconds * 1000:.0f} ms)")
+        draw_points(axes[1], points, pair_scores, color=PRED_COLOR, close=prediction.task != "box")
+        draw_token_scores(axes[2], prediction.tokens, prediction.scores, eos)
+    return figure
+
+
+def _zoom(ax: Axes, points: np.ndarray, margin: float, shape: tuple[int, ...]) -> None:
+    """Limit the view to the points' extent plus ``margin`` pixels (y axis pointing down)."""
+    low, high = points.min(axis=0) - margin, points.max(axis=0) + margin
+    ax.set_xlim(max(low[0], 0), min(high[0], shape[1]))
+    ax.set_ylim(min(high[1], shape[0]), max(low[1], 0))
+
+
+def quantization_figure(image: np.ndarray, points: np.ndarray, quantized: dict[int, np.ndarray],
+                        pad_shape: tuple[int, int]) -> Figure:
+    """How coarse coordinate bins move the vertices: one panel per num_bin, zoomed on the object.
+
+    points: (K, 2) exact vertices; quantized[num_bin]: (K, 2) the same after quantize -> dequantize
+    (a bin's lower edge). Bin boundaries are drawn where they are wider than about two screen pixels.
+    """
+    pad_h, pad_w = pad_shape
+    figure, axes = grid_figure(len(quantized), columns=len(quantized), cell=3.4)
+    for ax, (num_bin, moved) in zip(axes, quantized.items()):
+        error = float(np.abs(moved - points).max()) if len(points) else 0.0
+        draw_sample(ax, image, expression=f"num_bin {num_bin}: bin {pad_w / num_bin:.2f} px, "
+                                          f"max error {error:.2f} px")
+        if num_bin <= 100:
+            for x in np.arange(num_bin + 1) * pad_w / num_bin:
+                ax.axvline(x, color="white", linewidth=0.3, alpha=0.6)
+            for y in np.arange(num_bin + 1) * pad_h / num_bin:
+                ax.axhline(y, color="white", linewidth=0.3, alpha=0.6)
+        draw_points(ax, points, color=GT_COLOR)
+        draw_points(ax, moved, color=PRED_COLOR)
+        if len(points):
+            _zoom(ax, points, margin=0.15 * float(np.ptp(points, axis=0).max()) + 2, shape=image.shape)
+    return figure
+
+
+def sampling_figure(image: np.ndarray, vertices: dict[tuple[int, bool], np.ndarray]) -> Figure:
+    """Mask targets for several (num_ray, center_sampling) settings: rows by mode, columns by num_ray.
+
+    vertices[(num_ray, center_sampling)]: (2, num_ray) as sample_mask_vertices returns (-1 = missing).
+    """
+    num_rays = sorted({n for n, _ in vertices})
+    modes = sorted({c for _, c in vertices})
+    figure = Figure(figsize=(3.2 * len(num_rays), 3.5 * len(modes)), layout="constrained")
+    axes = figure.subplots(len(modes), len(num_rays), squeeze=False)
+    for row, center in enumerate(modes):
+        for column, num_ray in enumerate(num_rays):
+            target = vertices[(num_ray, center)]
+            points = target.T[(target >= 0).all(axis=0)]
+            mode = "rays from the centre" if center else "contour steps"
+            draw_sample(axes[row, column], image, expression=f"{mode}, num_ray {num_ray}: {len(points)} points")
+            draw_points(axes[row, column], points, color=GT_COLOR)
+            if len(points):
+                _zoom(axes[row, column], points, margin=6, shape=image.shape)
+    return figure
+
+
+def shuffle_figure(image: np.ndarray, vertices: np.ndarray, shuffled: np.ndarray) -> Figure:
+    """A mask target before and after point-order shuffling (same points, another emission order)."""
+    figure = Figure(figsize=(8, 4.3), layout="constrained")
+    for ax, target, title in zip(figure.subplots(1, 2), (vertices, shuffled), ("contour order", "shuffled order")):
+        points = target.T[(target >= 0).all(axis=0)]
+        draw_sample(ax, image, expression=title)
+        draw_points(ax, points, color=GT_COLOR)
+        if len(points):
+            _zoom(ax, points, margin=6, shape=image.shape)
+    return figure

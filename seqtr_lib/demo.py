@@ -1,0 +1,174 @@
+"""The interactive grounding demo: pick or upload an image, type an expression, see the box or mask.
+
+    demo = GroundingDemo(Grounder.from_checkpoint("outputs/synthetic_mask/best.pt"),
+                         samples=dataset_samples(experiment, "val"))
+    demo            # as the last line of a notebook cell
+
+Every callback goes through `GroundingDemo.run`, which never raises: a bad input (empty expression,
+unreadable upload, no image) is reported in the status line under the image, so the app keeps working.
+Tests drive the widgets as a user would (set ``expression.value``, ``upload.value``, ``sample.value``)
+and read ``image.value`` (the PNG shown) and ``status.value``.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqtr_lib.predict import Grounder, Prediction, to_rgb_uint8
+
+
+@dataclass(frozen=True)
+class DemoSample:
+    """A dataset image offered in the demo's drop-down, with the expressions annotated for it."""
+
+    label: str
+    image_path: Path
+    expressions: tuple[str, ...]
+
+
+def dataset_samples(experiment: Any, split: str = "val", count: int = 20) -> list[DemoSample]:
+    """The first ``count`` annotated objects of a split, labelled by image id and first expression."""
+    from seqtr_lib.data.refer import image_path, read_annotations
+
+    annotations = read_annotations(experiment.annotation_path)[split][:count]
+    return [DemoSample(f"image {a['image_id']}: {a['expressions'][0]}",
+                       image_path(experiment.data.data_root, experiment.data.dataset, a), tuple(a["expressions"]))
+            for a in annotations]
+
+
+def decode_upload(content: bytes) -> np.ndarray:
+    """Uploaded file bytes -> (H, W, 3) uint8 RGB; gray, palette, RGBA and 16-bit images are accepted.
+
+    Raises ValueError when the bytes are no image OpenCV or Pillow can decode.
+    """
+    import cv2
+
+    data = np.frombuffer(content, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is not None:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from PIL import Image, UnidentifiedImageError
+
+    try:  # formats OpenCV lacks (TGA, ICO, PCX, ...)
+        with Image.open(io.BytesIO(content)) as opened:
+            return to_rgb_uint8(opened)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"not an image this demo can read ({len(content)} bytes): {error}") from None
+
+
+def render_png(image: np.ndarray, prediction: Prediction, expression: str) -> bytes:
+    """The overlay the demo shows: the prediction (numbered points for masks) over the image, as PNG."""
+    from seqtr_lib.viz import draw_prediction, figure_png, new_figure
+
+    height, width = image.shape[:2]
+    scale = 6.0 / max(height, width)
+    figure, ax = new_figure(max(width * scale, 2.5), max(height * scale, 2.5) + 0.4)
+    draw_prediction(ax, image, prediction, expression)
+    return figure_png(figure, dpi=100)
+
+
+def describe(prediction: Prediction) -> str:
+    """One line of plain numbers: the box or the number of polygon points, and the latency."""
+    if prediction.task == "box":
+        where = "box (x1, y1, x2, y2) " + ", ".join(f"{v:.0f}" for v in prediction.box)
+    else:
+        where = f"mask from {len(prediction.polygon)} points, {int(prediction.mask.sum())} pixels"
+    return f"{where}; {prediction.seconds * 1000:.0f} ms"
+
+
+class GroundingDemo:
+    """An ipywidgets app around a Grounder; display the instance (or ``demo.widget``) in a notebook.
+
+    Widgets: ``sample`` (drop-down of dataset images), ``upload`` (any image file), ``expression``
+    (Enter or the button runs), ``task`` (the checkpoint's tasks), ``submit``, ``image`` (PNG overlay),
+    ``status`` (HTML: the result in numbers, or what to fix).
+    """
+
+    def __init__(self, grounder: Grounder, samples: Sequence[DemoSample] = ()) -> None:
+        import ipywidgets as widgets
+
+        self.grounder = grounder
+        self.samples = list(samples)
+        self.rgb: np.ndarray | None = None  # the current image, (H, W, 3) uint8
+        self.source = ""
+        self.sample = widgets.Dropdown(options=[(s.label, i) for i, s in enumerate(self.samples)], value=None,
+                                       description="dataset", layout=widgets.Layout(width="60%"))
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
+        self.expression = widgets.Text(placeholder="e.g. the red circle left of the blue square",
+                                       description="expression", continuous_update=False,
+                                       layout=widgets.Layout(width="60%"))
+        self.task = widgets.ToggleButtons(options=list(grounder.tasks), description="task")
+        self.submit = widgets.Button(description="ground it", button_style="primary")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="640px"))
+        self.status = widgets.HTML()
+        self.sample.observe(self._on_sample, "value")
+        self.upload.observe(self._on_upload, "value")
+        self.expression.observe(lambda _: self.run(), "value")  # Enter, or leaving the field
+        self.task.observe(lambda _: self.run(), "value")
+        self.submit.on_click(lambda _: self.run())
+        self.widget = widgets.VBox([widgets.HBox([self.sample, self.upload]), self.expression,
+                                    widgets.HBox([self.task, self.submit]), self.image, self.status])
+        if self.samples:
+            self.sample.value = 0
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _message(self, text: str, error: bool = True) -> None:
+        color = "#b00020" if error else "#1b5e20"
+        self.status.value = f'<span style="color:{color}">{html.escape(text)}</span>'
+
+    def _on_sample(self, change: dict[str, Any]) -> None:
+        if change["new"] is None:
+            return
+        chosen = self.samples[change["new"]]
+        try:
+            self.rgb, self.source = to_rgb_uint8(chosen.image_path), chosen.label
+        except Exception as error:  # noqa: BLE001 - a missing file must become a message, not a traceback
+            self.rgb = None
+            self._message(f"cannot read {chosen.image_path}: {error}")
+            return
+        if self.expression.value == chosen.expressions[0]:
+            self.run()
+        else:
+            self.expression.value = chosen.expressions[0]  # its observer runs the prediction
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        if not change["new"]:
+            return
+        uploaded = change["new"][0]
+        try:
+            self.rgb, self.source = decode_upload(bytes(uploaded["content"])), uploaded["name"]
+        except ValueError as error:
+            self.rgb = None
+            self.image.value = b""
+            self._message(f"cannot read the upload {uploaded['name']}: {error}. Upload an image file (PNG, "
+                          "JPEG, WebP, TIFF, ...).")
+            return
+        self.sample.value = None
+        self.run()
+
+    def run(self) -> Prediction | None:
+        """Ground the current expression in the current image and show it; report bad input, never raise."""
+        expression = self.expression.value.strip()
+        if self.rgb is None:
+            self._message("choose a dataset image or upload one")
+            return None
+        if not expression:
+            self._message("type an expression first, e.g. 'the small blue square at the top'")
+            return None
+        try:
+            prediction = self.grounder.predict(self.rgb, expression, task=self.task.value)
+            self.image.value = render_png(self.rgb, prediction, expression)
+        except Exception as error:  # noqa: BLE001 - the app must survive any input; show what went wrong
+            self._message(f"could not ground this expression: {type(error).__name__}: {error}")
+            return None
+        self._message(f"{self.source}: {describe(prediction)}", error=False)
+        return prediction

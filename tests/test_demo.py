@@ -1,0 +1,132 @@
+"""The widget demo, driven as a user would: pick a sample, upload, type, toggle, and read what it shows."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import write_params
+from seqtr_lib.config import load_params
+from seqtr_lib.demo import GroundingDemo, dataset_samples, decode_upload
+from seqtr_lib.predict import Grounder
+
+OVERLAY_RGB = np.array([0xFF, 0x33, 0x66])  # viz's prediction colour; absent from synthetic scenes
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_root, tmp_path_factory):
+    """A box model trained for two steps (why the tests using it are marked slow), and its experiment."""
+    from seqtr_lib import engine
+
+    folder = tmp_path_factory.mktemp("demo")
+    experiment = load_params(write_params(folder / "p.yaml", tiny_data_root, folder / "out",
+                                          train={"epochs": 1, "max_steps_per_epoch": 2}))
+    engine.train(experiment)
+    return Grounder.from_checkpoint(experiment.run_dir / "best.pt", device="cpu"), experiment
+
+
+def _upload(demo: GroundingDemo, name: str, content: bytes) -> None:
+    demo.upload.value = ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content),
+                          "last_modified": datetime.datetime(2024, 1, 1)},)
+
+
+def _png(array: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", array)
+    assert ok
+    return encoded.tobytes()
+
+
+def _overlay_pixels(png: bytes) -> int:
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return int((np.abs(rgb.astype(int) - OVERLAY_RGB).max(axis=2) <= 12).sum())
+
+
+def _status_box(demo: GroundingDemo) -> list[float]:
+    numbers = re.search(r"box \(x1, y1, x2, y2\) ([\d.]+), ([\d.]+), ([\d.]+), ([\d.]+)", demo.status.value)
+    assert numbers, demo.status.value
+    return [float(v) for v in numbers.groups()]
+
+
+@pytest.mark.slow
+def test_a_dataset_sample_is_grounded_on_opening_and_shown_with_its_box(trained):
+    grounder, experiment = trained
+    samples = dataset_samples(experiment, "val", 3)
+    demo = GroundingDemo(grounder, samples)
+    assert demo.task.options == ("box",)
+    assert demo.expression.value == samples[0].expressions[0]
+    assert bytes(demo.image.value).startswith(b"\x89PNG\r\n\x1a\n")
+    # The status reports the box an independent call finds for the same image and expression.
+    expected = grounder.predict(samples[0].image_path, samples[0].expressions[0]).box
+    assert _status_box(demo) == pytest.approx(np.round(expected), abs=0.5)
+    source = cv2.imread(str(samples[0].image_path))
+    assert _overlay_pixels(_png(source)) == 0 and _overlay_pixels(bytes(demo.image.value)) > 20  # the drawn box
+
+    demo.sample.value = 2
+    assert demo.expression.value == samples[2].expressions[0]
+    assert _status_box(demo) == pytest.approx(np.round(grounder.predict(samples[2].image_path,
+                                                                        samples[2].expressions[0]).box), abs=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gray", "rgba", "16-bit"])
+def test_uploads_of_any_size_and_channel_layout_are_grounded_in_their_own_pixels(trained, kind):
+    grounder, experiment = trained
+    demo = GroundingDemo(grounder)
+    demo.expression.value = "the red circle"
+    rng = np.random.default_rng(0)
+    images = {"gray": rng.integers(0, 256, (37, 91), dtype=np.uint8),
+              "rgba": rng.integers(0, 256, (120, 50, 4), dtype=np.uint8),
+              "16-bit": rng.integers(0, 65536, (70, 40, 3), dtype=np.uint16)}
+    _upload(demo, f"{kind}.png", _png(images[kind]))
+    assert demo.rgb.shape == images[kind].shape[:2] + (3,) and demo.rgb.dtype == np.uint8
+    assert demo.source == f"{kind}.png" and demo.sample.value is None
+    x1, y1, x2, y2 = _status_box(demo)
+    height, width = images[kind].shape[:2]
+    assert 0 <= min(x1, x2) and max(x1, x2) <= width and 0 <= min(y1, y2) and max(y1, y2) <= height
+    assert _overlay_pixels(bytes(demo.image.value)) > 0
+
+
+@pytest.mark.slow
+def test_bad_input_shows_a_message_in_the_widget_instead_of_a_traceback(trained):
+    grounder, experiment = trained
+    demo = GroundingDemo(grounder, dataset_samples(experiment, "val", 2))
+    shown = demo.image.value
+    demo.expression.value = "   "
+    assert "type an expression first" in demo.status.value and demo.image.value == shown
+    _upload(demo, "notes.png", b"this is not an image")
+    assert "cannot read the upload notes.png" in demo.status.value
+    assert demo.image.value == b"" and demo.rgb is None
+    demo.expression.value = "the red circle"
+    assert demo.run() is None and "choose a dataset image or upload one" in demo.status.value
+
+
+@pytest.mark.slow
+def test_a_failing_prediction_is_reported_and_the_app_keeps_working(trained, monkeypatch):
+    grounder, experiment = trained
+    demo = GroundingDemo(grounder, dataset_samples(experiment, "val", 1))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(grounder, "predict", broken)
+    assert demo.run() is None
+    assert "RuntimeError: CUDA out of memory" in demo.status.value
+    monkeypatch.undo()
+    assert demo.run() is not None and "box (x1, y1, x2, y2)" in demo.status.value
+
+
+def test_uploads_opencv_cannot_decode_are_read_with_pillow():
+    from PIL import Image
+
+    original = np.random.default_rng(1).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(original).save(buffer, format="TGA")
+    assert cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR) is None
+    np.testing.assert_array_equal(decode_upload(buffer.getvalue()), original)  # lossless
+    with pytest.raises(ValueError, match="not an image this demo can read"):
+        decode_upload(b"")

@@ -1,0 +1,285 @@
+"""The notebooks and their helpers: stored clean, each executes headless with papermill on a tiny experiment."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import cv2
+import nbformat
+import numpy as np
+import pytest
+
+from conftest import ROOT, write_params
+from seqtr_lib import notebook
+from seqtr_lib.config import load_params
+
+NOTEBOOKS = ["00_prepare_data", "01_train", "02_evaluate", "03_visualize_sequences", "04_demo"]
+# The tiny_data_root fixture's generator settings, so that 00_prepare_data recognises the set.
+TINY_SET = {"synthetic_images": 24, "synthetic_image_size": 64, "synthetic_seed": 3}
+TINY_RUN = {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}
+# run_pipeline(fast=True) applies the demo's fast overrides first; these bring them back to the tiny set.
+TINY_OVERRIDES = ["data.synthetic_images=24", "data.synthetic_image_size=64", "data.image_size=64",
+                  "train.epochs=1", "train.max_steps_per_epoch=2"]
+
+
+def _annotations(data_root):
+    return json.loads((data_root / "annotations" / "synthetic" / "instances.json").read_text())
+
+
+def _executed(path) -> tuple[str, list]:
+    """All stream text of an executed notebook, and its error outputs."""
+    outputs = [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    return text, [o for o in outputs if o.output_type == "error"]
+
+
+def _assert_figure(path) -> None:
+    image = cv2.imread(str(path))
+    assert image is not None and min(image.shape[:2]) > 100, f"{path} is not a readable figure"
+
+
+@pytest.fixture
+def tiny_params(tiny_data_root, tmp_path):
+    def make(name: str, task: str = "box"):
+        path = write_params(tmp_path / f"{name}.yaml", tiny_data_root, tmp_path / "outputs", task=task,
+                            data=TINY_SET, train=TINY_RUN)
+        path.write_text(path.read_text().replace("name: tiny", f"name: {name}"))
+        return path
+
+    return make
+
+
+# --- the committed notebooks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_has_no_outputs_and_one_flat_parameters_cell(name):
+    document = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nbformat.validate(document)
+    assert document.metadata.kernelspec.name == "python3"
+    code = [c for c in document.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "strip outputs before committing"
+    tagged = [c for c in document.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    statements = ast.parse(tagged[0].source).body
+    for statement in statements:
+        # papermill injects its values after this cell: typed literals only, none computed from another
+        assert isinstance(statement, ast.AnnAssign), ast.unparse(statement)
+        ast.literal_eval(statement.value)
+    assert [s.target.id for s in statements][:4] == ["params_file", "overrides", "output_dir", "data_root"]
+    assert document.cells[0].cell_type == "markdown"
+    assert max(len(c.source.splitlines()) for c in code) <= 20
+
+
+def test_papermill_reads_every_parameter_of_every_notebook():
+    import papermill
+
+    for name in NOTEBOOKS:
+        document = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        (cell,) = [c for c in document.cells if "parameters" in c.metadata.get("tags", [])]
+        declared = [s.target.id for s in ast.parse(cell.source).body]
+        # a help comment holding "=" makes papermill drop the line, and then the parameter silently
+        assert list(papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))) == declared, name
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def test_notebook_parameters_become_params_overrides_after_the_users():
+    assert notebook.notebook_overrides(["train.lr=1e-4"], "", "") == ["train.lr=1e-4"]
+    assert notebook.notebook_overrides([], "/tmp/o", "/d") == ["output_dir=/tmp/o", "data.data_root=/d"]
+    experiment = notebook.load_experiment("params/synthetic_det.yaml", ["train.epochs=3"], "/tmp/o", "/d")
+    assert (experiment.train.epochs, experiment.output_dir, experiment.data.data_root) == (3, "/tmp/o", "/d")
+
+
+def test_torchrun_command_is_standalone_on_one_node_and_uses_a_rendezvous_on_several():
+    one = notebook.torchrun_command("p.yaml", ["train.lr=1e-4"], 4)
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone", "-m", "seqtr_lib",
+                       "train", "--params", "p.yaml", "--set", "train.lr=1e-4"]
+    assert one[0] == sys.executable
+    many = notebook.torchrun_command("p.yaml", [], 8, nnodes=2, rdzv_endpoint="node0:29500")
+    assert many[many.index("--nnodes") + 1] == "2"
+    assert many[many.index("--rdzv_endpoint") + 1] == "node0:29500"
+    assert "--standalone" not in many
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        notebook.torchrun_command("p.yaml", [], 8, nnodes=2)
+
+
+def test_launch_streams_the_output_and_fails_like_check_true(monkeypatch, capsys):
+    script = "import sys; print('rank 0 says hi'); print('bad rank', file=sys.stderr); sys.exit(3)"
+    monkeypatch.setattr(notebook, "torchrun_command", lambda *args: [sys.executable, "-c", script])
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        notebook.launch_torchrun("p.yaml", [], 2)
+    assert failure.value.returncode == 3
+    assert "rank 0 says hi" in failure.value.output and "bad rank" in failure.value.output
+    assert "rank 0 says hi\n" in capsys.readouterr().out
+
+
+def test_read_log_skips_a_torn_last_line_and_fresh_runs_start_a_new_log(tmp_path):
+    experiment = load_params(None, [f"output_dir={tmp_path}", "name=run"])
+    experiment.run_dir.mkdir(parents=True)
+    log = experiment.run_dir / "log.jsonl"
+    log.write_text('{"type": "step", "step": 1}\n{"type": "epoch", "ep')
+    assert notebook.read_log(experiment.run_dir) == [{"type": "step", "step": 1}]
+    notebook.start_fresh_log(experiment)
+    assert not log.exists() and (experiment.run_dir / "log.previous.jsonl").is_file()
+    with pytest.raises(FileNotFoundError, match="rank 0 writes it"):
+        notebook.read_log(experiment.run_dir)
+
+
+def test_prepare_synthetic_keeps_a_matching_set_and_refuses_to_overwrite_another(tiny_data_root, tmp_path):
+    matching = load_params(None, [f"data.data_root={tiny_data_root}", *(f"data.{k}={v}" for k, v in TINY_SET.items())])
+    before = (tiny_data_root / "annotations" / "synthetic" / "instances.json").stat().st_mtime_ns
+    assert "kept" in notebook.prepare_synthetic(matching)
+    assert (tiny_data_root / "annotations" / "synthetic" / "instances.json").stat().st_mtime_ns == before
+    other = load_params(None, [f"data.data_root={tiny_data_root}", "data.synthetic_images=40"])
+    with pytest.raises(ValueError, match="holds 24 images of 64 px .* 40 of 256 px; set regenerate"):
+        notebook.prepare_synthetic(other)
+    fresh = load_params(None, [f"data.data_root={tmp_path}", "data.synthetic_images=8", "data.synthetic_image_size=64"])
+    assert "generated 8 images" in notebook.prepare_synthetic(fresh)
+    assert len(list((tmp_path / "images" / "synthetic").glob("*.jpg"))) == 8
+
+
+def test_dataset_check_counts_splits_missing_images_and_unknown_words(tiny_data_root, tmp_path):
+    shutil.copytree(tiny_data_root, tmp_path / "data")
+    annotations = _annotations(tiny_data_root)
+    removed = annotations["val"][0]["image_id"]
+    (tmp_path / "data" / "images" / "synthetic" / f"{removed}.jpg").unlink()
+    report = notebook.check_dataset(load_params(None, [f"data.data_root={tmp_path / 'data'}"]))
+    for split, entries in annotations.items():
+        assert report.splits[split] == {"objects": len(entries),
+                                        "expressions": sum(len(a["expressions"]) for a in entries),
+                                        "images": len({a["image_id"] for a in entries}),
+                                        "missing_images": 1 if split == "val" else 0}
+    assert report.missing_examples == [str(tmp_path / "data" / "images" / "synthetic" / f"{removed}.jpg")]
+    train_words = {w for a in annotations["train"] for e in a["expressions"] for w in e.lower().split()}
+    val_words = [w for a in annotations["val"] for e in a["expressions"] for w in e.lower().split()]
+    assert report.unknown_word_share["val"] == pytest.approx(np.mean([w not in train_words for w in val_words]))
+    assert report.unknown_word_share["train"] == 0.0
+    assert report.word_vector_coverage is None  # random vectors
+    assert report.lengths["val"] == [len(e.split()) for a in annotations["val"] for e in a["expressions"]]
+
+
+def test_expression_ious_for_boxes_and_for_masks_rasterised_with_the_engine_rules():
+    records = [{"pred_box": [0, 0, 10, 10], "gt_box": [5, 0, 15, 10]}, {"pred_box": [0, 0, 4, 4], "gt_box": [0, 0, 4, 4]}]
+    assert notebook.expression_ious(records, [], "box") == pytest.approx([50 / 150, 1.0])
+    square = [[0, 0, 20, 0, 20, 10, 0, 10]]  # 20 x 10 ground truth
+    annotations = [{"height": 32, "width": 32, "mask": square}]
+    masks = [{"ann_index": 0, "pred_polygon": [0, 0, 10, 0, 10, 10, 0, 10]},  # its left half
+             {"ann_index": 0, "pred_polygon": [0, 0, 20, 10]},  # 2 points: the box they span, all of it
+             {"ann_index": 0, "pred_polygon": [5, 5]},  # 1 point: an empty mask
+             {"ann_index": 0, "pred_polygon": [25, 20, 30, 20, 30, 30]}]  # elsewhere
+    assert notebook.expression_ious(masks, annotations, "mask") == pytest.approx([0.5, 1.0, 0.0, 0.0], abs=0.03)
+
+
+def test_category_breakdown_groups_by_length_and_expression_type():
+    annotations = [{"expression_types": ["attribute", "relation"]}, {"expression_types": ["relation"]}]
+    records = [{"ann_index": 0, "expression_index": 0, "expression": "the red circle"},
+               {"ann_index": 0, "expression_index": 1, "expression": "the red circle left of the blue square"},
+               {"ann_index": 1, "expression_index": 0, "expression": "the star below the big green shape"}]
+    breakdown = notebook.category_breakdown(records, np.array([0.9, 0.2, 0.6]), annotations)
+    assert list(breakdown["expression length"]) == ["up to 3 words", "7-9 words"]
+    assert breakdown["expression length"]["7-9 words"] == pytest.approx({"n": 2, "miou": 40.0, "acc@0.5": 50.0})
+    assert breakdown["expression type"]["attribute"] == pytest.approx({"n": 1, "miou": 90.0, "acc@0.5": 100.0})
+    assert breakdown["expression type"]["relation"]["n"] == 2
+    assert "relation" in notebook.breakdown_table(breakdown)
+    assert list(notebook.category_breakdown(records, np.array([0.9, 0.2, 0.6]), [{}, {}])) == ["expression length"]
+
+
+def test_metrics_table_has_a_row_per_split_and_weights():
+    results = {"splits": {"val": {"raw": {"acc@0.5": 12.345, "miou": 20.0, "num_expressions": 7},
+                                  "ema": {"acc@0.5": 50.0, "miou": 45.5, "num_expressions": 7}}}}
+    lines = notebook.metrics_table(results).splitlines()
+    assert lines[0].split() == ["split", "weights", "acc@0.5", "miou", "expressions"]
+    assert lines[1].split() == ["val", "raw", "12.35", "20.00", "7"]
+    assert lines[2].split() == ["val", "ema", "50.00", "45.50", "7"]
+
+
+# --- the notebooks, executed ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_headless_on_a_tiny_box_experiment(tiny_data_root, tiny_params, tmp_path):
+    from seqtr_lib.pipeline import run_pipeline
+
+    (run_dir,) = run_pipeline([str(tiny_params("tiny_box"))], ("00", "01", "02", "03", "04"), fast=True,
+                              output_root=str(tmp_path / "outputs"), data_root=str(tiny_data_root),
+                              overrides=TINY_OVERRIDES, parameters={"splits": ["val"], "num_failures": 4})
+    assert run_dir == tmp_path / "outputs" / "tiny_box_fast"
+    for name in NOTEBOOKS:
+        assert not _executed(run_dir / "notebooks" / f"{name}.ipynb")[1], name
+    for figure in ("samples", "expression_lengths", "curves", "ablation", "iou_histogram", "failures", "breakdown",
+                   "sequence_view", "quantization", "num_ray", "shuffled_order", "demo"):
+        _assert_figure(run_dir / f"{figure}.png")
+    annotations = _annotations(tiny_data_root)
+    text, _ = _executed(run_dir / "notebooks" / "00_prepare_data.ipynb")
+    (val_row,) = [line.split() for line in text.splitlines() if line.startswith("val ")]
+    assert val_row[:3] == ["val", str(len(annotations["val"])), str(sum(len(a["expressions"]) for a in annotations["val"]))]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["splits"]) == {"val"}
+    assert set(metrics["splits"]["val"]) == {"raw", "ema", "raw_shuffled", "ema_shuffled"}
+    text, _ = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
+    assert "2 points -> 4 tokens" in text and "no checkpoint" not in text
+
+
+@pytest.mark.slow
+def test_sequence_notebook_draws_a_trained_mask_models_points(tiny_params, tiny_data_root, tmp_path):
+    from seqtr_lib import engine
+    from seqtr_lib.pipeline import run_pipeline
+
+    params = tiny_params("tiny_mask", task="mask")
+    result = engine.train(load_params(params))
+    (run_dir,) = run_pipeline([str(params)], ("03",), fast=True, output_root=str(tmp_path / "outputs"),
+                              data_root=str(tiny_data_root), overrides=TINY_OVERRIDES,
+                              parameters={"checkpoint": f"{result['run_dir']}/best.pt", "num_rays": [4, 8]})
+    text, errors = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
+    assert not errors
+    points = int(re.search(r"(\d+) points -> 12 tokens", text).group(1))  # num_ray 6: 12 tokens, EOS for missing
+    assert 3 <= points <= 6
+    for figure in ("sequence_view", "quantization", "num_ray", "shuffled_order"):
+        _assert_figure(run_dir / f"{figure}.png")
+
+    # 02's analysis rasterises the saved polygons against the annotation masks: the mean of those IoUs is
+    # the engine's mIoU, computed from its own RLEs.
+    experiment = load_params(params)
+    metrics = engine.evaluate(experiment, f"{result['run_dir']}/best.pt", ("val",))["splits"]["val"]["raw"]
+    annotations = _annotations(tiny_data_root)["val"]
+    ious = notebook.expression_ious(notebook.read_predictions(experiment, "val", "raw"), annotations, "mask")
+    assert len(ious) == metrics["num_expressions"]
+    assert 100 * ious.mean() == pytest.approx(metrics["miou"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_two_gloo_processes_through_torchrun(tiny_params, tiny_data_root, tmp_path):
+    from seqtr_lib.pipeline import run_pipeline
+
+    (run_dir,) = run_pipeline([str(tiny_params("tiny_ddp"))], ("01",), fast=True, output_root=str(tmp_path / "outputs"),
+                              data_root=str(tiny_data_root), overrides=TINY_OVERRIDES,
+                              parameters={"nproc_per_node": 2})
+    text, errors = _executed(run_dir / "notebooks" / "01_train.ipynb")
+    assert not errors
+    assert "-m torch.distributed.run --nproc_per_node 2 --standalone -m seqtr_lib train" in text
+    assert "best validation score" in text  # streamed from the ranks into the cell
+    assert (run_dir / "best.pt").is_file()
+    assert [r["epoch"] for r in notebook.read_log(run_dir) if r["type"] == "epoch"] == [0]
+    _assert_figure(run_dir / "curves.png")
+
+
+@pytest.mark.slow
+def test_a_failing_rank_fails_the_training_notebook_naming_the_cell(tiny_params, tmp_path):
+    from seqtr_lib.pipeline import NotebookFailed, run_pipeline
+
+    # Every rank fails to find its annotation file; torchrun exits non-zero and the cell must raise.
+    with pytest.raises(NotebookFailed, match=r"01_train.ipynb failed in cell \d+ .*'with notebook.live_curves.*"
+                                             r"CalledProcessError: .*returned non-zero exit status"):
+        run_pipeline([str(tiny_params("tiny_fail"))], ("01",), fast=True, output_root=str(tmp_path / "outputs"),
+                     data_root=str(tmp_path / "no_such_data"), overrides=TINY_OVERRIDES,
+                     parameters={"nproc_per_node": 2})
+    text, errors = _executed(tmp_path / "outputs" / "tiny_fail_fast" / "notebooks" / "01_train.ipynb")
+    assert errors[0]["ename"] == "CalledProcessError"
+    assert "no_such_data/annotations/synthetic/instances.json does not exist" in text  # the rank's own message
