@@ -28,7 +28,7 @@ NOTEBOOKS = {
 DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 
 # make demo must finish in about 20 minutes on 2 CPU cores for both experiments: a smaller synthetic set
-# at 128 px and a short schedule. The params files keep the full 2000-image, 20-epoch recipe. Loading in
+# and a schedule of its own. The params files train on all 2000 images for 4 epochs. Loading in
 # the kernel's own process (num_workers 0) beats starting loader workers for every epoch on 2 cores.
 DEMO_OVERRIDES = ("data.synthetic_images=600", "data.synthetic_image_size=128", "data.image_size=128",
                   "data.num_workers=0", "train.epochs=8", "train.warmup_epochs=1", "train.decay_epochs=[6]",

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.data.refer import SYNTHETIC
 
 COLORS: dict[str, tuple[int, int, int]] = {  # RGB, far apart so that noise and JPEG cannot mix them up
     "red": (220, 40, 40),
@@ -402,11 +403,12 @@ def annotation_path(data_root: str | Path) -> Path:
 
 
 def image_dir(data_root: str | Path) -> Path:
-    return Path(data_root) / "images" / "synthetic"
+    return Path(data_root) / "images" / SYNTHETIC.folder
 
 
 def image_path(data_root: str | Path, image_id: int) -> Path:
-    return image_dir(data_root) / f"{image_id}.jpg"
+    """The file the dataset reader (`refer.image_path`) will look for: one naming rule for both."""
+    return Path(data_root) / "images" / SYNTHETIC.path_for(image_id)
 
 
 def split_sizes(num_images: int) -> dict[str, int]:

@@ -91,6 +91,11 @@ class SimpleFusion(nn.Module):
         merged = large + middle + small
         self.project_small = nn.Sequential(conv_block(merged, merged, 3), conv_block(merged, sentence_channels, 1))
         self.input_proj = nn.Conv2d(sentence_channels, d_model, 1)
+        # The gated map tanh(visual) * tanh(y) is small at initialisation when y comes from a small
+        # language encoder (about 0.06 with random 64-d word vectors); the default random bias then
+        # dominates what the encoder sees (memory std across images 0.18 vs 0.64 with a zero bias, and
+        # a probe locating the referred cell through the encoder reached 49 % vs 84 % after 200 steps).
+        nn.init.zeros_(self.input_proj.bias)
         self.input_norm = MaskedGroupNorm(math.gcd(PROJECTION_GROUPS, d_model), d_model)
 
     def forward(
