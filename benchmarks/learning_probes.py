@@ -11,11 +11,14 @@ occludes. All probes use the model of ``--params`` (default: the synthetic box c
     cells_3     backbone + expression encoder + fusion and a linear score per stride-32 cell, trained
                 to pick the cell holding the target's centre (no transformer, no coordinate tokens)
     cells_3_encoder   the same scorer on the transformer encoder's memory
+    decoder_3_cell_loss   decoder_3 plus that scorer's loss on the memory (weight 1): a candidate
+                departure that tells the model early which cell the expression refers to
 
 If the cell probes learn quickly while decoder_3 does not, the visual-linguistic selection is not
 the bottleneck; turning it into the first coordinate token is.
 
     python benchmarks/learning_probes.py --steps 300 --out benchmarks/results/learning_probes.json
+    python benchmarks/learning_probes.py --only decoder_3_cell_loss --steps 600
 """
 
 from __future__ import annotations
@@ -66,21 +69,27 @@ def toy_scenes(count: int, objects: int, num_bin: int, vocabulary: Vocabulary, s
     return {"images": images, "expression_ids": expressions, "box_tokens": tokens, "cells": cells}
 
 
-def probe_decoder(params: str, objects: int, steps: int, lr: float) -> dict[str, Any]:
+def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_weight: float = 0.0) -> dict[str, Any]:
     experiment = load_params(params)
     num_bin = experiment.model.num_bin
     vocabulary = Vocabulary.build(f"the {c} square" for c in COLOURS)
     data = toy_scenes(2000 + HELD_OUT, objects, num_bin, vocabulary)
     torch.manual_seed(0)
     model = build_model(experiment.model, vocabulary)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    scorer = nn.Linear(experiment.model.d_model, 1)
+    optimizer = torch.optim.Adam([*model.parameters(), *scorer.parameters()], lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    memories: list[torch.Tensor] = []
+    model.encoder.register_forward_hook(lambda _module, _inputs, output: memories.append(output))
     no_padding = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
     token_ce, started = [], time.perf_counter()
     for _ in range(steps):
         index = torch.randint(0, 2000, (BATCH,))
         boxes = data["box_tokens"][index]
+        memories.clear()
         outputs = model(data["images"][index].float(), no_padding, data["expression_ids"][index], box_tokens=boxes)
         loss = sequence_loss(outputs, boxes, None, num_bin)["loss"]
+        if cell_loss_weight:
+            loss = loss + cell_loss_weight * F.cross_entropy(scorer(memories[0])[..., 0], data["cells"][index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -134,6 +143,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default="benchmarks/results/learning_probes.json")
+    parser.add_argument("--only", nargs="+", help="run only these probes")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "params": args.params, "steps": args.steps, "lr": args.lr, "batch": BATCH, "torch": torch.__version__,
@@ -143,8 +153,14 @@ def main() -> None:
     probes = {"decoder_1": lambda: probe_decoder(args.params, 1, args.steps, args.lr),
               "decoder_3": lambda: probe_decoder(args.params, 3, args.steps, args.lr),
               "cells_3": lambda: probe_cells(args.params, False, args.steps, args.lr),
-              "cells_3_encoder": lambda: probe_cells(args.params, True, args.steps, args.lr)}
+              "cells_3_encoder": lambda: probe_cells(args.params, True, args.steps, args.lr),
+              "decoder_3_cell_loss": lambda: probe_decoder(args.params, 3, args.steps, args.lr, cell_loss_weight=1.0)}
+    unknown = set(args.only or ()) - set(probes)
+    if unknown:
+        parser.error(f"unknown probes {sorted(unknown)}; choose from {', '.join(probes)}")
     for name, probe in probes.items():
+        if args.only and name not in args.only:
+            continue
         results[name] = probe()
         print(name, json.dumps(results[name]), flush=True)
     write_json_atomic(args.out, results)
