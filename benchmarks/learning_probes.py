@@ -1,4 +1,4 @@
-"""Where does the small from-scratch SeqTR spend its learning time? Three probes on toy scenes.
+"""Where does the small from-scratch SeqTR spend its learning time? Probes on toy scenes.
 
 Scenes: a black 128 px canvas with ``objects`` axis-aligned rectangles of distinct colours (red, green,
 blue; 10-39 px sides); the expression "the <colour> square" names the last one drawn, which nothing
@@ -39,7 +39,7 @@ from torchvision.ops import box_iou
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import load_params
 from seqtr_lib.loss import sequence_loss
-from seqtr_lib.model.seqtr import build_model
+from seqtr_lib.model.seqtr import SeqTR, build_model
 from seqtr_lib.model.transformer import downsample_padding
 from seqtr_lib.text import Vocabulary
 
@@ -69,17 +69,34 @@ def toy_scenes(count: int, objects: int, num_bin: int, vocabulary: Vocabulary, s
     return {"images": images, "expression_ids": expressions, "box_tokens": tokens, "cells": cells}
 
 
-def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_weight: float = 0.0) -> dict[str, Any]:
+def _toy_model(params: str, count: int, objects: int) -> tuple[SeqTR, dict[str, torch.Tensor]]:
+    """The model of ``params`` (seed 0) for the toy vocabulary, and ``count`` toy scenes."""
     experiment = load_params(params)
-    num_bin = experiment.model.num_bin
     vocabulary = Vocabulary.build(f"the {c} square" for c in COLOURS)
-    data = toy_scenes(2000 + HELD_OUT, objects, num_bin, vocabulary)
+    data = toy_scenes(count, objects, experiment.model.num_bin, vocabulary)
     torch.manual_seed(0)
-    model = build_model(experiment.model, vocabulary)
-    scorer = nn.Linear(experiment.model.d_model, 1)
-    optimizer = torch.optim.Adam([*model.parameters(), *scorer.parameters()], lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    return build_model(experiment.model, vocabulary), data
+
+
+def _cell_scorer(model: SeqTR) -> nn.Linear:
+    """A linear score per memory cell (d_model -> 1)."""
+    return nn.Linear(model.token_embedding.embedding_dim, 1)
+
+
+def _adam(parameters: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+
+
+def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_weight: float = 0.0) -> dict[str, Any]:
+    model, data = _toy_model(params, 2000 + HELD_OUT, objects)
+    num_bin = model.num_bin
+    parameters = list(model.parameters())
     memories: list[torch.Tensor] = []
-    model.encoder.register_forward_hook(lambda _module, _inputs, output: memories.append(output))
+    if cell_loss_weight:
+        scorer = _cell_scorer(model)
+        parameters += scorer.parameters()
+        model.encoder.register_forward_hook(lambda _module, _inputs, output: memories.append(output))
+    optimizer = _adam(parameters, lr)
     no_padding = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
     token_ce, started = [], time.perf_counter()
     for _ in range(steps):
@@ -108,14 +125,10 @@ def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_we
 
 
 def probe_cells(params: str, with_encoder: bool, steps: int, lr: float) -> dict[str, Any]:
-    experiment = load_params(params)
-    vocabulary = Vocabulary.build(f"the {c} square" for c in COLOURS)
-    data = toy_scenes(2000, 3, experiment.model.num_bin, vocabulary)
-    torch.manual_seed(0)
-    model = build_model(experiment.model, vocabulary)
-    scorer = nn.Linear(experiment.model.d_model, 1)
+    model, data = _toy_model(params, 2000, 3)
+    scorer = _cell_scorer(model)
     parts = [model.backbone, model.language, model.fusion, scorer] + ([model.encoder] if with_encoder else [])
-    optimizer = torch.optim.Adam([p for part in parts for p in part.parameters()], lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    optimizer = _adam([p for part in parts for p in part.parameters()], lr)
     no_padding = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
     hits, started = [], time.perf_counter()
     for _ in range(steps):
