@@ -12,6 +12,9 @@ A checkpoint is a dict::
     step           optimizer steps so far
     rng            python / numpy / torch / cuda generator states
     best           the best validation score so far and the epoch it came from
+
+A released checkpoint (`export_weights`, the files in weights/) keeps only format, config, vocabulary,
+epoch, step and the EMA weights in half precision: everything `evaluation.load_trained` needs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 from seqtr_lib.atomic import atomic_write
 
 CHECKPOINT_FORMAT = 1
+# Weights trained by the project and committed with it, by experiment name (README, "Results").
+RELEASED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
@@ -83,3 +88,38 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         elif a != b:
             differences.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return differences
+
+
+def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the EMA (else raw) weights of a training checkpoint as a small released checkpoint.
+
+    Floating-point tensors are stored in half precision (the model converts them back on loading);
+    the optimizer, RNG states and history are dropped.
+    """
+    payload = load(checkpoint)
+    weights = payload.get("ema") or payload["model"]
+    released = {key: payload[key] for key in ("format", "config", "vocabulary", "epoch", "step")}
+    released["ema"] = {name: t.half() if t.is_floating_point() else t for name, t in weights.items()}
+    return save_atomic(released, out)
+
+
+def resolve_checkpoint(run_dir: Path, name: str, checkpoint: str | Path = "") -> tuple[Path, str]:
+    """The checkpoint to show: ``checkpoint`` if given, else the run's best.pt, else the released weights.
+
+    Returns the path and a sentence saying which one it is; raises FileNotFoundError naming all three.
+    """
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return path, f"using checkpoint {path}"
+    own = Path(run_dir) / "best.pt"
+    if own.is_file():
+        return own, f"using your own run {own}"
+    released = RELEASED_DIR / f"{name}.pt"
+    if released.is_file():
+        return released, (f"using the released weights {released} (no run of yours at {own}; train one with "
+                          "01_train.ipynb or `python -m seqtr_lib train`)")
+    raise FileNotFoundError(f"no checkpoint: {own} does not exist and there are no released weights "
+                            f"{released}; run 01_train.ipynb with the same params_file and overrides first, "
+                            "or set the checkpoint parameter")

@@ -12,8 +12,10 @@ import sys
 from seqtr_lib.config import ConfigError, experiment_to_dict, load_params
 
 
-def _add_params(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--params", required=required, help="params YAML file, e.g. params/synthetic_det.yaml")
+def _add_params(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
+    parser.add_argument("--params", required=required and default is None, default=default,
+                        help=f"params YAML file (default: {default})" if default else
+                        "params YAML file, e.g. params/synthetic_det.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params value, e.g. --set train.lr=1e-4 (repeatable)")
 
@@ -88,9 +90,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from seqtr_lib.checkpoint import resolve_checkpoint
     from seqtr_lib.predict import Grounder
 
-    grounder = Grounder.from_checkpoint(args.checkpoint, device=args.device)
+    experiment = load_params(args.params, args.overrides)
+    path, which = resolve_checkpoint(experiment.run_dir, experiment.name, args.checkpoint)
+    print(which)
+    grounder = Grounder.from_checkpoint(path, device=args.device)
     prediction = grounder.predict(args.image, args.expression, task=args.task)
     if prediction.box is not None:
         print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
@@ -98,6 +104,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print("polygon (x, y, ...):", [round(float(v), 1) for v in prediction.polygon.reshape(-1)])
     out = grounder.save_overlay(args.image, args.expression, prediction, args.out)
     print(f"wrote {out}")
+
+
+def cmd_export_weights(args: argparse.Namespace) -> None:
+    from seqtr_lib.checkpoint import export_weights
+
+    out = export_weights(args.checkpoint, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,13 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("predict", help="ground one expression in one image; prints and draws the result")
-    p.add_argument("--checkpoint", required=True)
+    _add_params(p, default="params/synthetic_det.yaml")
+    p.add_argument("--checkpoint", default="",
+                   help="default: the params' run (<output_dir>/<name>/best.pt), else its released weights")
     p.add_argument("--image", required=True)
     p.add_argument("--expression", required=True)
     p.add_argument("--task", choices=("box", "mask"), default=None, help="default: the checkpoint's task")
     p.add_argument("--out", default="prediction.png", help="overlay PNG to write")
     p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_predict)
+
+    p = commands.add_parser("export-weights", help="write a checkpoint's EMA weights in half precision, alone")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint, e.g. outputs/synthetic_det/best.pt")
+    p.add_argument("--out", required=True, help="e.g. weights/synthetic_det.pt")
+    p.set_defaults(run=cmd_export_weights)
 
     p = commands.add_parser("model-summary", help="build the model of a params file and count its parameters")
     _add_params(p)
@@ -161,6 +181,6 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -28,6 +28,7 @@ from seqtr_lib.data.refer import DATASETS
 TASKS = ("box", "mask", "multi")
 AMP_MODES = ("none", "bf16", "fp16")
 MAPPINGS = ("relative", "absolute")
+MEMORY_STRIDES = (32, 16)
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,10 @@ class ModelConfig:
     num_decoder_layers: int = 3
     ffn_dim: int = 1024
     dropout: float = 0.1
+    # Departures for training from scratch (off in every paper params file; README, "departures"):
+    memory_stride: int = 32  # 32 (paper) or 16: fuse at stride 16, so the memory has 4x the cells
+    target_cell_loss: float = 0.0  # weight of a cross-entropy that picks the memory cell holding the target's centre
+    query_selection: bool = False  # first decoder input = selected cell's memory + position (needs target_cell_loss)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class TrainConfig:
     resume: str | None = None  # checkpoint to continue the same run from
     finetune_from: str | None = None  # checkpoint whose model weights start a new run
     max_steps_per_epoch: int = 0  # cap for smoke runs (0: whole epoch)
+    val_limit: int = 0  # validate each epoch on the split's first N expressions (0: all of them)
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,10 @@ def validate(experiment: Experiment) -> None:
          "must be -1 (all) or 0..14 (DarkNet-53 has 14 modules in the reference's split)"),
         ("model.d_model", m.d_model > 0 and m.d_model % m.num_heads == 0, "must be a positive multiple of num_heads"),
         ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
+        ("model.memory_stride", m.memory_stride in MEMORY_STRIDES, "must be 32 (the paper) or 16"),
+        ("model.target_cell_loss", m.target_cell_loss >= 0, "must be 0 (off) or positive"),
+        ("model.query_selection", not m.query_selection or m.target_cell_loss > 0,
+         "needs model.target_cell_loss > 0: the cell scores it selects by are trained by that loss"),
         ("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),
         ("data.image_size", d.image_size >= 32 and d.image_size % 32 == 0, "must be a positive multiple of 32"),
         ("data.max_token", d.max_token is None or d.max_token >= 1, "must be at least 1"),
@@ -207,6 +217,7 @@ def validate(experiment: Experiment) -> None:
         ("data.eval_batch_size", d.eval_batch_size >= 1, "must be at least 1"),
         ("data.num_workers", d.num_workers >= 0, "must be 0 or more"),
         ("train.epochs", t.epochs >= 1, "must be at least 1"),
+        ("train.val_limit", t.val_limit >= 0, "must be 0 (the whole split) or positive"),
         ("train.lr", t.lr > 0, "must be positive"),
         ("train.betas", all(0 <= b < 1 for b in t.betas), "must be two values in [0, 1)"),
         ("train.grad_clip", t.grad_clip >= 0, "must be 0 (off) or positive"),

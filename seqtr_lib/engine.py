@@ -20,7 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -122,11 +122,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+def _model_inputs(batch: dict[str, Any], with_target_box: bool) -> dict[str, Any]:
     inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
     for key in ("box_tokens", "mask_tokens"):
         if key in batch:
             inputs[key] = batch[key]
+    if with_target_box:  # only models with the target-cell departures take it
+        inputs["target_box"] = batch["target_box"]
     return inputs
 
 
@@ -265,9 +267,11 @@ class Trainer:
                 continue
             batch = move_batch(batch, self.device, t.channels_last)
             with autocast(self.device, t.amp):
-                outputs = self.forward_model(**_model_inputs(batch))
-            losses = sequence_loss({k: v.float() for k, v in outputs.items()}, batch.get("box_tokens"),
-                                   batch.get("mask_tokens"), self.experiment.model.num_bin)
+                outputs = self.forward_model(**_model_inputs(batch, self.model.cell_scorer is not None))
+            model_config = self.experiment.model
+            losses = sequence_loss({k: v.float() if v.is_floating_point() else v for k, v in outputs.items()},
+                                   batch.get("box_tokens"), batch.get("mask_tokens"), model_config.num_bin,
+                                   model_config.target_cell_loss)
             loss = losses["loss"]
             if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
                 raise NonFiniteLossError(
@@ -311,45 +315,56 @@ class Trainer:
                 raise TrainingInterrupted(f"stopped at step {self.state.step}; resume with "
                                           f"--set train.resume={self.run_dir / 'last.pt'}")
         bar.close()
-        return {"loss": self.state.epoch_loss_sum / max(self.state.epoch_samples, 1), "samples_per_s": samples / max(time.perf_counter() - started, 1e-9),
+        return {"loss": self.state.epoch_loss_sum / max(self.state.epoch_samples, 1), "samples": samples,
+                "samples_per_s": samples / max(time.perf_counter() - started, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
-    def run(self) -> dict[str, Any]:
+    def run(self, after_epoch: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Train the remaining epochs; ``after_epoch(record)`` sees each epoch's log record and may
+        return True to stop early (the learning-curve benchmark stops at a wall-clock budget)."""
         t = self.experiment.train
         with _StopRequest() as stop:
             while self.state.epoch < t.epochs:
-                epoch = self.state.epoch
-                train_stats = self.train_one_epoch(stop)
-                record: dict[str, Any] = {"type": "epoch", "epoch": epoch, "step": self.state.step, **train_stats,
-                                          "skipped_images": self.state.skipped_images}
-                if self.val_split is not None:
-                    scores = {"raw": evaluate_model(self.model, self.experiment, self.vocabulary, self.val_split,
-                                                    self.device)["metrics"]}
-                    if self.ema is not None:
-                        scores["ema"] = evaluate_model(self.ema.module, self.experiment, self.vocabulary,
-                                                       self.val_split, self.device)["metrics"]
-                    record["val"] = scores
-                    score = max(headline_score(s, self.experiment.model.task) for s in scores.values())
-                else:
-                    score = -train_stats["loss"]
-                self.state.epoch = epoch + 1
-                self.state.batches_done = 0
-                self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
-                self.scheduler.step()
-                improved = score > self.state.best_score
-                if improved:
-                    self.state.best_score, self.state.best_epoch = score, epoch
-                self.state.history.append(record)
-                self._log(record)
-                self._save("last.pt")
-                if improved:
-                    self._save("best.pt")
-                distributed.barrier()
+                record = self._run_epoch(stop)
+                if after_epoch is not None and after_epoch(record):
+                    break
         if self.state.skipped_images and self.context.is_main:
             print(f"skipped {self.state.skipped_images} unreadable training images (data.skip_bad_images)")
         return {"run_dir": str(self.run_dir), "best_score": self.state.best_score,
                 "skipped_images": self.state.skipped_images, "is_main": self.context.is_main,
                 "best_epoch": self.state.best_epoch, "history": self.state.history}
+
+    def _run_epoch(self, stop: _StopRequest) -> dict[str, Any]:
+        """Train one epoch, validate, step the schedule, checkpoint; returns the epoch's log record."""
+        t = self.experiment.train
+        epoch = self.state.epoch
+        started = time.perf_counter()
+        train_stats = self.train_one_epoch(stop)
+        record: dict[str, Any] = {"type": "epoch", "epoch": epoch, "step": self.state.step, **train_stats,
+                                  "train_seconds": time.perf_counter() - started,
+                                  "skipped_images": self.state.skipped_images}
+        if self.val_split is not None:
+            limit = t.val_limit or None
+            models = {"raw": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
+            record["val"] = {name: evaluate_model(model, self.experiment, self.vocabulary, self.val_split, self.device,
+                                                  limit=limit)["metrics"] for name, model in models.items()}
+            score = max(headline_score(s, self.experiment.model.task) for s in record["val"].values())
+        else:
+            score = -train_stats["loss"]
+        self.state.epoch = epoch + 1
+        self.state.batches_done = 0
+        self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
+        self.scheduler.step()
+        improved = score > self.state.best_score
+        if improved:
+            self.state.best_score, self.state.best_epoch = score, epoch
+        self.state.history.append(record)
+        self._log(record)
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
+        distributed.barrier()
+        return record
 
 
 def headline_score(metrics: dict[str, float], task: str) -> float:

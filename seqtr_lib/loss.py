@@ -29,6 +29,15 @@ def label_smooth_cross_entropy(
     return (per_token * weights.float()).sum() / (batch * length)
 
 
+def target_cell_loss(cell_logits: torch.Tensor, target_cells: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of picking each sample's target cell among its memory cells.
+
+    cell_logits: (B, S), -inf on padding; target_cells: int64 (B,). The one-stage grounding objective
+    (FAOA, Yang et al. 2019) applied to SeqTR's memory. Computed in float32. Returns a scalar.
+    """
+    return F.cross_entropy(cell_logits.float(), target_cells)
+
+
 def box_targets(box_tokens: torch.Tensor, num_bin: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Box tokens (B, 4) -> targets [x1, y1, x2, y2, EOS] (B, 5) and weights (B, 5), 1.5 on x1."""
     eos = torch.full_like(box_tokens[:, :1], eos_token(num_bin))
@@ -52,6 +61,7 @@ def sequence_loss(
     box_tokens: torch.Tensor | None,
     mask_tokens: torch.Tensor | None,
     num_bin: int,
+    target_cell_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Loss of a teacher-forced forward pass (`SeqTR.forward` output).
 
@@ -59,6 +69,9 @@ def sequence_loss(
     per part present, ``loss_box`` / ``loss_mask``. Each part is averaged over its own tokens, and
     multi-task training sums them. (The released multi-task code averages one loss over the joint
     sequence, without the mask EOS weight, and then never backpropagates it.)
+
+    ``target_cell_weight`` > 0 (a departure, off in the paper) adds ``loss_cell``: that weight times
+    `target_cell_loss` of the outputs' ``cell_logits`` and ``target_cells``.
     """
     losses: dict[str, torch.Tensor] = {}
     if "box_logits" in outputs:
@@ -71,5 +84,10 @@ def sequence_loss(
         losses["loss_mask"] = label_smooth_cross_entropy(outputs["mask_logits"], *mask_targets(mask_tokens, num_bin))
     if not losses:
         raise ValueError(f"outputs have neither box_logits nor mask_logits (keys: {sorted(outputs)})")
+    if target_cell_weight > 0:
+        if "cell_logits" not in outputs or "target_cells" not in outputs:
+            raise ValueError("target_cell_weight > 0 needs outputs from a model with a cell scorer, called with "
+                             "target_box (keys 'cell_logits' and 'target_cells')")
+        losses["loss_cell"] = target_cell_weight * target_cell_loss(outputs["cell_logits"], outputs["target_cells"])
     losses["loss"] = sum(losses.values())  # type: ignore[assignment]
     return losses

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from seqtr_lib.checkpoint import resolve_checkpoint
 from seqtr_lib.config import Experiment, load_params
 from seqtr_lib.data.refer import DATASETS, decode_mask, image_path, read_annotations
 from seqtr_lib.text import clean_expression
@@ -62,11 +63,9 @@ def load_experiment(params_file: str, overrides: Sequence[str] = (), output_dir:
 
 
 def default_checkpoint(experiment: Experiment, checkpoint: str = "") -> Path:
-    """``checkpoint`` when given, else the run's best.pt; raises naming the notebook that trains it."""
-    path = Path(checkpoint) if checkpoint else experiment.run_dir / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}: run 01_train.ipynb with the same params_file and "
-                                "overrides first, or set the checkpoint parameter")
+    """``checkpoint`` when given, else the run's best.pt, else the released weights; prints which."""
+    path, which = resolve_checkpoint(experiment.run_dir, experiment.name, checkpoint)
+    print(which)
     return path
 
 
@@ -328,12 +327,13 @@ def target_sequence(experiment: Experiment, sample: Sample) -> tuple[np.ndarray,
 
 
 def optional_grounder(experiment: Experiment, checkpoint: str = ""):
-    """A Grounder for ``checkpoint`` (default: the run's best.pt), or None with a note when there is none."""
+    """A Grounder as `default_checkpoint` picks it, or None with a note when there is no checkpoint."""
     from seqtr_lib.predict import Grounder
 
-    path = Path(checkpoint) if checkpoint else experiment.run_dir / "best.pt"
-    if not path.is_file():
-        print(f"no checkpoint {path}: showing targets only (train one with 01_train.ipynb)")
+    try:
+        path = default_checkpoint(experiment, checkpoint)
+    except FileNotFoundError as error:
+        print(f"{error}: showing targets only")
         return None
     return Grounder.from_checkpoint(path)
 

@@ -265,3 +265,49 @@ def test_ground_truth_tokens_decode_back_to_the_original_pixels(tiny_data_root, 
             polygon = polygon_in_original_pixels(batch["mask_tokens"][i].numpy(), meta, experiment.model.num_bin)
             iou, _, _ = mask_ious([polygon_mask_rle(polygon, meta["ori_shape"])], [meta["gt_mask_rle"]])
             assert iou[0] > 0.6, (i, iou)  # 24 contour points of a shape at 96 px
+
+
+def test_exported_weights_are_half_precision_ema_and_ground_like_the_checkpoint(tiny_data_root, tmp_path):
+    from seqtr_lib import engine
+    from seqtr_lib.checkpoint import export_weights
+    from seqtr_lib.config import load_params
+    from seqtr_lib.evaluation import load_trained
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out", train={"epochs": 1})
+    engine.train(load_params(params, ["train.max_steps_per_epoch=2"]))
+    best = tmp_path / "out" / "tiny" / "best.pt"
+    released = export_weights(best, tmp_path / "weights" / "tiny.pt")
+    payload = torch.load(released, weights_only=True)
+    assert set(payload) == {"format", "config", "vocabulary", "epoch", "step", "ema"}
+    assert all(t.dtype == torch.float16 for t in payload["ema"].values() if t.is_floating_point())
+    _, _, original = load_trained(best)
+    _, _, exported = load_trained(released)
+    assert set(exported) == {"ema"}
+    images = torch.rand(2, 3, 64, 64) * 255
+    pad_mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    ids = torch.tensor([[3, 4, 0], [5, 0, 0]])
+    with torch.no_grad():
+        memory = original["ema"].encode(images, pad_mask, ids).features
+        torch.testing.assert_close(exported["ema"].encode(images, pad_mask, ids).features, memory, atol=2e-2, rtol=2e-2)
+
+
+def test_the_shown_checkpoint_is_the_given_one_then_the_own_run_then_the_released_weights(tmp_path, monkeypatch):
+    from seqtr_lib import checkpoint
+
+    run_dir, released_dir = tmp_path / "outputs" / "synthetic_det", tmp_path / "weights"
+    monkeypatch.setattr(checkpoint, "RELEASED_DIR", released_dir)
+    with pytest.raises(FileNotFoundError, match=r"best.pt does not exist and there are no released weights"):
+        checkpoint.resolve_checkpoint(run_dir, "synthetic_det")
+    released_dir.mkdir()
+    (released_dir / "synthetic_det.pt").write_bytes(b"")
+    path, which = checkpoint.resolve_checkpoint(run_dir, "synthetic_det")
+    assert path == released_dir / "synthetic_det.pt" and "released weights" in which
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.pt").write_bytes(b"")
+    path, which = checkpoint.resolve_checkpoint(run_dir, "synthetic_det")
+    assert path == run_dir / "best.pt" and "your own run" in which
+    given = tmp_path / "other.pt"
+    given.write_bytes(b"")
+    assert checkpoint.resolve_checkpoint(run_dir, "synthetic_det", given)[0] == given
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        checkpoint.resolve_checkpoint(run_dir, "synthetic_det", tmp_path / "missing.pt")

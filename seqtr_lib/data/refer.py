@@ -216,6 +216,8 @@ class ReferDataset:
     - ``expression_ids``: int64 (max_token,), the encoded expression;
     - ``box`` (task box/multi): float32 (4,) x1, y1, x2, y2 in pixels of the transformed image;
     - ``vertices`` (task mask/multi): float32 (2, num_ray) mask contour points, -1 where missing;
+    - ``target_box``: float32 (4,) the target's tight box in pixels of the transformed image (``box``
+      when there is one, else the mask's), for the target-cell departures;
     - ``meta``: plain values: image_id, ann_index, expression, expression_index, image_path,
       ori_shape, img_shape, pad_shape, scale_factor, crop (see transforms.Geometry), gt_box (x1, y1,
       x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields);
@@ -376,12 +378,23 @@ class ReferDataset:
         }
         if out.box is not None:
             sample["box"] = out.box[0].numpy().astype(np.float32)
+            sample["target_box"] = sample["box"]
+        else:
+            sample["target_box"] = _tight_box(out.mask[0].numpy())
         if out.mask is not None:
             meta["gt_mask_rle"] = rle
             sample["vertices"] = sample_mask_vertices(
                 out.mask[0].numpy(), self.num_ray, out.geometry.pad_shape, self.center_sampling
             )
         return sample
+
+
+def _tight_box(mask: np.ndarray) -> np.ndarray:
+    """The tight x1, y1, x2, y2 box (float32, inclusive pixels) of a binary mask; zeros when it is empty."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return np.zeros(4, dtype=np.float32)
+    return np.array([columns[0], rows[0], columns[-1], rows[-1]], dtype=np.float32)
 
 
 def _rle_box(rle: dict, height: int, width: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""SimpleFusion (bottom-up): three visual scales -> one stride-32 map, gated by the sentence feature."""
+"""SimpleFusion (bottom-up): three visual scales -> one stride-32 (or, opt-in, stride-16) map gated by the sentence."""
 
 from __future__ import annotations
 
@@ -83,11 +83,20 @@ class SimpleFusion(nn.Module):
     this many channels so that ``tanh(visual) * tanh(y)`` is element-wise.
     """
 
-    def __init__(self, visual_channels: tuple[int, int, int], sentence_channels: int, d_model: int) -> None:
+    def __init__(
+        self, visual_channels: tuple[int, int, int], sentence_channels: int, d_model: int, stride: int = 32
+    ) -> None:
         super().__init__()
+        if stride not in (16, 32):
+            raise ValueError(f"SimpleFusion fuses at stride 32 (the paper) or 16, not {stride}")
+        self.stride = stride
         large, middle, small = visual_channels
         self.down_large = nn.Sequential(nn.AvgPool2d(2, 2), conv_block(large, large, 3))
-        self.down_middle = nn.Sequential(nn.AvgPool2d(2, 2), conv_block(large + middle, large + middle, 3))
+        # At stride 16 the stride-32 map is upsampled to the stride-16 one instead of the reverse, so the
+        # layers after the concatenation keep their shapes and only down_middle goes away.
+        self.down_middle = (
+            nn.Sequential(nn.AvgPool2d(2, 2), conv_block(large + middle, large + middle, 3)) if stride == 32 else None
+        )
         merged = large + middle + small
         self.project_small = nn.Sequential(conv_block(merged, merged, 3), conv_block(merged, sentence_channels, 1))
         self.input_proj = nn.Conv2d(sentence_channels, d_model, 1)
@@ -104,11 +113,15 @@ class SimpleFusion(nn.Module):
         """Fuse.
 
         maps: (B, C8, H/8, W/8), (B, C16, H/16, W/16), (B, C32, H/32, W/32); sentence: (B, Cy);
-        padding: bool (B, H/32, W/32), True outside the image. Returns (B, d_model, H/32, W/32).
+        padding: bool (B, H/s, W/s), True outside the image, s = ``self.stride``. Returns (B, d_model, H/s, W/s).
         """
         large, middle, small = maps
         middle = torch.cat([self.down_large(large), middle], dim=1)  # (B, C8 + C16, H/16, W/16)
-        small = torch.cat([self.down_middle(middle), small], dim=1)  # (B, C8 + C16 + C32, H/32, W/32)
-        visual = self.project_small(small)  # (B, Cy, H/32, W/32)
+        if self.down_middle is not None:
+            merged = torch.cat([self.down_middle(middle), small], dim=1)  # (B, C8 + C16 + C32, H/32, W/32)
+        else:
+            upsampled = F.interpolate(small, size=middle.shape[-2:], mode="nearest")
+            merged = torch.cat([middle, upsampled], dim=1)  # (B, C8 + C16 + C32, H/16, W/16)
+        visual = self.project_small(merged)  # (B, Cy, H/s, W/s)
         fused = torch.tanh(visual) * torch.tanh(sentence)[:, :, None, None]
         return self.input_norm(self.input_proj(fused), padding)

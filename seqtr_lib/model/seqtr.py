@@ -10,11 +10,17 @@ Sequences (N = num_ray; token ids as in `seqtr_lib.sequence`: 0..num_bin-1 coord
 ``zero`` is a zero vector and ``task_box`` / ``task_mask`` the two rows of a learned task embedding;
 every other input is the embedding of the previous target token. The decoder has one learned
 position per input.
+
+Two opt-in departures help a model that starts from scratch (README, "departures"): a target-cell
+score per memory cell, trained to pick the cell holding the target's centre (``target_cell_loss``), and
+query selection, which adds a projection of the selected cell's memory and position to the first
+decoder input (the true cell under teacher forcing, the best-scoring cell when generating).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import torch
@@ -33,6 +39,20 @@ logger = logging.getLogger(__name__)
 
 BOX_LENGTH = 4  # x1, y1, x2, y2
 STRATEGIES = ("greedy", "top_p")
+
+
+def target_cells(target_box: torch.Tensor, stride: int, grid_width: int) -> torch.Tensor:
+    """Index of the memory cell holding each box's centre, in row-major order over the padded grid.
+
+    target_box: float (B, 4) x1, y1, x2, y2 in pixels of the padded network input; stride: pixels per
+    cell; grid_width: cells per row. Returns int64 (B,). The centre lies inside the image, so its cell
+    is never padding (a cell is padding when its top-left pixel is).
+    """
+    centre_x = (target_box[:, 0] + target_box[:, 2]) / 2
+    centre_y = (target_box[:, 1] + target_box[:, 3]) / 2
+    column = (centre_x / stride).floor().long().clamp(0, grid_width - 1)
+    row = (centre_y / stride).floor().long().clamp(min=0)
+    return row * grid_width + column
 
 
 def decoder_length(task: str, num_ray: int) -> int:
@@ -109,8 +129,12 @@ class SeqTR(nn.Module):
         task: str,
         num_bin: int,
         num_ray: int,
+        cell_scorer: nn.Linear | None = None,
+        query_projection: nn.Linear | None = None,
     ) -> None:
         super().__init__()
+        if query_projection is not None and cell_scorer is None:
+            raise ValueError("query selection picks the best-scoring cell at inference: it needs a cell_scorer")
         if decoder.max_length != decoder_length(task, num_ray):
             raise ValueError(
                 f"the decoder has {decoder.max_length} positions but task {task!r} with num_ray {num_ray} needs "
@@ -134,13 +158,15 @@ class SeqTR(nn.Module):
             nn.Linear(d_model, vocab_size),
         )
         self.task_embedding = nn.Embedding(2, d_model) if task == "multi" else None
+        self.cell_scorer = cell_scorer  # d_model -> 1: how likely a memory cell holds the target's centre
+        self.query_projection = query_projection  # d_model -> d_model, applied to memory + position of a cell
 
     def encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor) -> Memory:
         """Backbone, expression encoder, fusion and transformer encoder.
 
         images: float (B, 3, H, W) raw 0-255 RGB, zero-padded, H and W multiples of 32; pad_mask: bool
         (B, H, W), True outside each image; expression_ids: int64 (B, L), PAD = 0 trailing.
-        Returns the memory over the (H/32) x (W/32) fused map, S = H * W / 1024.
+        Returns the memory over the (H/s) x (W/s) fused map, S = H * W / s^2, s = the fusion's stride.
         """
         if images.ndim != 4 or pad_mask.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"images must be (B, 3, H, W) and pad_mask (B, H, W); got {tuple(images.shape)} "
@@ -148,18 +174,38 @@ class SeqTR(nn.Module):
         sentence = self.language(expression_ids)  # (B, 2 * gru_hidden)
         with padding_zeroed(self, pad_mask):
             maps = self.backbone(images)
-            padding = downsample_padding(pad_mask, maps[-1].shape[-2:])  # (B, h, w)
+            grid = maps[1 if self.fusion.stride == 16 else 2].shape[-2:]
+            padding = downsample_padding(pad_mask, grid)  # (B, h, w)
             fused = self.fusion(maps, sentence, padding)  # (B, D, h, w)
         position = sine_position_2d(padding, fused.shape[1]).to(fused.dtype)  # (B, h * w, D)
         padding = padding.flatten(1)
         features = self.encoder(fused.flatten(2).transpose(1, 2), position, padding)
         return Memory(features, position, padding)
 
-    def _start(self, batch: int, device: torch.device) -> torch.Tensor:
-        """First decoder input (B, 1, D): the box task embedding (multi-task) or a zero vector."""
+    def cell_logits(self, memory: Memory) -> torch.Tensor:
+        """Target-cell scores (B, S) of the memory cells, -inf on padding (needs a cell_scorer)."""
+        assert self.cell_scorer is not None
+        return self.cell_scorer(memory.features)[..., 0].float().masked_fill(memory.padding, -math.inf)
+
+    def _start(self, memory: Memory, selected_cells: torch.Tensor | None = None) -> torch.Tensor:
+        """First decoder input (B, 1, D): the box task embedding (multi-task) or a zero vector.
+
+        With query selection, plus the projected memory and position of ``selected_cells`` (int64 (B,);
+        None: the best-scoring cell of each sample).
+        """
+        features = memory.features
+        batch = features.shape[0]
         if self.task_embedding is not None:
-            return self.task_embedding.weight[0].expand(batch, 1, -1)
-        return torch.zeros(batch, 1, self.token_embedding.embedding_dim, device=device)
+            start = self.task_embedding.weight[0].expand(batch, 1, -1)
+        else:
+            start = features.new_zeros(batch, 1, self.token_embedding.embedding_dim)
+        if self.query_projection is None:
+            return start
+        if selected_cells is None:
+            selected_cells = self.cell_logits(memory).argmax(dim=1)
+        index = selected_cells[:, None, None].expand(-1, 1, features.shape[2])  # (B, 1, D)
+        selected = features.gather(1, index) + memory.position.gather(1, index)
+        return start + self.query_projection(selected)
 
     def _task_mask(self, batch: int) -> torch.Tensor:
         assert self.task_embedding is not None
@@ -172,6 +218,7 @@ class SeqTR(nn.Module):
         expression_ids: torch.Tensor,
         box_tokens: torch.Tensor | None = None,
         mask_tokens: torch.Tensor | None = None,
+        target_box: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced logits for training.
 
@@ -180,9 +227,20 @@ class SeqTR(nn.Module):
         Returns ``box_logits`` (B, 5, V) and/or ``mask_logits`` (B, 2N + 1, V), V = num_bin + 1;
         position t predicts target t of the module docstring's table (multi-task: the first 5 and
         the last 2N + 1 positions of the joint sequence).
+
+        With a cell scorer, also ``cell_logits`` (B, S); given target_box float (B, 4) (the target's
+        tight box in pixels of ``images``), also ``target_cells`` (B,), which query selection
+        teacher-forces as the selected cell.
         """
         batch = images.shape[0]
-        inputs = [self._start(batch, images.device)]
+        memory = self.encode(images, pad_mask, expression_ids)
+        extra: dict[str, torch.Tensor] = {}
+        if self.cell_scorer is not None:
+            extra["cell_logits"] = self.cell_logits(memory)
+            if target_box is not None:
+                stride = self.fusion.stride
+                extra["target_cells"] = target_cells(target_box, stride, math.ceil(images.shape[-1] / stride))
+        inputs = [self._start(memory, extra.get("target_cells"))]
         if self.task in ("box", "multi"):
             inputs.append(self.token_embedding(_checked(box_tokens, "box_tokens", (batch, BOX_LENGTH), self.task)))
         if self.task == "multi":
@@ -190,14 +248,13 @@ class SeqTR(nn.Module):
         if self.task in ("mask", "multi"):
             shape = (batch, 2 * self.num_ray)
             inputs.append(self.token_embedding(_checked(mask_tokens, "mask_tokens", shape, self.task)))
-        memory = self.encode(images, pad_mask, expression_ids)
         hidden = self.decoder(torch.cat(inputs, dim=1), memory.features, memory.position, memory.padding)
         logits = self.predictor(hidden)  # (B, T, V)
         if self.task == "box":
-            return {"box_logits": logits}
+            return {"box_logits": logits, **extra}
         if self.task == "mask":
-            return {"mask_logits": logits}
-        return {"box_logits": logits[:, : BOX_LENGTH + 1], "mask_logits": logits[:, BOX_LENGTH + 1 :]}
+            return {"mask_logits": logits, **extra}
+        return {"box_logits": logits[:, : BOX_LENGTH + 1], "mask_logits": logits[:, BOX_LENGTH + 1 :], **extra}
 
     @torch.no_grad()
     def generate(
@@ -246,7 +303,7 @@ class SeqTR(nn.Module):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
         batch = memory.features.shape[0]
-        decoding = _Decoding(self, memory, self._start(batch, memory.features.device), use_cache)
+        decoding = _Decoding(self, memory, self._start(memory), use_cache)
         results: dict[str, torch.Tensor] = {}
         if self.task in ("box", "multi"):
             tokens, scores = self._decode(decoding, BOX_LENGTH, False, strategy, top_p, generator)
@@ -324,11 +381,14 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
         logger.info("word vectors %s cover %.1f%% of the %d-word vocabulary", config.word_vectors,
                     100 * coverage, len(vocabulary))
     language = LanguageEncoder(vectors, config.gru_hidden, freeze=config.freeze_word_vectors)
-    fusion = SimpleFusion(backbone.out_channels, language.out_channels, config.d_model)
+    fusion = SimpleFusion(backbone.out_channels, language.out_channels, config.d_model, config.memory_stride)
     layer = (config.d_model, config.num_heads, config.ffn_dim, config.dropout)
     encoder = Encoder(*layer, config.num_encoder_layers)
     decoder = Decoder(*layer, config.num_decoder_layers, decoder_length(config.task, config.num_ray))
-    return SeqTR(backbone, language, fusion, encoder, decoder, config.task, config.num_bin, config.num_ray)
+    cell_scorer = nn.Linear(config.d_model, 1) if config.target_cell_loss > 0 else None
+    query_projection = nn.Linear(config.d_model, config.d_model) if config.query_selection else None
+    return SeqTR(backbone, language, fusion, encoder, decoder, config.task, config.num_bin, config.num_ray,
+                 cell_scorer, query_projection)
 
 
 def count_parameters(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,186 @@
+"""Learning curves: validation score against training wall time and samples seen, one curve per variant.
+
+Each variant is a params file plus overrides, trained by the engine's own Trainer (same step, loss,
+optimizer and schedule as ``python -m seqtr_lib train``) until a wall-clock budget is spent; after every
+epoch the raw and EMA weights are scored on the first ``--val-limit`` val expressions (box Acc@0.5 or
+mask mIoU). Training time excludes validation. All variants of one figure must run on the same data
+and machine; the JSON records both.
+
+    python benchmarks/learning_curve.py --variant plain --variant cells_s16 --budget-s 600
+    python benchmarks/learning_curve.py --plot-only        # redraw docs/results/learning_curves.png
+    python benchmarks/learning_curve.py --from-run outputs/synthetic_det   # add a finished full run
+
+Writes docs/results/learning_curve_<variant>.json and redraws docs/results/learning_curves.png from
+every such file present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqtr_lib import distributed
+from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.config import experiment_to_dict, load_params
+from seqtr_lib.engine import Trainer, headline_score
+
+RESULTS = Path("docs/results")
+# A shared schedule for comparisons: warm-up, then a constant rate (no decay inside any budget).
+SCHEDULE = ["train.lr=1e-3", "train.warmup_epochs=1", "train.decay_epochs=[1000]", "train.epochs=1000"]
+
+
+def _model(memory_stride: int, width: float, cell_loss: bool, selection: bool) -> list[str]:
+    """Overrides that set every departure explicitly, whatever the params file says."""
+    return [f"model.memory_stride={memory_stride}", f"model.darknet_width={width}",
+            f"model.target_cell_loss={1.0 if cell_loss else 0.0}", f"model.query_selection={str(selection).lower()}"]
+
+
+DET, MASK = "params/synthetic_det.yaml", "params/synthetic_mask.yaml"
+# name: (params file, overrides, what it tests)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "plain": (DET, _model(32, 0.25, False, False),
+              "the paper's recipe: stride-32 memory (4 x 4 cells), DarkNet width 0.25"),
+    "plain_s16": (DET, _model(16, 0.125, False, False), "stride-16 memory (8 x 8 cells), width 0.125, no aids"),
+    "cells_s32": (DET, _model(32, 0.25, True, True), "target-cell loss + query selection on the stride-32 memory"),
+    "cell_loss_s16": (DET, _model(16, 0.125, True, False), "stride-16 memory + target-cell loss, zero first query"),
+    "cells_s16": (DET, _model(16, 0.125, True, True), "stride-16 memory + target-cell loss + query selection"),
+    "plain_mask": (MASK, _model(32, 0.25, False, False), "mask task: the paper's recipe"),
+    "cells_s16_mask": (MASK, _model(16, 0.125, True, True),
+                       "mask task: stride-16 memory + target-cell loss + query selection"),
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | None, extra: list[str]) -> dict[str, Any]:
+    params, overrides, description = VARIANTS[name]
+    settings = [*SCHEDULE, *overrides, f"train.val_limit={val_limit}", "output_dir=outputs/learning_curves",
+                f"name={name}", *([f"data.data_root={data_root}"] if data_root else []), *extra]
+    experiment = load_params(params, settings)
+    points: list[dict[str, Any]] = []
+    totals = {"seconds": 0.0, "samples": 0}
+
+    def after_epoch(record: dict[str, Any]) -> bool:
+        totals["seconds"] += record["train_seconds"]
+        totals["samples"] += record["samples"]
+        point = {"epoch": record["epoch"] + 1, "step": record["step"], "samples": totals["samples"],
+                 "train_seconds": round(totals["seconds"], 1), "loss": record["loss"]}
+        for weights, metrics in record.get("val", {}).items():
+            point[weights] = headline_score(metrics, experiment.model.task)
+        points.append(point)
+        print(f"{name}: epoch {point['epoch']}  {point['train_seconds']:.0f} s  {point['samples']} samples  "
+              f"loss {point['loss']:.3f}  raw {point.get('raw', float('nan')):.3f}  ema {point.get('ema', float('nan')):.3f}",
+              flush=True)
+        return totals["seconds"] >= budget_s
+
+    context = distributed.setup(experiment.train.device)
+    try:
+        Trainer(experiment, context).run(after_epoch)
+    finally:
+        distributed.teardown()
+    return {
+        "variant": name, "description": description, "params": params, "overrides": settings,
+        "metric": "acc@0.5" if experiment.model.task == "box" else "miou",
+        "config": experiment_to_dict(experiment), "budget_s": budget_s, "val_limit": val_limit,
+        "machine": machine(), "date": datetime.date.today().isoformat(), "points": points,
+    }
+
+
+def curve_from_run(run_dir: Path, description: str) -> dict[str, Any]:
+    """The same curve read from a finished ``train`` run (its log.jsonl and last.pt's config)."""
+    from seqtr_lib.checkpoint import load
+    from seqtr_lib.config import experiment_from_dict
+    from seqtr_lib.notebook import read_log
+
+    experiment = experiment_from_dict(load(run_dir / "last.pt")["config"])
+    points, seconds, samples = [], 0.0, 0
+    for record in (r for r in read_log(run_dir) if r["type"] == "epoch"):
+        seconds += record["train_seconds"]
+        samples += record["samples"]
+        points.append({"epoch": record["epoch"] + 1, "step": record["step"], "samples": samples,
+                       "train_seconds": round(seconds, 1), "loss": record["loss"],
+                       **{w: headline_score(m, experiment.model.task) for w, m in record.get("val", {}).items()}})
+    return {"variant": f"{experiment.name}_full", "description": description, "params": f"params/{experiment.name}.yaml",
+            "overrides": [], "metric": "acc@0.5" if experiment.model.task == "box" else "miou",
+            "config": experiment_to_dict(experiment), "val_limit": experiment.train.val_limit,
+            "machine": machine(), "date": datetime.date.today().isoformat(), "points": points}
+
+
+def plot(results_dir: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [json.loads(p.read_text()) for p in sorted(results_dir.glob("learning_curve_*.json"))]
+    if not curves:
+        raise SystemExit(f"no learning_curve_*.json in {results_dir}")
+    metrics = sorted({c["metric"] for c in curves})
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(12, 4.2 * len(metrics)), squeeze=False)
+    for row, metric in enumerate(metrics):
+        for curve_index, curve in enumerate(c for c in curves if c["metric"] == metric):
+            colour = f"C{curve_index}"
+            points = curve["points"]
+            for column, x_key in enumerate(("train_seconds", "samples")):
+                axis = axes[row, column]
+                xs = [p[x_key] / (60 if x_key == "train_seconds" else 1000) for p in points]
+                name = f"{curve['variant']}, first {curve['val_limit']} val"
+                axis.plot(xs, [p.get("raw", float("nan")) for p in points], "-o", ms=3, color=colour,
+                          label=f"{name} (raw)")
+                axis.plot(xs, [p.get("ema", float("nan")) for p in points], ":", color=colour,
+                          label=f"{name} (EMA)")
+                axis.set_xlabel("training minutes" if x_key == "train_seconds" else "thousand samples seen")
+                axis.set_ylabel(f"val {metric} (%)")
+                axis.grid(alpha=0.3)
+        axes[row, 0].legend(fontsize=7, loc="lower right")
+        machine_name = curves[0]["machine"]["cpu"]
+        axes[row, 0].set_title(f"val {metric} while training; {machine_name}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), default=[])
+    parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per variant")
+    parser.add_argument("--val-limit", type=int, default=800, help="val expressions scored after each epoch")
+    parser.add_argument("--data-root", default=None, help="default: the params file's (data/)")
+    parser.add_argument("--set", action="append", default=[], help="extra override for every variant")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--from-run", type=Path, action="append", default=[],
+                        help="also record a finished train run (e.g. outputs/synthetic_det) as a curve")
+    args = parser.parse_args()
+    for run_dir in args.from_run:
+        result = curve_from_run(run_dir, f"the full {run_dir.name} params run")
+        write_json_atomic(args.results / f"learning_curve_{result['variant']}.json", result)
+    for name in args.variant if not args.plot_only else []:
+        started = time.perf_counter()
+        result = run_variant(name, args.budget_s, args.val_limit, args.data_root, args.set)
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        write_json_atomic(args.results / f"learning_curve_{name}.json", result)
+    plot(args.results, args.results / "learning_curves.png")
+
+
+if __name__ == "__main__":
+    main()

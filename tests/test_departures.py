@@ -1,0 +1,186 @@
+"""The opt-in departures for training from scratch: stride-16 memory, target-cell loss, query selection."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from seqtr_lib.config import ConfigError, ModelConfig, experiment_from_dict, load_params
+from seqtr_lib.loss import sequence_loss, target_cell_loss
+from seqtr_lib.model.seqtr import build_model, target_cells
+from seqtr_lib.text import Vocabulary
+from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = Path(__file__).parent / "data" / "paper_model_reference.pt"
+DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False}
+
+
+def _model(task: str = "box", **departures):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(task=task, **{**MODEL, **departures}), Vocabulary.build(EXPRESSIONS))
+
+
+@pytest.mark.parametrize("task", ["box", "mask", "multi"])
+def test_departures_off_is_the_paper_model(task):
+    """Same parameters and the same outputs as the model before the departures existed (tests/data)."""
+    reference = torch.load(REFERENCE, weights_only=True)[task]
+    model = _model(task)
+    state = model.state_dict()
+    assert {name: tuple(t.shape) for name, t in state.items()} == reference["shapes"]
+    for name, tensor in state.items():
+        assert float(tensor.double().sum()) == pytest.approx(reference["sums"][name], rel=1e-6, abs=1e-6), name
+    inputs = fixed_inputs(task)
+    outputs = model(**inputs)
+    assert outputs.keys() == reference["logits"].keys()
+    for key, logits in reference["logits"].items():
+        torch.testing.assert_close(outputs[key], logits, atol=1e-5, rtol=1e-5)
+    loss = sequence_loss(outputs, inputs.get("box_tokens"), inputs.get("mask_tokens"), MODEL["num_bin"])["loss"]
+    assert float(loss.detach()) == pytest.approx(reference["loss"], abs=1e-5)
+    model.eval()
+    generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    for key, value in reference["generated"].items():
+        torch.testing.assert_close(generated[key], value, atol=1e-5, rtol=1e-5)
+
+
+PAPER_PARAMS = sorted(p for p in (ROOT / "params").glob("*.yaml") if not p.name.startswith("synthetic"))
+
+
+@pytest.mark.parametrize("params", PAPER_PARAMS, ids=lambda p: p.stem)
+def test_paper_params_keep_every_departure_off(params):
+    # Built without validation: these params point at weights and data this checkout need not have.
+    model = experiment_from_dict(yaml.safe_load(params.read_text()), str(params)).model
+    assert {key: getattr(model, key) for key in DEPARTURES_OFF} == DEPARTURES_OFF
+
+
+def test_query_selection_without_cell_loss_is_refused():
+    with pytest.raises(ConfigError, match="model.query_selection.*target_cell_loss"):
+        load_params(None, ["model.query_selection=true"])
+    with pytest.raises(ConfigError, match="model.memory_stride = 8"):
+        load_params(None, ["model.memory_stride=8"])
+
+
+def test_target_cells_are_the_cells_holding_box_centres():
+    # Centres (10, 5) -> row 0, column 0; (40, 20) -> row 1, column 2; (95.9, 63) -> row 3, column 5.
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 10.0], [30.0, 10.0, 50.0, 30.0], [95.0, 62.0, 96.8, 64.0]])
+    assert target_cells(boxes, stride=16, grid_width=6).tolist() == [0, 8, 23]
+    # The right and bottom edges of a 96 px image fall in the last column, never past it.
+    assert target_cells(torch.tensor([[96.0, 0.0, 96.0, 0.0]]), 16, 6).tolist() == [5]
+
+
+def test_target_cell_loss_matches_hand_computed_cross_entropy():
+    logits = torch.tensor([[2.0, 0.0, -math.inf, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    targets = torch.tensor([3, 1])
+    first = -(1.0 - math.log(math.exp(2) + math.exp(0) + math.exp(1)))
+    second = math.log(4)
+    assert float(target_cell_loss(logits, targets)) == pytest.approx((first + second) / 2, abs=1e-6)
+
+
+def test_sequence_loss_adds_the_weighted_cell_loss():
+    box_logits = torch.zeros(1, 5, 9)
+    outputs = {"box_logits": box_logits, "cell_logits": torch.tensor([[0.0, math.log(3.0)]]),
+               "target_cells": torch.tensor([1])}
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    losses = sequence_loss(outputs, tokens, None, num_bin=8, target_cell_weight=0.5)
+    # softmax([0, log 3]) = [1/4, 3/4]: the cell loss is -log(3/4), weighted by 0.5.
+    assert float(losses["loss_cell"]) == pytest.approx(0.5 * -math.log(0.75), abs=1e-6)
+    assert float(losses["loss"]) == pytest.approx(float(losses["loss_box"] + losses["loss_cell"]), abs=1e-6)
+    with pytest.raises(ValueError, match="cell scorer"):
+        sequence_loss({"box_logits": box_logits}, tokens, None, num_bin=8, target_cell_weight=1.0)
+
+
+def test_stride16_memory_has_four_times_the_cells():
+    inputs = fixed_inputs("box")
+    paper = _model("box").encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    fine = _model("box", memory_stride=16).encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    assert paper.features.shape[1] == 2 * 3 and fine.features.shape[1] == 4 * 6
+    # The second image is 64 px wide in a 96 px batch: its last 2 of 6 columns are padding.
+    assert fine.padding[1].view(4, 6)[:, 4:].all() and not fine.padding[1].view(4, 6)[:, :4].any()
+    assert not fine.padding[0].any()
+
+
+def test_stride16_prediction_does_not_depend_on_batch_padding():
+    model = _model("box", memory_stride=16).eval()
+    inputs = fixed_inputs("box")
+    alone = model.generate(inputs["images"][1:, :, :, :64], inputs["pad_mask"][1:, :, :64],
+                           inputs["expression_ids"][1:])
+    batched = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    assert torch.equal(alone["box_tokens"][0], batched["box_tokens"][1])
+
+
+def _selection_model(task: str = "box"):
+    return _model(task, memory_stride=16, target_cell_loss=1.0, query_selection=True)
+
+
+def test_query_selection_first_input_is_the_projected_cell_memory_plus_position():
+    model = _selection_model()
+    inputs = fixed_inputs("box")
+    memory = model.encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    cells = torch.tensor([5, 13])
+    expected = torch.stack([
+        model.query_projection(memory.features[b, cells[b]] + memory.position[b, cells[b]]) for b in range(2)
+    ])[:, None]
+    torch.testing.assert_close(model._start(memory, cells), expected)
+    best = torch.stack([model.cell_scorer(memory.features[b]).squeeze(-1).masked_fill(memory.padding[b], -math.inf)
+                        .argmax() for b in range(2)])
+    torch.testing.assert_close(model._start(memory), model._start(memory, best))
+
+
+def test_teacher_forcing_selects_the_true_cell_and_generation_the_best_scoring_one(monkeypatch):
+    model = _selection_model()
+    inputs = fixed_inputs("box")
+    # Centres (24, 24) and (56, 24): cells 7 and 9 of the 4 x 6 stride-16 grid.
+    target_box = torch.tensor([[20.0, 20.0, 28.0, 28.0], [52.0, 20.0, 60.0, 28.0]])
+    outputs = model(**inputs, target_box=target_box)
+    assert outputs["target_cells"].tolist() == [7, 9]
+    assert outputs["cell_logits"].shape == (2, 24) and torch.isinf(outputs["cell_logits"][1, 4::6]).all()
+    # Teacher-forced logits do not depend on the scores: the true cell is selected.
+    with torch.no_grad():
+        model.cell_scorer.bias.add_(5.0)
+        model.cell_scorer.weight.mul_(-3.0)
+    torch.testing.assert_close(model(**inputs, target_box=target_box)["box_logits"], outputs["box_logits"])
+    # Generation selects the best-scoring cell: make those cells 7 and 9, and the first emitted token is the
+    # most likely coordinate of the teacher-forced first position.
+    model.eval()
+    forced_first = model(**inputs, target_box=target_box)["box_logits"][:, 0, :-1].softmax(-1)
+    best = torch.full((2, 24), -1.0)
+    best[0, 7] = best[1, 9] = 1.0
+    monkeypatch.setattr(model, "cell_logits", lambda memory: best)
+    generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    assert generated["box_tokens"][:, 0].tolist() == forced_first.argmax(-1).tolist()
+    torch.testing.assert_close(generated["box_scores"][:, 0], forced_first.max(-1).values)
+
+
+@pytest.mark.parametrize("task", ["mask", "multi"])
+def test_selection_models_train_and_generate_for_every_task(task):
+    model = _selection_model(task)
+    inputs = fixed_inputs(task)
+    outputs = model(**inputs, target_box=torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]))
+    losses = sequence_loss(outputs, inputs.get("box_tokens"), inputs.get("mask_tokens"), MODEL["num_bin"], 1.0)
+    losses["loss"].backward()
+    assert model.cell_scorer.weight.grad.abs().sum() > 0 and model.query_projection.weight.grad.abs().sum() > 0
+    model.eval()
+    generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    assert generated["mask_tokens"].shape == (2, 12)
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_batches_carry_the_target_box_in_input_pixels(tiny_data_root, tmp_path, task):
+    from seqtr_lib.data.loader import build_loader
+    from seqtr_lib.data.refer import build_dataset, load_vocabulary
+    from conftest import write_params
+
+    experiment = load_params(write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out", task=task,
+                                          data={"image_size": 96}))
+    dataset = build_dataset(experiment, "val", load_vocabulary(experiment), training=False)
+    batch = next(iter(build_loader(dataset, experiment, training=False)))
+    for i, meta in enumerate(batch["metas"]):
+        scale_x, scale_y = meta["scale_factor"]
+        x1, y1, x2, y2 = meta["gt_box"]  # original pixels; the input is a plain resize of the image
+        expected = torch.tensor([x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y])
+        # The mask's tight box is found on the resized mask: within a pixel and a half of the scaled box.
+        torch.testing.assert_close(batch["target_box"][i], expected, atol=1.5 if task == "mask" else 1e-3, rtol=0)
