@@ -40,8 +40,8 @@ class Collate:
       pad_shape (relative mapping) or image_size (absolute);
     - ``mask_tokens`` (task mask/multi): int64 (B, 2 * num_ray), x1, y1, ..., EOS for missing points;
       ``shuffle_fraction`` of the batch gets one shared permutation of its point order first;
-    - ``target_box``: float32 (B, 4), the target's tight box x1, y1, x2, y2 in pixels of ``images``
-      (the target-cell departures of `seqtr_lib.model.seqtr` read it);
+    - ``target_box``: float32 (B, 4), the target's tight box x1, y1, x2, y2 in pixels of ``images``, when
+      the samples carry one (ReferDataset's do; the target-cell departures of `seqtr_lib.model.seqtr` read it);
     - ``metas``: list of the samples' meta dicts (plain values);
     - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
     """
@@ -87,8 +87,8 @@ class Collate:
             "metas": [s["meta"] for s in kept],
             "num_skipped": len(samples) - size,
         }
-        boxes = [s["target_box"] for s in kept]
-        batch["target_box"] = torch.from_numpy(np.stack(boxes)) if boxes else torch.zeros(0, 4)
+        if kept and all("target_box" in s for s in kept):
+            batch["target_box"] = torch.from_numpy(np.stack([s["target_box"] for s in kept]))
         if self.task in ("box", "multi"):
             tokens = [box_to_tokens(s["box"], self._token_extent(s["meta"]), self.num_bin) for s in kept]
             batch["box_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, 4))
