@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench_data import cpu_model  # benchmarks/ is on sys.path when this script runs
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import experiment_to_dict, load_params
@@ -58,16 +58,21 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _metric(task: str) -> str:
+    return "acc@0.5" if task == "box" else "miou"
+
+
+def _point(record: dict[str, Any], totals: dict[str, float], task: str) -> dict[str, Any]:
+    """One curve point from an epoch's log record; ``totals`` accumulates training seconds and samples."""
+    totals["seconds"] += record["train_seconds"]
+    totals["samples"] += record["samples"]
+    return {"epoch": record["epoch"] + 1, "step": record["step"], "samples": totals["samples"],
+            "train_seconds": round(totals["seconds"], 1), "loss": record["loss"],
+            **{weights: headline_score(metrics, task) for weights, metrics in record.get("val", {}).items()}}
 
 
 def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | None, extra: list[str]) -> dict[str, Any]:
@@ -79,12 +84,7 @@ def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | Non
     totals = {"seconds": 0.0, "samples": 0}
 
     def after_epoch(record: dict[str, Any]) -> bool:
-        totals["seconds"] += record["train_seconds"]
-        totals["samples"] += record["samples"]
-        point = {"epoch": record["epoch"] + 1, "step": record["step"], "samples": totals["samples"],
-                 "train_seconds": round(totals["seconds"], 1), "loss": record["loss"]}
-        for weights, metrics in record.get("val", {}).items():
-            point[weights] = headline_score(metrics, experiment.model.task)
+        point = _point(record, totals, experiment.model.task)
         points.append(point)
         print(f"{name}: epoch {point['epoch']}  {point['train_seconds']:.0f} s  {point['samples']} samples  "
               f"loss {point['loss']:.3f}  raw {point.get('raw', float('nan')):.3f}  ema {point.get('ema', float('nan')):.3f}",
@@ -98,7 +98,7 @@ def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | Non
         distributed.teardown()
     return {
         "variant": name, "description": description, "params": params, "overrides": settings,
-        "metric": "acc@0.5" if experiment.model.task == "box" else "miou",
+        "metric": _metric(experiment.model.task),
         "config": experiment_to_dict(experiment), "budget_s": budget_s, "val_limit": val_limit,
         "machine": machine(), "date": datetime.date.today().isoformat(), "points": points,
     }
@@ -111,15 +111,10 @@ def curve_from_run(run_dir: Path, description: str) -> dict[str, Any]:
     from seqtr_lib.notebook import read_log
 
     experiment = experiment_from_dict(load(run_dir / "last.pt")["config"])
-    points, seconds, samples = [], 0.0, 0
-    for record in (r for r in read_log(run_dir) if r["type"] == "epoch"):
-        seconds += record["train_seconds"]
-        samples += record["samples"]
-        points.append({"epoch": record["epoch"] + 1, "step": record["step"], "samples": samples,
-                       "train_seconds": round(seconds, 1), "loss": record["loss"],
-                       **{w: headline_score(m, experiment.model.task) for w, m in record.get("val", {}).items()}})
+    totals = {"seconds": 0.0, "samples": 0}
+    points = [_point(r, totals, experiment.model.task) for r in read_log(run_dir) if r["type"] == "epoch"]
     return {"variant": f"{experiment.name}_full", "description": description, "params": f"params/{experiment.name}.yaml",
-            "overrides": [], "metric": "acc@0.5" if experiment.model.task == "box" else "miou",
+            "overrides": [], "metric": _metric(experiment.model.task),
             "config": experiment_to_dict(experiment), "val_limit": experiment.train.val_limit,
             "machine": machine(), "date": datetime.date.today().isoformat(), "points": points}
 
