@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= data
 OUT ?= outputs
 
-.PHONY: demo test bench install clean
+.PHONY: demo lab test bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,18 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m seqtr_lib.pipeline $(if $(filter 1,$(DEMO_FAST)),--fast)
+	$(PY) -m seqtr_lib.pipeline $(if $(filter 1,$(DEMO_FAST)),--fast,--demo)
 
+# JupyterLab on the notebooks (those of the fast project after DEMO_FAST=1 make demo); it prints the URL to
+# open. --allow-root only when running as root (containers, cloud boxes). LAB_ARGS adds options, e.g. --port 8899.
+LAB_DIR := $(if $(filter 1,$(DEMO_FAST)),outputs/demo_fast/notebooks,notebooks)
+lab: install
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(LAB_DIR) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Two pytest workers with one thread each use both cores without oversubscribing them; the fast-project tests
+# (notebooks and browser) share one worker (xdist_group), which builds that project once.
 test: install
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: install
 	$(PY) benchmarks/bench_data.py --out benchmarks/results/bench_data.json

@@ -54,6 +54,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "plain_mask": (MASK, _model(32, 0.25, False, False), "mask task: the paper's recipe"),
     "cells_s16_mask": (MASK, _model(16, 0.125, True, True),
                        "mask task: stride-16 memory + target-cell loss + query selection"),
+    "cells_s16_mask_center": (MASK, [*_model(16, 0.125, True, True), "data.center_sampling=true"],
+                              "mask task: as cells_s16_mask, vertices by rays from the mass centre (no EOS to time)"),
 }
 
 

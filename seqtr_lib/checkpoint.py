@@ -48,7 +48,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable seqtr checkpoint ({error})") from error
+        # torch's own message runs over many lines and suggests weights_only=False, which is unsafe here.
+        raise ValueError(f"{path} is not a readable seqtr checkpoint (torch.load failed with {type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:120] if str(error) else 'no message'}); is the file complete?") from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a seqtr checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return payload

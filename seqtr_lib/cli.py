@@ -10,6 +10,7 @@ import json
 import sys
 
 from seqtr_lib.config import ConfigError, experiment_to_dict, load_params
+from seqtr_lib.data.refer import MAX_IMAGE_PIXELS
 
 
 def _add_params(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
@@ -49,16 +50,27 @@ def cmd_check_params(args: argparse.Namespace) -> None:
 
 
 def cmd_model_summary(args: argparse.Namespace) -> None:
-    from seqtr_lib.data.refer import load_vocabulary
-    from seqtr_lib.model.seqtr import build_model, count_parameters
+    from seqtr_lib.data.refer import AnnotationError, load_vocabulary
+    from seqtr_lib.model.seqtr import build_model, count_parameters, without_weight_files
+    from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
 
     experiment = load_params(args.params, args.overrides)
-    model = build_model(experiment.model, load_vocabulary(experiment))
+    try:
+        vocabulary = load_vocabulary(experiment)
+        source = f"the {len(vocabulary)}-word vocabulary of {experiment.annotation_path}"
+    except (FileNotFoundError, AnnotationError) as error:
+        # Only the word embedding depends on the data; count it for a stand-in vocabulary instead of failing.
+        vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"word{i}" for i in range(args.vocabulary_size - 3))])
+        source = (f"a stand-in vocabulary of {args.vocabulary_size} words (--vocabulary-size): no dataset "
+                  f"({str(error).splitlines()[0]})")
+    model = build_model(without_weight_files(experiment.model), vocabulary)
     rows = count_parameters(model)
     width = max(len(name) for name in rows)
     print(f"{'part':<{width}}  {'parameters':>12}  {'trainable':>12}")
     for name, (total, trainable) in rows.items():
         print(f"{name:<{width}}  {total:>12,}  {trainable:>12,}")
+    print(f"{'total':<{width}}  {sum(t for t, _ in rows.values()):>12,}  {sum(t for _, t in rows.values()):>12,}")
+    print(f"word embedding counted for {source}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -96,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     experiment = load_params(args.params, args.overrides)
     path, which = resolve_checkpoint(experiment.run_dir, experiment.name, args.checkpoint)
     print(which)
-    grounder = Grounder.from_checkpoint(path, device=args.device)
+    grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None)
     prediction = grounder.predict(args.image, args.expression, task=args.task)
     if prediction.box is not None:
         print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
@@ -115,6 +127,7 @@ def cmd_export_weights(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqtr", description="SeqTR visual grounding")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("make-synthetic", help="generate the synthetic 'shapes' grounding dataset")
@@ -164,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("box", "mask"), default=None, help="default: the checkpoint's task")
     p.add_argument("--out", default="prediction.png", help="overlay PNG to write")
     p.add_argument("--device", default=None)
+    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help=f"refuse larger images before decoding them (default {MAX_IMAGE_PIXELS:,}; 0: no limit)")
     p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser("export-weights", help="write a checkpoint's EMA weights in half precision, alone")
@@ -173,14 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("model-summary", help="build the model of a params file and count its parameters")
     _add_params(p)
+    p.add_argument("--vocabulary-size", type=int, default=1000,
+                   help="words assumed for the embedding when the dataset is absent (default 1000)")
     p.set_defaults(run=cmd_model_summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from seqtr_lib.data.refer import BadImageError
+
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ConfigError, OSError, ValueError, BadImageError) as error:
+        # What a user can fix (a path, a params value, a file that is no checkpoint or image): one line.
+        if args.debug:
+            raise
+        print(f"error: {error} (--debug shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None

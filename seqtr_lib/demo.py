@@ -5,7 +5,8 @@
     demo            # as the last line of a notebook cell
 
 Every callback goes through `GroundingDemo.run`, which never raises: a bad input (empty expression,
-unreadable upload, no image) is reported in the status line under the image, so the app keeps working.
+unreadable or oversized upload, no image) is reported in the status line and hides the overlay, so what
+is on screen always matches the status, and the app keeps working.
 Tests drive the widgets as a user would (set ``expression.value``, ``upload.value``, ``sample.value``)
 and read ``image.value`` (the PNG shown) and ``status.value``.
 """
@@ -13,7 +14,6 @@ and read ``image.value`` (the PNG shown) and ``status.value``.
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from seqtr_lib.predict import Grounder, Prediction, to_rgb_uint8
+from seqtr_lib.predict import Grounder, Prediction, decode_image_bytes, to_rgb_uint8
 
 
 @dataclass(frozen=True)
 class DemoSample:
     """A dataset image offered in the demo's drop-down, with the expressions annotated for it."""
 
-    label: str
+    label: str  # the drop-down's text: image name and first expression
+    name: str  # e.g. "image 420"
     image_path: Path
     expressions: tuple[str, ...]
 
@@ -38,29 +39,9 @@ def dataset_samples(experiment: Any, split: str = "val", count: int = 20) -> lis
     from seqtr_lib.data.refer import image_path, read_annotations
 
     annotations = read_annotations(experiment.annotation_path)[split][:count]
-    return [DemoSample(f"image {a['image_id']}: {a['expressions'][0]}",
+    return [DemoSample(f"image {a['image_id']}: {a['expressions'][0]}", f"image {a['image_id']}",
                        image_path(experiment.data.data_root, experiment.data.dataset, a), tuple(a["expressions"]))
             for a in annotations]
-
-
-def decode_upload(content: bytes) -> np.ndarray:
-    """Uploaded file bytes -> (H, W, 3) uint8 RGB; gray, palette, RGBA and 16-bit images are accepted.
-
-    Raises ValueError when the bytes are no image OpenCV or Pillow can decode.
-    """
-    import cv2
-
-    data = np.frombuffer(content, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is not None:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    from PIL import Image, UnidentifiedImageError
-
-    try:  # formats OpenCV lacks (TGA, ICO, PCX, ...)
-        with Image.open(io.BytesIO(content)) as opened:
-            return to_rgb_uint8(opened)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"not an image this demo can read ({len(content)} bytes): {error}") from None
 
 
 def render_png(image: np.ndarray, prediction: Prediction, expression: str) -> bytes:
@@ -98,23 +79,29 @@ class GroundingDemo:
         self.samples = list(samples)
         self.rgb: np.ndarray | None = None  # the current image, (H, W, 3) uint8
         self.source = ""
+        wide_label = {"description_width": "90px"}
         self.sample = widgets.Dropdown(options=[(s.label, i) for i, s in enumerate(self.samples)], value=None,
-                                       description="dataset", layout=widgets.Layout(width="60%"))
-        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
+                                       description="dataset", style=wide_label, layout=widgets.Layout(width="60%"))
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload an image",
+                                         layout=widgets.Layout(width="auto"))
         self.expression = widgets.Text(placeholder="e.g. the red circle left of the blue square",
-                                       description="expression", continuous_update=False,
+                                       description="expression", continuous_update=False, style=wide_label,
                                        layout=widgets.Layout(width="60%"))
-        self.task = widgets.ToggleButtons(options=list(grounder.tasks), description="task")
+        # ToggleButtons put their description on a row of its own: a label of the descriptions' width instead.
+        task_label = widgets.HTML('<div style="text-align:right;padding-right:8px">task</div>',
+                                  layout=widgets.Layout(width="90px"))
+        self.task = widgets.ToggleButtons(options=list(grounder.tasks), style={"button_width": "80px"})
         self.submit = widgets.Button(description="ground it", button_style="primary")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="640px"))
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
         self.status = widgets.HTML()
         self.sample.observe(self._on_sample, "value")
         self.upload.observe(self._on_upload, "value")
         self.expression.observe(lambda _: self.run(), "value")  # Enter, or leaving the field
         self.task.observe(lambda _: self.run(), "value")
         self.submit.on_click(lambda _: self.run())
-        self.widget = widgets.VBox([widgets.HBox([self.sample, self.upload]), self.expression,
-                                    widgets.HBox([self.task, self.submit]), self.image, self.status])
+        row = widgets.Layout(align_items="center", flex_flow="row wrap")
+        self.widget = widgets.VBox([widgets.HBox([self.sample, self.upload], layout=row), self.expression,
+                                    widgets.HBox([task_label, self.task, self.submit], layout=row), self.image, self.status])
         if self.samples:
             self.sample.value = 0
 
@@ -122,15 +109,22 @@ class GroundingDemo:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _message(self, text: str, error: bool = True) -> None:
+        """Show ``text`` under the image; an error also hides the overlay, which no longer matches the input."""
         color = "#b00020" if error else "#1b5e20"
         self.status.value = f'<span style="color:{color}">{html.escape(text)}</span>'
+        if error:
+            self.image.layout.display = "none"
+
+    def _show(self, png: bytes) -> None:
+        self.image.value = png
+        self.image.layout.display = None
 
     def _on_sample(self, change: dict[str, Any]) -> None:
         if change["new"] is None:
             return
         chosen = self.samples[change["new"]]
         try:
-            self.rgb, self.source = to_rgb_uint8(chosen.image_path), chosen.label
+            self.rgb, self.source = to_rgb_uint8(chosen.image_path, self.grounder.max_pixels), chosen.name
         except Exception as error:  # noqa: BLE001 - a missing file must become a message, not a traceback
             self.rgb = None
             self._message(f"cannot read {chosen.image_path}: {error}")
@@ -145,12 +139,12 @@ class GroundingDemo:
             return
         uploaded = change["new"][0]
         try:
-            self.rgb, self.source = decode_upload(bytes(uploaded["content"])), uploaded["name"]
+            self.rgb = decode_image_bytes(bytes(uploaded["content"]), uploaded["name"], self.grounder.max_pixels)
+            self.source = uploaded["name"]
         except ValueError as error:
             self.rgb = None
-            self.image.value = b""
-            self._message(f"cannot read the upload {uploaded['name']}: {error}. Upload an image file (PNG, "
-                          "JPEG, WebP, TIFF, ...).")
+            self.sample.value = None
+            self._message(f"cannot use the upload: {error}")
             return
         self.sample.value = None
         self.run()
@@ -166,9 +160,9 @@ class GroundingDemo:
             return None
         try:
             prediction = self.grounder.predict(self.rgb, expression, task=self.task.value)
-            self.image.value = render_png(self.rgb, prediction, expression)
+            self._show(render_png(self.rgb, prediction, expression))
         except Exception as error:  # noqa: BLE001 - the app must survive any input; show what went wrong
-            self._message(f"could not ground this expression: {type(error).__name__}: {error}")
+            self._message(f"could not ground {expression!r}: {type(error).__name__}: {error}")
             return None
-        self._message(f"{self.source}: {describe(prediction)}", error=False)
+        self._message(f"{self.source}, {expression!r}: {describe(prediction)}", error=False)
         return prediction

@@ -6,7 +6,6 @@ size; the per-expression records feed the evaluation notebook (IoU histograms, f
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from seqtr_lib.config import Experiment, ModelConfig, experiment_from_dict
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset
 from seqtr_lib.metrics import box_iou, box_metrics, mask_metrics
-from seqtr_lib.model.seqtr import SeqTR, build_model
+from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
 from seqtr_lib.sequence import dequantize, polygon_to_rle, tokens_to_vertices
 from seqtr_lib.text import Vocabulary
 
@@ -42,19 +41,21 @@ def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool)
     return moved
 
 
-def box_in_original_pixels(tokens: np.ndarray, meta: dict[str, Any], num_bin: int) -> np.ndarray:
-    """Box tokens -> x1y1x2y2 in the original image's pixels."""
+def box_in_original_pixels(tokens: np.ndarray, meta: dict[str, Any], num_bin: int, mapping: str = "relative",
+                           image_size: int = 640) -> np.ndarray:
+    """Box tokens -> x1y1x2y2 in the original image's pixels; ``mapping``/``image_size`` as the model's."""
     pad_h, pad_w = meta["pad_shape"]
-    box = dequantize(tokens, pad_w, pad_h, num_bin)
+    box = dequantize(tokens, pad_w, pad_h, num_bin, mapping, image_size)
     sx, sy = meta["scale_factor"]
     box = box / np.array([sx, sy, sx, sy], dtype=np.float32)
     ori_h, ori_w = meta["ori_shape"]
     return np.clip(box, 0, [ori_w, ori_h, ori_w, ori_h]).astype(np.float32)
 
 
-def polygon_in_original_pixels(tokens: np.ndarray, meta: dict[str, Any], num_bin: int) -> np.ndarray:
+def polygon_in_original_pixels(tokens: np.ndarray, meta: dict[str, Any], num_bin: int, mapping: str = "relative",
+                               image_size: int = 640) -> np.ndarray:
     """Mask tokens -> (K, 2) polygon vertices in the original image's pixels."""
-    points = tokens_to_vertices(tokens, meta["pad_shape"], num_bin)
+    points = tokens_to_vertices(tokens, meta["pad_shape"], num_bin, mapping, image_size)
     sx, sy = meta["scale_factor"]
     return (points / np.array([sx, sy], dtype=np.float32)).astype(np.float32)
 
@@ -78,6 +79,7 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     sample is grounded with the expression of another sample of its batch (a fixed random permutation).
     """
     task, num_bin = experiment.model.task, experiment.model.num_bin
+    token_mapping = (experiment.model.mapping, experiment.data.image_size)  # what Collate quantized with
     dataset = build_dataset(experiment, split, vocabulary, training=False)
     loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0,
                           image_dtype=torch.uint8)
@@ -108,9 +110,9 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
                                       "image_id": meta["image_id"], "expression": meta["expression"],
                                       "gt_box": [float(v) for v in meta["gt_box"]]}
             if "box_tokens" in generated:
-                record["pred_box"] = box_in_original_pixels(generated["box_tokens"][i], meta, num_bin).tolist()
+                record["pred_box"] = box_in_original_pixels(generated["box_tokens"][i], meta, num_bin, *token_mapping).tolist()
             if "mask_tokens" in generated:
-                polygon = polygon_in_original_pixels(generated["mask_tokens"][i], meta, num_bin)
+                polygon = polygon_in_original_pixels(generated["mask_tokens"][i], meta, num_bin, *token_mapping)
                 record["pred_polygon"] = polygon.reshape(-1).tolist()
                 record["pred_rle"] = polygon_mask_rle(polygon, meta["ori_shape"])
                 record["gt_rle"] = meta["gt_mask_rle"]
@@ -153,12 +155,9 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     models = {}
     for name, key in (("raw", "model"), ("ema", "ema")):
         if key in payload:
-            model = build_model(_without_weight_files(experiment.model), vocabulary)
+            model = build_model(without_weight_files(experiment.model), vocabulary)
             model.load_state_dict(payload[key])
             models[name] = model.to(device).eval()
     return experiment, vocabulary, models
 
 
-def _without_weight_files(config: ModelConfig) -> ModelConfig:
-    """A checkpoint holds every weight: do not read the Darknet or word-vector files again."""
-    return dataclasses.replace(config, darknet_weights=None, word_vectors="random")

@@ -38,25 +38,51 @@ from seqtr_lib.text import clean_expression
 LENGTH_BUCKETS = (("up to 3 words", 3), ("4-6 words", 6), ("7-9 words", 9), ("10+ words", 10**9))
 
 
+def is_project(folder: Path) -> bool:
+    """A seqtr project holds ``notebooks/`` and ``params/``: the repository, or a copy by `pipeline.make_project`."""
+    return (folder / "notebooks").is_dir() and (folder / "params").is_dir()
+
+
 def repo_root() -> Path:
-    """The repository root: next to the package for an editable install, else the first parent of the cwd
-    holding ``pyproject.toml``."""
-    package_parent = Path(__file__).resolve().parent.parent
-    if (package_parent / "pyproject.toml").is_file():
-        return package_parent
+    """The project the notebooks run in: the first folder at or above the cwd holding ``notebooks/`` and
+    ``params/`` (JupyterLab and papermill start kernels in ``notebooks/``), else the repository the package
+    was installed from."""
     for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "pyproject.toml").is_file():
+        if is_project(folder):
             return folder
-    raise FileNotFoundError(f"no pyproject.toml above {Path.cwd()}: start Jupyter inside the seqtr repository")
+    package_parent = Path(__file__).resolve().parent.parent
+    if is_project(package_parent):
+        return package_parent
+    raise FileNotFoundError(f"no folder with notebooks/ and params/ above {Path.cwd()}: start Jupyter inside the "
+                            "seqtr repository (or a project made by seqtr_lib.pipeline.make_project)")
+
+
+def parameter_list(value: Any, name: str) -> list:
+    """A list parameter as given: a list, or its JSON/YAML text (``papermill -p`` passes lists as strings).
+
+    Raises ValueError naming the parameter and showing papermill's ``-y`` form for anything else.
+    """
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else []
+        except yaml.YAMLError:
+            parsed = None
+        value = parsed if isinstance(parsed, list) else value
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(f"parameter {name} must be a list, got {value!r}; with papermill write it as JSON after -p, "
+                     f"e.g. -p {name} '[\"a\", \"b\"]', or as YAML with -y '{name}: [a, b]'")
 
 
 def notebook_overrides(overrides: Sequence[str] = (), output_dir: str = "", data_root: str = "") -> list[str]:
     """The ``--set`` list a notebook's parameters stand for; an empty output_dir/data_root keeps the params file's."""
     extra = [f"output_dir={output_dir}"] * bool(output_dir) + [f"data.data_root={data_root}"] * bool(data_root)
-    return [*overrides, *extra]
+    return [*parameter_list(overrides, "overrides"), *extra]
 
 
-def load_experiment(params_file: str, overrides: Sequence[str] = (), output_dir: str = "",
+def load_experiment(params_file: str, overrides: Sequence[str] | str = (), output_dir: str = "",
                     data_root: str = "") -> Experiment:
     """The Experiment of a params file with the notebook's overrides applied (validated, paths as written)."""
     return load_params(params_file, notebook_overrides(overrides, output_dir, data_root))

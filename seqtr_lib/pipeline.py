@@ -1,21 +1,33 @@
 """Run the numbered notebooks headless with papermill: ``make demo`` and the notebook tests.
 
-    python -m seqtr_lib.pipeline            # 00 -> 04 for the box, then the mask synthetic experiment
-    python -m seqtr_lib.pipeline --fast     # tiny data and a few steps, for a quick look (also DEMO_FAST=1)
+    python -m seqtr_lib.pipeline --demo     # make demo: 00 -> 04, box then mask, with the demo schedule
+    python -m seqtr_lib.pipeline --fast     # a throwaway project under outputs/demo_fast (also DEMO_FAST=1)
+    python -m seqtr_lib.pipeline --params params/refcoco-unc_det.yaml --notebooks 00,01,02   # as they are
 
-Executed copies go to ``<output_root>/<experiment>/notebooks/`` next to the figures and metrics the
-notebooks write. A failing cell stops the run with `NotebookFailed`, naming the notebook and the cell.
+``--demo`` trains the params files as they are, with a shorter schedule, and writes where they point
+(``data/``, ``outputs/<experiment>/``): the notebooks opened afterwards with their default parameters show
+the demo's run. A run already in that folder is moved aside first, never overwritten.
+
+``--fast`` builds a *project* (a folder with its own ``notebooks/`` and ``params/``, see `make_project`)
+whose params files carry a tiny data set and a few steps, then runs the notebooks there: a quick look
+that touches nothing of yours. Executed copies go to ``<run_dir>/notebooks/`` next to the figures and
+metrics the notebooks write. A failing cell stops the run with `NotebookFailed`, naming the notebook and
+the cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from seqtr_lib.config import experiment_to_dict, load_params
 from seqtr_lib.notebook import load_experiment, repo_root
 
 NOTEBOOKS = {
@@ -27,37 +39,41 @@ NOTEBOOKS = {
 }
 DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 
-# make demo must finish in about 20 minutes on 2 CPU cores for both experiments: a smaller synthetic set
-# and a schedule of its own. The params files train on all 2000 images for 4 epochs. Loading in
-# the kernel's own process (num_workers 0) beats starting loader workers for every epoch on 2 cores.
-DEMO_OVERRIDES = ("data.synthetic_images=600", "data.synthetic_image_size=128", "data.image_size=128",
-                  "data.num_workers=0", "train.epochs=8", "train.warmup_epochs=1", "train.decay_epochs=[6]",
+# make demo must finish in about 20 minutes on 2 CPU cores for both experiments: the params files' data
+# (so that the notebooks opened afterwards find it), a short schedule with its decay in the last epoch,
+# validation on 500 expressions per epoch, and 02 scoring the val split only.
+DEMO_OVERRIDES = ("train.epochs=3", "train.warmup_epochs=1", "train.decay_epochs=[2]", "train.val_limit=500",
                   "train.log_every=10")
-FAST_OVERRIDES = ("data.synthetic_images=60", "data.synthetic_image_size=128", "data.image_size=128",
-                  "data.num_workers=0", "train.epochs=2", "train.max_steps_per_epoch=4", "train.log_every=1")
-DEMO_DATA_ROOT = {False: "data/demo", True: "data/demo_fast"}
+DEMO_PARAMETERS: dict[str, Any] = {"splits": ["val"]}
+# The fast project: 40 small images and a few steps; every notebook runs, nothing learns.
+FAST_OVERRIDES = ("data.synthetic_images=40", "data.synthetic_image_size=128", "data.image_size=128",
+                  "data.num_workers=0", "data.batch_size=16", "data.eval_batch_size=32", "train.epochs=2",
+                  "train.max_steps_per_epoch=3", "train.val_limit=100", "train.log_every=1")
+FAST_PROJECT = "outputs/demo_fast"
 
 
 class NotebookFailed(RuntimeError):
     """A cell of a notebook raised; the message names the notebook, the cell and the error."""
 
 
-def execute(notebook: str, output_path: Path, parameters: dict[str, Any]) -> Path:
-    """Execute one notebook of notebooks/ with papermill (kernel ``python3``, cwd notebooks/).
+def execute(notebook: str, output_path: Path, parameters: dict[str, Any], project: Path | None = None) -> Path:
+    """Execute one notebook of ``<project>/notebooks/`` with papermill (kernel ``python3``, cwd that folder).
 
     Only the parameters the notebook declares are injected. Raises NotebookFailed naming the cell.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    folder = repo_root() / "notebooks"
+    folder = (project or repo_root()) / "notebooks"
     source = folder / NOTEBOOKS.get(notebook, notebook)
     declared = papermill.inspect_notebook(str(source))
     output_path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # The kernel's "running over TCP without encryption" warning would repeat for every notebook; its
+        # sockets listen on localhost only. Kernel errors still print.
         papermill.execute_notebook(str(source), str(output_path), kernel_name="python3", cwd=str(folder),
                                    parameters={k: v for k, v in parameters.items() if k in declared},
-                                   progress_bar=False)
+                                   progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
@@ -67,34 +83,66 @@ def execute(notebook: str, output_path: Path, parameters: dict[str, Any]) -> Pat
     return output_path
 
 
-def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str] = ("00", "01", "02", "03"),
-                 fast: bool = False, output_root: str = "outputs", data_root: str | None = None,
-                 overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None) -> list[Path]:
-    """Run ``notebooks`` in order for each params file; return the run directories.
+def make_project(folder: str | Path, params_files: Sequence[str] = DEMO_PARAMS,
+                 overrides: Sequence[str] = FAST_OVERRIDES) -> Path:
+    """A project in ``folder``: the repository's notebooks, and each params file with ``overrides`` written in.
 
-    ``fast`` swaps the demo schedule for a few steps on a tiny set (its own data root, experiment names
-    suffixed ``_fast``). ``overrides`` come after the demo's; ``parameters`` go to every notebook that
-    declares them. Paths are relative to the repository root.
+    Notebooks find their project as the first folder above their own holding ``notebooks/`` and ``params/``
+    (`notebook.repo_root`), so the copies read these params files and write data/ and outputs/ here.
     """
+    folder = Path(folder).resolve()
     root = repo_root()
-    demo = [*(FAST_OVERRIDES if fast else DEMO_OVERRIDES)]
-    data_root = str(root / (data_root or DEMO_DATA_ROOT[fast]))
-    output_dir = str(root / output_root)
+    (folder / "params").mkdir(parents=True, exist_ok=True)
+    (folder / "notebooks").mkdir(exist_ok=True)
+    (folder / "outputs").mkdir(exist_ok=True)
+    for name in NOTEBOOKS.values():
+        shutil.copyfile(root / "notebooks" / name, folder / "notebooks" / name)
+    for params_file in params_files:
+        experiment = load_params(root / params_file, overrides)
+        target = folder / "params" / Path(params_file).name
+        header = f"# {params_file} with {' '.join(overrides)}, written by seqtr_lib.pipeline.make_project\n"
+        target.write_text(header + yaml.safe_dump(experiment_to_dict(experiment), sort_keys=False))
+    return folder
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """Rename a run folder holding checkpoints to ``<name>.<date-time>`` so a new run cannot overwrite it."""
+    if not any(run_dir.glob("*.pt")):
+        return None
+    target = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(target)
+    return target
+
+
+def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str] = ("00", "01", "02", "03"),
+                 project: str | Path | None = None, output_root: str | None = None, data_root: str | None = None,
+                 overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None) -> list[Path]:
+    """Run ``notebooks`` in order for each params file of ``project`` (default: this repository).
+
+    ``output_root``/``data_root`` replace the params files' ``output_dir``/``data.data_root`` when given;
+    ``overrides`` and ``parameters`` go to every notebook that declares them. Before 01 trains, an earlier
+    run of the same experiment is moved aside (`move_aside`). Returns the run directories.
+    """
+    root = Path(project).resolve() if project else repo_root()
     run_dirs = []
     for params_file in params_files:
-        params_path = str(root / params_file)
-        name = load_experiment(params_path).name + ("_fast" if fast else "")
-        every = [*demo, f"name={name}", *overrides]
-        experiment = load_experiment(params_path, every, output_dir, data_root)
-        values = {"params_file": params_path, "overrides": every, "output_dir": output_dir, "data_root": data_root,
-                  **(parameters or {})}
+        values = {"params_file": params_file, "overrides": list(overrides), "output_dir": output_root or "",
+                  "data_root": data_root or "", **(parameters or {})}
+        cwd = Path.cwd()
+        try:  # the params file's relative paths are relative to the project, as in the notebooks
+            os.chdir(root)
+            experiment = load_experiment(params_file, overrides, values["output_dir"], values["data_root"])
+            run_dir = experiment.run_dir.resolve()
+        finally:
+            os.chdir(cwd)
+        if "01" in notebooks and (moved := move_aside(run_dir)):
+            print(f"[{experiment.name}] moved the earlier run to {moved}", flush=True)
         for notebook in notebooks:
             started = time.perf_counter()
-            target = experiment.run_dir / "notebooks" / NOTEBOOKS[notebook]
             print(f"[{experiment.name}] {NOTEBOOKS[notebook]} ...", flush=True)
-            execute(notebook, target, values)
+            execute(notebook, run_dir / "notebooks" / NOTEBOOKS[notebook], values, root)
             print(f"[{experiment.name}] {NOTEBOOKS[notebook]} done in {time.perf_counter() - started:.0f} s", flush=True)
-        run_dirs.append(experiment.run_dir)
+        run_dirs.append(run_dir)
     return run_dirs
 
 
@@ -109,19 +157,28 @@ def summary(run_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m seqtr_lib.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", action="store_true", help="the demo schedule (make demo): "
+                        + " ".join(DEMO_OVERRIDES) + "; 02 scores val only")
     parser.add_argument("--fast", action="store_true", default=os.environ.get("DEMO_FAST", "") == "1",
-                        help="tiny data, a few steps (default when DEMO_FAST=1)")
+                        help=f"tiny data, a few steps, in a throwaway project ({FAST_PROJECT}; default when DEMO_FAST=1)")
+    parser.add_argument("--project", default=None,
+                        help=f"project folder to run in (default: this repository; {FAST_PROJECT} with --fast)")
     parser.add_argument("--params", nargs="+", default=list(DEMO_PARAMS), help="params files, run in order")
     parser.add_argument("--notebooks", default="00,01,02,03,04",
                         help="comma-separated notebook numbers (04 renders the demo screenshot)")
-    parser.add_argument("--output-root", default="outputs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra params override for every notebook (repeatable)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    project, overrides, parameters = args.project, list(args.overrides), {}
+    if args.fast:
+        project = make_project(project or repo_root() / FAST_PROJECT, args.params)
+        print(f"fast project in {project}: its own notebooks/, params/, data/ and outputs/", flush=True)
+    elif args.demo:
+        overrides, parameters = [*DEMO_OVERRIDES, *overrides], dict(DEMO_PARAMETERS)
     try:
-        run_dirs = run_pipeline(args.params, args.notebooks.split(","), args.fast, args.output_root,
-                                overrides=args.overrides)
+        run_dirs = run_pipeline(args.params, args.notebooks.split(","), project, overrides=overrides,
+                                parameters=parameters)
     except NotebookFailed as error:
         raise SystemExit(f"error: {error}") from None
     print(f"\nall notebooks ran in {(time.perf_counter() - started) / 60:.1f} min")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from seqtr_lib.config import Experiment
-from seqtr_lib.data.refer import read_image
+from seqtr_lib.data.refer import MAX_IMAGE_PIXELS, ImageTooLarge, check_image_size, header_size, read_image
 from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
 from seqtr_lib.evaluation import box_in_original_pixels, load_trained, polygon_in_original_pixels, polygon_mask_rle
 from seqtr_lib.model.seqtr import SeqTR
@@ -24,15 +25,21 @@ from seqtr_lib.sequence import rle_to_mask
 from seqtr_lib.text import Vocabulary
 
 
-def to_rgb_uint8(image: Any) -> np.ndarray:
-    """A path, PIL image or array (gray, RGB, RGBA; 8 or 16 bit) -> (H, W, 3) uint8 RGB."""
+def to_rgb_uint8(image: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A path, PIL image or array (gray, RGB, RGBA; 8 or 16 bit) -> (H, W, 3) uint8 RGB.
+
+    Images above ``max_pixels`` raise ImageTooLarge; a file is measured from its header, before decoding.
+    """
     if isinstance(image, (str, Path)):
-        return read_image(image)
+        return read_image(image, max_pixels)
     if not isinstance(image, np.ndarray):  # a PIL image
         from PIL import ImageOps
 
+        check_image_size(*image.size, max_pixels)
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     array = image
+    if array.ndim >= 2:
+        check_image_size(array.shape[1], array.shape[0], max_pixels)
     if array.dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
     if array.dtype != np.uint8:
@@ -44,6 +51,30 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[:, :, :3])
+
+
+def decode_image_bytes(content: bytes, name: str = "the upload", max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file's bytes -> (H, W, 3) uint8 RGB; gray, palette, RGBA and 16-bit images are accepted.
+
+    Raises ImageTooLarge above ``max_pixels`` (read from the header, before decoding) and ValueError naming
+    ``name`` when the bytes are no image OpenCV or Pillow can decode.
+    """
+    import cv2
+
+    if size := header_size(content):
+        check_image_size(*size, max_pixels, name)
+    data = np.frombuffer(content, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is not None:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from PIL import Image
+
+    try:  # formats OpenCV lacks (TGA, ICO, PCX, ...); the size was checked above
+        with Image.open(io.BytesIO(content)) as opened:
+            return to_rgb_uint8(opened, None)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are no image
+        raise ValueError(f"{name} is not an image ({len(content)} bytes that neither OpenCV nor Pillow can decode); "
+                         "expected a PNG, JPEG, WebP, TIFF, BMP or GIF file") from None
 
 
 def prepare_inference_image(rgb: np.ndarray, image_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -77,19 +108,21 @@ class Prediction:
 class Grounder:
     """A trained SeqTR ready for single-image inference (EMA weights when the checkpoint has them)."""
 
-    def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device) -> None:
+    def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device,
+                 max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
         self.model = model.eval().to(device)
         self.experiment = experiment
         self.vocabulary = vocabulary
         self.device = device
+        self.max_pixels = max_pixels  # larger images are refused (ImageTooLarge); None: no limit
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        weights: str = "ema") -> Grounder:
+                        weights: str = "ema", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Grounder:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         experiment, vocabulary, models = load_trained(path, device)
         model = models.get(weights) or models["raw"]
-        return cls(model, experiment, vocabulary, device)
+        return cls(model, experiment, vocabulary, device, max_pixels)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -106,18 +139,19 @@ class Grounder:
         if not expression or not expression.strip():
             raise ValueError("the expression is empty: type what to look for, e.g. 'the red circle on the left'")
         started = time.perf_counter()
-        rgb = to_rgb_uint8(image)
+        rgb = to_rgb_uint8(image, self.max_pixels)
         images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
         ids = torch.from_numpy(self.vocabulary.encode(expression, self.experiment.max_token))[None]
         generated = self.model.generate(images.to(self.device), pad_mask.to(self.device), ids.to(self.device))
         num_bin = self.experiment.model.num_bin
+        token_mapping = (self.experiment.model.mapping, self.experiment.data.image_size)
         tokens = generated[f"{task}_tokens"][0].cpu().numpy()
         scores = generated[f"{task}_scores"][0].float().cpu().numpy()
         box = polygon = mask = None
         if task == "box":
-            box = box_in_original_pixels(tokens, meta, num_bin)
+            box = box_in_original_pixels(tokens, meta, num_bin, *token_mapping)
         else:
-            polygon = polygon_in_original_pixels(tokens, meta, num_bin)
+            polygon = polygon_in_original_pixels(tokens, meta, num_bin, *token_mapping)
             mask = rle_to_mask(polygon_mask_rle(polygon, meta["ori_shape"]))
         return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started)
 
@@ -126,7 +160,7 @@ class Grounder:
         from seqtr_lib.viz import draw_prediction, new_figure
 
         figure, ax = new_figure()
-        draw_prediction(ax, to_rgb_uint8(image), prediction, expression)
+        draw_prediction(ax, to_rgb_uint8(image, self.max_pixels), prediction, expression)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=120)

@@ -240,15 +240,17 @@ def _valid_coordinate_tokens(tokens: Any, num_bin: int) -> np.ndarray:
 
 
 def tokens_to_vertices(
-    tokens: Any, pad_shape: tuple[int, int], num_bin: int = NUM_BIN
+    tokens: Any, pad_shape: tuple[int, int], num_bin: int = NUM_BIN, mapping: str = "relative",
+    image_size: int = 640,
 ) -> np.ndarray:
     """Generated mask tokens (T,) -> float32 (K, 2) x, y points in pixels of the padded image.
 
     The sequence is cut at its first EOS and an odd trailing token is dropped, so K <= T // 2.
-    pad_shape is (pad_h, pad_w). Accepts a numpy array, list or torch tensor.
+    pad_shape is (pad_h, pad_w); ``mapping``/``image_size`` as for :func:`dequantize`. Accepts a numpy
+    array, list or torch tensor.
     """
     pad_h, pad_w = pad_shape
-    coords = dequantize(_valid_coordinate_tokens(tokens, num_bin), pad_w, pad_h, num_bin)
+    coords = dequantize(_valid_coordinate_tokens(tokens, num_bin), pad_w, pad_h, num_bin, mapping, image_size)
     return coords.reshape(-1, 2)
 
 

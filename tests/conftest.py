@@ -67,3 +67,18 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(scope="session")
+def fast_project(tmp_path_factory) -> Path:
+    """``DEMO_FAST=1 make demo`` in a temporary project: notebooks 00-04 executed headless for the box and the
+    mask experiment, once per test session. The notebook and browser tests read what it left."""
+    from seqtr_lib.pipeline import DEMO_PARAMS, NOTEBOOKS, make_project, run_pipeline
+
+    if reuse := os.environ.get("SEQTR_REUSE_FAST_PROJECT"):  # a developer's shortcut while writing these tests
+        return Path(reuse)
+    # What `pipeline --fast --project DIR` does; raising NotebookFailed (not SystemExit) lets pytest keep the
+    # failure for every test that needs the project instead of building it again for each.
+    project = make_project(tmp_path_factory.mktemp("fast_project"))
+    run_pipeline(DEMO_PARAMS, tuple(NOTEBOOKS), project)
+    return project

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import write_params
 from seqtr_lib.config import load_params
-from seqtr_lib.demo import GroundingDemo, dataset_samples, decode_upload
-from seqtr_lib.predict import Grounder
+from seqtr_lib.demo import GroundingDemo, dataset_samples
+from seqtr_lib.predict import Grounder, decode_image_bytes
 
 OVERLAY_RGB = np.array([0xFF, 0x33, 0x66])  # viz's prediction colour; absent from synthetic scenes
 
@@ -71,6 +71,11 @@ def test_a_dataset_sample_is_grounded_on_opening_and_shown_with_its_box(trained)
     assert _status_box(demo) == pytest.approx(np.round(grounder.predict(samples[2].image_path,
                                                                         samples[2].expressions[0]).box), abs=0.5)
 
+    # The status names the image and the expression typed, not the drop-down's first expression.
+    demo.expression.value = "the tiny green triangle"
+    assert demo.status.value.startswith(f'<span style="color:#1b5e20">{samples[2].name}, &#x27;the tiny green triangle&#x27;: box')
+    assert demo.image.layout.display is None  # shown
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gray", "rgba", "16-bit"])
@@ -95,12 +100,14 @@ def test_uploads_of_any_size_and_channel_layout_are_grounded_in_their_own_pixels
 def test_bad_input_shows_a_message_in_the_widget_instead_of_a_traceback(trained):
     grounder, experiment = trained
     demo = GroundingDemo(grounder, dataset_samples(experiment, "val", 2))
-    shown = demo.image.value
+    assert demo.image.layout.display is None
     demo.expression.value = "   "
-    assert "type an expression first" in demo.status.value and demo.image.value == shown
+    assert "type an expression first" in demo.status.value
+    assert demo.image.layout.display == "none"  # the overlay of the previous expression is hidden
     _upload(demo, "notes.png", b"this is not an image")
-    assert "cannot read the upload notes.png" in demo.status.value
-    assert demo.image.value == b"" and demo.rgb is None
+    assert "cannot use the upload: notes.png is not an image (20 bytes" in demo.status.value
+    assert "BytesIO" not in demo.status.value and "\n" not in demo.status.value
+    assert demo.image.layout.display == "none" and demo.rgb is None  # no stale overlay under the message
     demo.expression.value = "the red circle"
     assert demo.run() is None and "choose a dataset image or upload one" in demo.status.value
 
@@ -116,8 +123,10 @@ def test_a_failing_prediction_is_reported_and_the_app_keeps_working(trained, mon
     monkeypatch.setattr(grounder, "predict", broken)
     assert demo.run() is None
     assert "RuntimeError: CUDA out of memory" in demo.status.value
+    assert demo.image.layout.display == "none"  # the previous overlay is hidden, not shown under the error
     monkeypatch.undo()
     assert demo.run() is not None and "box (x1, y1, x2, y2)" in demo.status.value
+    assert demo.image.layout.display is None
 
 
 def test_uploads_opencv_cannot_decode_are_read_with_pillow():
@@ -127,6 +136,6 @@ def test_uploads_opencv_cannot_decode_are_read_with_pillow():
     buffer = io.BytesIO()
     Image.fromarray(original).save(buffer, format="TGA")
     assert cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR) is None
-    np.testing.assert_array_equal(decode_upload(buffer.getvalue()), original)  # lossless
-    with pytest.raises(ValueError, match="not an image this demo can read"):
-        decode_upload(b"")
+    np.testing.assert_array_equal(decode_image_bytes(buffer.getvalue()), original)  # lossless
+    with pytest.raises(ValueError, match="empty.png is not an image"):
+        decode_image_bytes(b"", "empty.png")

@@ -142,7 +142,8 @@ def test_two_gloo_processes_match_one_process_with_twice_the_batch(tiny_data_roo
     init = write_params(tmp_path / "init.yaml", tiny_data_root, tmp_path / "init", train={**train, "lr": 1e-12},
                         model=model, data={"batch_size": 4})
     run_cli("-m", "seqtr_lib", "train", "--params", str(init))
-    moved = max((single_weights[k].float() - _weights(tmp_path / "init/tiny/last.pt")[k].float()).abs().max().item()
+    init_weights = _weights(tmp_path / "init/tiny/last.pt")
+    moved = max((single_weights[k].float() - init_weights[k].float()).abs().max().item()
                 for k in single_weights if single_weights[k].is_floating_point())
     assert moved > 1e-4
 
@@ -265,6 +266,26 @@ def test_ground_truth_tokens_decode_back_to_the_original_pixels(tiny_data_root, 
             polygon = polygon_in_original_pixels(batch["mask_tokens"][i].numpy(), meta, experiment.model.num_bin)
             iou, _, _ = mask_ious([polygon_mask_rle(polygon, meta["ori_shape"])], [meta["gt_mask_rle"]])
             assert iou[0] > 0.6, (i, iou)  # 24 contour points of a shape at 96 px
+
+
+@pytest.mark.parametrize("mapping, extent", [("relative", (32, 64)), ("absolute", (64, 64))])
+def test_tokens_decode_with_the_mapping_they_were_quantized_with_on_a_non_square_image(mapping, extent):
+    """A 200 x 100 image at image_size 64: scale 0.32, 64 x 32 pixels, padded to 64 x 32. Relative tokens
+    divide by the padded size (64 wide, 32 high), absolute ones by image_size in both directions."""
+    from seqtr_lib.data.loader import Collate
+    from seqtr_lib.evaluation import box_in_original_pixels, polygon_in_original_pixels
+
+    meta = {"ori_shape": (100, 200), "img_shape": (32, 64), "pad_shape": (32, 64), "scale_factor": (0.32, 0.32)}
+    height, width = extent
+    # The box 50, 25, 150, 75 is 16, 8, 48, 24 in input pixels; 64 bins over `width` / `height` pixels.
+    tokens = np.array([16 * 64 // width, 8 * 64 // height, 48 * 64 // width, 24 * 64 // height])
+    assert Collate("box", 4, 64, mapping=mapping, image_size=64)._token_extent(meta) == extent
+    box = box_in_original_pixels(tokens, meta, 64, mapping, 64)
+    np.testing.assert_allclose(box, [50, 25, 150, 75], atol=1e-4)
+    triangle = np.array([16 * 64 // width, 8 * 64 // height, 48 * 64 // width, 8 * 64 // height,
+                         48 * 64 // width, 24 * 64 // height])
+    np.testing.assert_allclose(polygon_in_original_pixels(triangle, meta, 64, mapping, 64),
+                               [[50, 25], [150, 25], [150, 75]], atol=1e-4)
 
 
 def test_exported_weights_are_half_precision_ema_and_ground_like_the_checkpoint(tiny_data_root, tmp_path):

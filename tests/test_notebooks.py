@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import nbformat
@@ -22,9 +23,7 @@ NOTEBOOKS = ["00_prepare_data", "01_train", "02_evaluate", "03_visualize_sequenc
 # The tiny_data_root fixture's generator settings, so that 00_prepare_data recognises the set.
 TINY_SET = {"synthetic_images": 24, "synthetic_image_size": 64, "synthetic_seed": 3}
 TINY_RUN = {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}
-# run_pipeline(fast=True) applies the demo's fast overrides first; these bring them back to the tiny set.
-TINY_OVERRIDES = ["data.synthetic_images=24", "data.synthetic_image_size=64", "data.image_size=64",
-                  "train.epochs=1", "train.max_steps_per_epoch=2"]
+TINY_OVERRIDES = ["train.epochs=1", "train.max_steps_per_epoch=2"]
 
 
 def _annotations(data_root):
@@ -204,27 +203,30 @@ def test_metrics_table_has_a_row_per_split_and_weights():
 
 
 @pytest.mark.slow
-def test_every_notebook_runs_headless_on_a_tiny_box_experiment(tiny_data_root, tiny_params, tmp_path):
-    from seqtr_lib.pipeline import run_pipeline
-
-    (run_dir,) = run_pipeline([str(tiny_params("tiny_box"))], ("00", "01", "02", "03", "04"), fast=True,
-                              output_root=str(tmp_path / "outputs"), data_root=str(tiny_data_root),
-                              overrides=TINY_OVERRIDES, parameters={"splits": ["val"], "num_failures": 4})
-    assert run_dir == tmp_path / "outputs" / "tiny_box_fast"
-    for name in NOTEBOOKS:
-        assert not _executed(run_dir / "notebooks" / f"{name}.ipynb")[1], name
+@pytest.mark.xdist_group("fast_project")
+@pytest.mark.parametrize("name", ["synthetic_det", "synthetic_mask"])
+def test_the_fast_demo_runs_every_notebook_of_both_experiments_in_its_own_project(fast_project, name):
+    run_dir = fast_project / "outputs" / name
+    for notebook_name in NOTEBOOKS:
+        assert not _executed(run_dir / "notebooks" / f"{notebook_name}.ipynb")[1], notebook_name
     for figure in ("samples", "expression_lengths", "curves", "ablation", "iou_histogram", "failures", "breakdown",
                    "sequence_view", "quantization", "num_ray", "shuffled_order", "demo"):
         _assert_figure(run_dir / f"{figure}.png")
-    annotations = _annotations(tiny_data_root)
+    # The project's params carry the fast settings, so the notebooks opened there with their defaults agree.
+    experiment = load_params(fast_project / "params" / f"{name}.yaml")
+    assert (experiment.data.synthetic_images, experiment.train.max_steps_per_epoch) == (40, 3)
+    annotations = _annotations(fast_project / "data")
+    assert len({a["image_id"] for split in annotations.values() for a in split}) == 40
     text, _ = _executed(run_dir / "notebooks" / "00_prepare_data.ipynb")
     (val_row,) = [line.split() for line in text.splitlines() if line.startswith("val ")]
     assert val_row[:3] == ["val", str(len(annotations["val"])), str(sum(len(a["expressions"]) for a in annotations["val"]))]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["splits"]) == {"val"}
+    assert set(metrics["splits"]) == {"val", "testA", "testB"}
     assert set(metrics["splits"]["val"]) == {"raw", "ema", "raw_shuffled", "ema_shuffled"}
     text, _ = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
-    assert "2 points -> 4 tokens" in text and "no checkpoint" not in text
+    assert ("2 points -> 4 tokens" in text) == (name == "synthetic_det") and "no checkpoint" not in text
+    text, _ = _executed(run_dir / "notebooks" / "04_demo.ipynb")
+    assert f"using your own run {Path('outputs') / name / 'best.pt'}" in text
 
 
 @pytest.mark.slow
@@ -234,7 +236,7 @@ def test_sequence_notebook_draws_a_trained_mask_models_points(tiny_params, tiny_
 
     params = tiny_params("tiny_mask", task="mask")
     result = engine.train(load_params(params))
-    (run_dir,) = run_pipeline([str(params)], ("03",), fast=True, output_root=str(tmp_path / "outputs"),
+    (run_dir,) = run_pipeline([str(params)], ("03",), output_root=str(tmp_path / "outputs"),
                               data_root=str(tiny_data_root), overrides=TINY_OVERRIDES,
                               parameters={"checkpoint": f"{result['run_dir']}/best.pt", "num_rays": [4, 8]})
     text, errors = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
@@ -258,7 +260,7 @@ def test_sequence_notebook_draws_a_trained_mask_models_points(tiny_params, tiny_
 def test_training_notebook_runs_two_gloo_processes_through_torchrun(tiny_params, tiny_data_root, tmp_path):
     from seqtr_lib.pipeline import run_pipeline
 
-    (run_dir,) = run_pipeline([str(tiny_params("tiny_ddp"))], ("01",), fast=True, output_root=str(tmp_path / "outputs"),
+    (run_dir,) = run_pipeline([str(tiny_params("tiny_ddp"))], ("01",), output_root=str(tmp_path / "outputs"),
                               data_root=str(tiny_data_root), overrides=TINY_OVERRIDES,
                               parameters={"nproc_per_node": 2})
     text, errors = _executed(run_dir / "notebooks" / "01_train.ipynb")
@@ -277,9 +279,68 @@ def test_a_failing_rank_fails_the_training_notebook_naming_the_cell(tiny_params,
     # Every rank fails to find its annotation file; torchrun exits non-zero and the cell must raise.
     with pytest.raises(NotebookFailed, match=r"01_train.ipynb failed in cell \d+ .*'with notebook.live_curves.*"
                                              r"CalledProcessError: .*returned non-zero exit status"):
-        run_pipeline([str(tiny_params("tiny_fail"))], ("01",), fast=True, output_root=str(tmp_path / "outputs"),
+        run_pipeline([str(tiny_params("tiny_fail"))], ("01",), output_root=str(tmp_path / "outputs"),
                      data_root=str(tmp_path / "no_such_data"), overrides=TINY_OVERRIDES,
                      parameters={"nproc_per_node": 2})
-    text, errors = _executed(tmp_path / "outputs" / "tiny_fail_fast" / "notebooks" / "01_train.ipynb")
+    text, errors = _executed(tmp_path / "outputs" / "tiny_fail" / "notebooks" / "01_train.ipynb")
     assert errors[0]["ename"] == "CalledProcessError"
     assert "no_such_data/annotations/synthetic/instances.json does not exist" in text  # the rank's own message
+
+
+# --- projects: where notebooks read params and write data and runs ----------------------------------
+
+
+def test_a_project_copy_carries_the_notebooks_and_params_with_its_overrides(tmp_path, monkeypatch):
+    from seqtr_lib.config import experiment_to_dict
+    from seqtr_lib.pipeline import make_project
+
+    project = make_project(tmp_path / "p", ["params/synthetic_det.yaml"], ["train.epochs=1", "data.image_size=96"])
+    for name in NOTEBOOKS:
+        assert (project / "notebooks" / f"{name}.ipynb").read_bytes() == (ROOT / "notebooks" / f"{name}.ipynb").read_bytes()
+    copied = experiment_to_dict(load_params(project / "params" / "synthetic_det.yaml"))
+    original = experiment_to_dict(load_params(ROOT / "params" / "synthetic_det.yaml"))
+    original["train"]["epochs"], original["data"]["image_size"] = 1, 96
+    assert copied == original
+    # A kernel started in the copy's notebooks/ finds the copy, not the repository it was installed from.
+    monkeypatch.chdir(project / "notebooks")
+    assert notebook.repo_root() == project
+    monkeypatch.chdir(tmp_path)
+    assert notebook.repo_root() == ROOT
+
+
+def test_an_earlier_run_is_moved_aside_not_overwritten(tmp_path):
+    from seqtr_lib.pipeline import move_aside
+
+    run_dir = tmp_path / "synthetic_det"
+    run_dir.mkdir()
+    assert move_aside(run_dir) is None and run_dir.is_dir()  # no checkpoints: nothing to keep
+    (run_dir / "best.pt").write_bytes(b"weights")
+    moved = move_aside(run_dir)
+    assert not run_dir.exists() and (moved / "best.pt").read_bytes() == b"weights"
+    assert re.fullmatch(r"synthetic_det\.\d{8}-\d{6}", moved.name)
+
+
+def _readme_papermill_commands() -> list[str]:
+    """Every papermill command line of the README's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            if "papermill " in command.split("#")[0]:
+                commands.append(command.split("  #")[0].strip())
+    return commands
+
+
+@pytest.mark.slow
+def test_every_papermill_command_of_the_readme_runs_verbatim(tmp_path):
+    from seqtr_lib.pipeline import make_project
+
+    commands = _readme_papermill_commands()
+    assert len(commands) >= 3 and any(" -y " in c for c in commands) and any("-p overrides '[" in c for c in commands)
+    project = make_project(tmp_path / "project", [f"params/{p.name}" for p in (ROOT / "params").glob("synthetic_*.yaml")], ())
+    (project / ".venv").symlink_to(ROOT / ".venv")
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    outputs = sorted((project / "outputs").glob("*.ipynb"))
+    assert outputs and all(not _executed(path)[1] for path in outputs)

@@ -6,6 +6,7 @@ the command line must start instantly); OpenCV, torch and the transforms load on
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterable
@@ -102,14 +103,51 @@ def image_path(data_root: str | Path, dataset: str, annotation: dict[str, Any]) 
     return Path(data_root) / "images" / folder.path_for(annotation["image_id"])
 
 
-def read_image(path: str | Path) -> np.ndarray:
+# Larger images are refused before their pixels are decoded: a 12000 x 9000 JPEG needs about 7 GB on the way
+# to a 640 px network input. Grounder(max_pixels=...), the widget's grounder and `predict --max-pixels` raise it.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class ImageTooLarge(ValueError):
+    """An image has more pixels than the limit; the message names it, its size and how to allow it."""
+
+
+def check_image_size(width: int, height: int, max_pixels: int | None, name: str = "the image") -> None:
+    """Raise ImageTooLarge when width x height exceeds ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{name} is {width} x {height} pixels ({width * height / 1e6:.0f} MP), above the limit of "
+                            f"{max_pixels / 1e6:.0f} MP; downscale it, or raise the limit (Grounder(max_pixels=...), "
+                            "predict --max-pixels)")
+
+
+def header_size(source: str | Path | bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding its pixels; None when Pillow cannot tell."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+                return opened.size
+    except Image.DecompressionBombError:  # Pillow's own cap: far above any sensible limit
+        return (2**31 - 1, 1)
+    except Exception:  # noqa: BLE001 - not readable by Pillow: the decoder that follows reports it
+        return None
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB with its EXIF orientation applied.
 
     OpenCV's IMREAD_COLOR honours the EXIF orientation tag, expands grayscale to three channels,
-    drops an alpha channel and maps 16-bit samples to 8 bits (the high byte). Raises BadImageError.
+    drops an alpha channel and maps 16-bit samples to 8 bits (the high byte). Raises BadImageError, and
+    ImageTooLarge (read from the header, before decoding) above ``max_pixels``.
     """
     import cv2
 
+    if max_pixels is not None and (size := header_size(path)):
+        check_image_size(*size, max_pixels, str(path))
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:

@@ -19,6 +19,8 @@ decoder input (the true cell under teacher forcing, the best-scoring cell when g
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from typing import NamedTuple
@@ -389,6 +391,12 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
     query_projection = nn.Linear(config.d_model, config.d_model) if config.query_selection else None
     return SeqTR(backbone, language, fusion, encoder, decoder, config.task, config.num_bin, config.num_ray,
                  cell_scorer, query_projection)
+
+
+def without_weight_files(config: ModelConfig) -> ModelConfig:
+    """The same architecture without reading the Darknet or word-vector files (a checkpoint holds every
+    weight; parameter counts do not depend on the values)."""
+    return dataclasses.replace(config, darknet_weights=None, word_vectors="random")
 
 
 def count_parameters(model: nn.Module) -> dict[str, tuple[int, int]]:

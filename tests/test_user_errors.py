@@ -1,0 +1,120 @@
+"""What a user gets for bad input: one `error: ...` line (exit status 2) from the CLI, huge images refused
+before decoding, list parameters given as text by papermill."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from seqtr_lib.cli import main
+from seqtr_lib.data.refer import BadImageError, ImageTooLarge, header_size, read_image
+from seqtr_lib.notebook import parameter_list
+from seqtr_lib.predict import MAX_IMAGE_PIXELS, Grounder, decode_image_bytes
+
+RELEASED = ROOT / "weights" / "synthetic_det.pt"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header announces width x height and whose pixel data is missing: decoding it would fail
+    (or, for a real image of that size, take gigabytes), reading its header is instant."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"\x00" * 16)
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err
+
+
+def test_predict_reports_a_corrupt_image_or_checkpoint_in_one_line(tmp_path, capsys):
+    image = tmp_path / "scene.jpg"
+    image.write_bytes(b"these bytes are no JPEG")
+    out = str(tmp_path / "overlay.png")
+    err = _one_error_line(capsys, ["predict", "--checkpoint", str(RELEASED), "--image", str(image),
+                                   "--expression", "the red circle", "--out", out])
+    assert "scene.jpg" in err and "corrupt or not an image" in err
+
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    err = _one_error_line(capsys, ["predict", "--checkpoint", str(checkpoint), "--image", str(image),
+                                   "--expression", "the red circle", "--out", out])
+    assert f"{checkpoint} is not a readable seqtr checkpoint" in err
+
+    with pytest.raises(BadImageError):  # --debug: the exception itself, with its traceback
+        main(["--debug", "predict", "--checkpoint", str(RELEASED), "--image", str(image),
+              "--expression", "the red circle", "--out", out])
+
+
+def test_images_above_the_pixel_limit_are_refused_from_their_header(tmp_path, capsys, monkeypatch):
+    import cv2
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(12000, 9000))
+    assert header_size(huge) == (12000, 9000)
+    assert 12000 * 9000 > MAX_IMAGE_PIXELS
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(ImageTooLarge, match=r"huge.png is 12000 x 9000 pixels \(108 MP\), above the limit of 40 MP"):
+        read_image(huge, MAX_IMAGE_PIXELS)
+    with pytest.raises(ImageTooLarge, match="upload.png is 12000 x 9000"):
+        decode_image_bytes(huge.read_bytes(), "upload.png")
+    grounder = Grounder.from_checkpoint(RELEASED, device="cpu")
+    with pytest.raises(ImageTooLarge):
+        grounder.predict(huge, "the red circle")
+    err = _one_error_line(capsys, ["predict", "--checkpoint", str(RELEASED), "--image", str(huge),
+                                   "--expression", "the red circle", "--out", str(tmp_path / "o.png")])
+    assert "12000 x 9000 pixels" in err and "--max-pixels" in err
+    monkeypatch.undo()
+
+    # The limit is the Grounder's: arrays are measured too, and a raised limit lets the image through.
+    small = Grounder.from_checkpoint(RELEASED, device="cpu", max_pixels=30 * 30)
+    with pytest.raises(ImageTooLarge, match="40 x 31 pixels"):
+        small.predict(np.zeros((31, 40, 3), np.uint8), "the red circle")
+    assert small.predict(np.zeros((30, 30, 3), np.uint8), "the red circle").box.shape == (4,)
+
+
+def test_model_summary_needs_no_dataset(tmp_path, capsys):
+    def summary(size: int) -> dict[str, int]:
+        main(["model-summary", "--params", str(ROOT / "params" / "synthetic_det.yaml"), "--set",
+              f"data.data_root={tmp_path / 'absent'}", "--vocabulary-size", str(size)])
+        out = capsys.readouterr().out
+        assert f"stand-in vocabulary of {size} words" in out
+        rows = [line.split() for line in out.splitlines()[1:] if line and not line.startswith("word embedding")]
+        return {row[0]: int(row[1].replace(",", "")) for row in rows}
+
+    small, large = summary(100), summary(110)
+    word_dim = 64  # params/synthetic_det.yaml: only the embedding grows, by one row of word_dim per word
+    assert {k: large[k] - small[k] for k in small} == {**{k: 0 for k in small}, "language": 10 * word_dim,
+                                                       "total": 10 * word_dim}
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["train.epochs=5"], ["train.epochs=5"]),
+    ('["train.epochs=5", "train.lr=1e-4"]', ["train.epochs=5", "train.lr=1e-4"]),  # papermill -p, JSON
+    ("[train.epochs=5]", ["train.epochs=5"]),  # YAML flow list
+    ("", []),
+    ("[6, 12]", [6, 12]),
+])
+def test_list_parameters_accept_the_text_papermill_passes(given, expected):
+    assert parameter_list(given, "overrides") == expected
+
+
+def test_a_list_parameter_that_is_no_list_is_refused_with_the_y_form():
+    with pytest.raises(ValueError, match=r"parameter overrides must be a list, got 'train.epochs=5'.*"
+                                         r"-y 'overrides: \[a, b\]'"):
+        parameter_list("train.epochs=5", "overrides")
