@@ -204,8 +204,8 @@ def test_metrics_table_has_a_row_per_split_and_weights():
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("fast_project")
-@pytest.mark.parametrize("name", ["synthetic_det", "synthetic_mask"])
-def test_the_fast_demo_runs_every_notebook_of_both_experiments_in_its_own_project(fast_project, name):
+def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project):
+    name = "synthetic_det"
     run_dir = fast_project / "outputs" / name
     for notebook_name in NOTEBOOKS:
         assert not _executed(run_dir / "notebooks" / f"{notebook_name}.ipynb")[1], notebook_name
@@ -224,7 +224,7 @@ def test_the_fast_demo_runs_every_notebook_of_both_experiments_in_its_own_projec
     assert set(metrics["splits"]) == {"val", "testA", "testB"}
     assert set(metrics["splits"]["val"]) == {"raw", "ema", "raw_shuffled", "ema_shuffled"}
     text, _ = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
-    assert ("2 points -> 4 tokens" in text) == (name == "synthetic_det") and "no checkpoint" not in text
+    assert "2 points -> 4 tokens" in text and "no checkpoint" not in text
     text, _ = _executed(run_dir / "notebooks" / "04_demo.ipynb")
     assert f"using your own run {Path('outputs') / name / 'best.pt'}" in text
 
