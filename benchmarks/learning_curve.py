@@ -56,6 +56,21 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                        "mask task: stride-16 memory + target-cell loss + query selection"),
     "cells_s16_mask_center": (MASK, [*_model(16, 0.125, True, True), "data.center_sampling=true"],
                               "mask task: as cells_s16_mask, vertices by rays from the mass centre (no EOS to time)"),
+    "cells_s16_noise": (DET, [*_model(16, 0.125, True, True), "model.input_token_noise=0.2"],
+                        "cells_s16 + 20% of the teacher-forced input tokens replaced by random coordinates"),
+    "cells_s16_mask_noise": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.2"],
+                             "mask task: cells_s16_mask + 20% random input tokens"),
+    "cells_s16_mask_noise40": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.4"],
+                               "mask task: cells_s16_mask + 40% random input tokens"),
+    "cells_s16_mask_noise_lr2": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.2", "train.lr=2e-3"],
+                                 "mask task: cells_s16_mask_noise at twice the learning rate"),
+    "cells_s16_mask_noise_dec2": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.2",
+                                         "model.num_decoder_layers=2"],
+                                  "mask task: cells_s16_mask_noise with 2 decoder layers"),
+    "cells_s16_multi": (MASK, [*_model(16, 0.125, True, True), "model.task=multi"],
+                        "multi-task (box, then mask in one sequence); the curve shows the mask mIoU"),
+    "cells_s16_multi_noise": (MASK, [*_model(16, 0.125, True, True), "model.task=multi", "model.input_token_noise=0.2"],
+                              "multi-task + 20% random input tokens; the curve shows the mask mIoU"),
 }
 
 
@@ -68,42 +83,52 @@ def _metric(task: str) -> str:
     return "acc@0.5" if task == "box" else "miou"
 
 
+def _curve_score(metrics: dict[str, float], task: str) -> float:
+    """The curve's score: box Acc@0.5, or the mask mIoU (of a multi-task model too)."""
+    return metrics["mask/miou"] if task == "multi" else headline_score(metrics, task)
+
+
 def _point(record: dict[str, Any], totals: dict[str, float], task: str) -> dict[str, Any]:
     """One curve point from an epoch's log record; ``totals`` accumulates training seconds and samples."""
     totals["seconds"] += record["train_seconds"]
     totals["samples"] += record["samples"]
     return {"epoch": record["epoch"] + 1, "step": record["step"], "samples": totals["samples"],
             "train_seconds": round(totals["seconds"], 1), "loss": record["loss"],
-            **{weights: headline_score(metrics, task) for weights, metrics in record.get("val", {}).items()}}
+            **{weights: _curve_score(metrics, task) for weights, metrics in record.get("val", {}).items()}}
 
 
-def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | None, extra: list[str]) -> dict[str, Any]:
+def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | None, extra: list[str],
+                results: Path, max_epochs: int | None = None) -> dict[str, Any]:
+    """Train one variant; its JSON is rewritten after every epoch, so a run cut short keeps its curve."""
     params, overrides, description = VARIANTS[name]
     settings = [*SCHEDULE, *overrides, f"train.val_limit={val_limit}", "output_dir=outputs/learning_curves",
                 f"name={name}", *([f"data.data_root={data_root}"] if data_root else []), *extra]
     experiment = load_params(params, settings)
-    points: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
+        "variant": name, "description": description, "params": params, "overrides": settings,
+        "metric": _metric(experiment.model.task),
+        "config": experiment_to_dict(experiment), "budget_s": budget_s, "max_epochs": max_epochs,
+        "val_limit": val_limit, "machine": machine(), "date": datetime.date.today().isoformat(), "points": [],
+    }
     totals = {"seconds": 0.0, "samples": 0}
+    started = time.perf_counter()
 
     def after_epoch(record: dict[str, Any]) -> bool:
         point = _point(record, totals, experiment.model.task)
-        points.append(point)
+        result["points"].append(point)
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        write_json_atomic(results / f"learning_curve_{name}.json", result)
         print(f"{name}: epoch {point['epoch']}  {point['train_seconds']:.0f} s  {point['samples']} samples  "
               f"loss {point['loss']:.3f}  raw {point.get('raw', float('nan')):.3f}  ema {point.get('ema', float('nan')):.3f}",
               flush=True)
-        return totals["seconds"] >= budget_s
+        return totals["seconds"] >= budget_s or (max_epochs is not None and point["epoch"] >= max_epochs)
 
     context = distributed.setup(experiment.train.device)
     try:
         Trainer(experiment, context).run(after_epoch)
     finally:
         distributed.teardown()
-    return {
-        "variant": name, "description": description, "params": params, "overrides": settings,
-        "metric": _metric(experiment.model.task),
-        "config": experiment_to_dict(experiment), "budget_s": budget_s, "val_limit": val_limit,
-        "machine": machine(), "date": datetime.date.today().isoformat(), "points": points,
-    }
+    return result
 
 
 def curve_from_run(run_dir: Path, description: str) -> dict[str, Any]:
@@ -148,7 +173,7 @@ def plot(results_dir: Path, out: Path) -> None:
                 axis.set_ylabel(f"val {metric} (%)")
                 axis.grid(alpha=0.3)
         axes[row, 0].legend(fontsize=7, loc="lower right")
-        machine_name = curves[0]["machine"]["cpu"]
+        machine_name = curves[0]["machine"]["cuda"] or curves[0]["machine"]["cpu"]
         axes[row, 0].set_title(f"val {metric} while training; {machine_name}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,11 +185,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), default=[])
     parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per variant")
+    parser.add_argument("--max-epochs", type=int, default=None, help="also stop after this many epochs")
     parser.add_argument("--val-limit", type=int, default=800, help="val expressions scored after each epoch")
     parser.add_argument("--data-root", default=None, help="default: the params file's (data/)")
     parser.add_argument("--set", action="append", default=[], help="extra override for every variant")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--no-plot", action="store_true", help="leave learning_curves.png (parallel runs)")
     parser.add_argument("--from-run", type=Path, action="append", default=[],
                         help="also record a finished train run (e.g. outputs/synthetic_det) as a curve")
     args = parser.parse_args()
@@ -172,11 +199,9 @@ def main() -> None:
         result = curve_from_run(run_dir, f"the full {run_dir.name} params run")
         write_json_atomic(args.results / f"learning_curve_{result['variant']}.json", result)
     for name in args.variant if not args.plot_only else []:
-        started = time.perf_counter()
-        result = run_variant(name, args.budget_s, args.val_limit, args.data_root, args.set)
-        result["wall_seconds"] = round(time.perf_counter() - started, 1)
-        write_json_atomic(args.results / f"learning_curve_{name}.json", result)
-    plot(args.results, args.results / "learning_curves.png")
+        run_variant(name, args.budget_s, args.val_limit, args.data_root, args.set, args.results, args.max_epochs)
+    if not args.no_plot:
+        plot(args.results, args.results / "learning_curves.png")
 
 
 if __name__ == "__main__":

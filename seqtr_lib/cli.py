@@ -109,13 +109,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     path, which = resolve_checkpoint(experiment.run_dir, experiment.name, args.checkpoint)
     print(which)
     grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None)
-    prediction = grounder.predict(args.image, args.expression, task=args.task)
+    prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention))
     if prediction.box is not None:
         print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
     if prediction.polygon is not None:
         print("polygon (x, y, ...):", [round(float(v), 1) for v in prediction.polygon.reshape(-1)])
     out = grounder.save_overlay(args.image, args.expression, prediction, args.out)
     print(f"wrote {out}")
+    if args.attention:
+        print(f"wrote {grounder.save_attention(args.image, args.expression, prediction, args.attention)}")
 
 
 def cmd_export_weights(args: argparse.Namespace) -> None:
@@ -123,6 +125,30 @@ def cmd_export_weights(args: argparse.Namespace) -> None:
 
     out = export_weights(args.checkpoint, args.out)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+
+
+def cmd_import_seqtr(args: argparse.Namespace) -> None:
+    from seqtr_lib.data.refer import original_vocabulary, read_annotations
+    from seqtr_lib.original import import_release
+    from seqtr_lib.text import load_token_to_ix
+
+    experiment = load_params(args.params, args.overrides)
+    if args.token_to_ix:
+        vocabulary, source = load_token_to_ix(args.token_to_ix), args.token_to_ix
+    else:
+        vocabulary = original_vocabulary(read_annotations(experiment.annotation_path))
+        source = f"every split of {experiment.annotation_path}, in the original's order"
+    print(f"vocabulary: {len(vocabulary)} words from {source}")
+    out = args.out or experiment.run_dir / "seqtr_release.pt"
+    print(f"wrote {import_release(args.checkpoint, experiment, vocabulary, out)}")
+
+
+def cmd_export_seqtr(args: argparse.Namespace) -> None:
+    from seqtr_lib.checkpoint import load
+    from seqtr_lib.original import export_release
+
+    out = export_release(load(args.checkpoint), args.out)
+    print(f"wrote {out} and {out.parent / 'token_to_ix.pkl'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expression", required=True)
     p.add_argument("--task", choices=("box", "mask"), default=None, help="default: the checkpoint's task")
     p.add_argument("--out", default="prediction.png", help="overlay PNG to write")
+    p.add_argument("--attention", default="", metavar="PNG",
+                   help="also write where the decoder looked for each token (cross-attention panels) to this PNG")
     p.add_argument("--device", default=None)
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help=f"refuse larger images before decoding them (default {MAX_IMAGE_PIXELS:,}; 0: no limit)")
@@ -185,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a training checkpoint, e.g. outputs/synthetic_det/best.pt")
     p.add_argument("--out", required=True, help="e.g. weights/synthetic_det.pt")
     p.set_defaults(run=cmd_export_weights)
+
+    p = commands.add_parser("import-seqtr", help="convert a release checkpoint of the original SeqTR code into ours")
+    p.add_argument("--checkpoint", required=True, help="the original release file, e.g. det_best.pth")
+    _add_params(p)
+    p.add_argument("--token-to-ix", default="", help="the release's token_to_ix.pkl (default: the vocabulary "
+                   "rebuilt from every split of the params' annotation file, as the original builds it)")
+    p.add_argument("--out", default="", help="default: <output_dir>/<name>/seqtr_release.pt")
+    p.set_defaults(run=cmd_import_seqtr)
+
+    p = commands.add_parser("export-seqtr", help="write a checkpoint of ours as an original SeqTR release file")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="e.g. export/det_best.pth (token_to_ix.pkl is written beside it)")
+    p.set_defaults(run=cmd_export_seqtr)
 
     p = commands.add_parser("model-summary", help="build the model of a params file and count its parameters")
     _add_params(p)

@@ -58,6 +58,7 @@ class ModelConfig:
     memory_stride: int = 32  # 32 (paper) or 16: fuse at stride 16, so the memory has 4x the cells
     target_cell_loss: float = 0.0  # weight of a cross-entropy that picks the memory cell holding the target's centre
     query_selection: bool = False  # first decoder input = selected cell's memory + position (needs target_cell_loss)
+    input_token_noise: float = 0.0  # share of teacher-forced coordinate inputs replaced by a random coordinate
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ def validate(experiment: Experiment) -> None:
         ("model.dropout", 0.0 <= m.dropout < 1.0, "must be in [0, 1)"),
         ("model.memory_stride", m.memory_stride in MEMORY_STRIDES, "must be 32 (the paper) or 16"),
         ("model.target_cell_loss", m.target_cell_loss >= 0, "must be 0 (off) or positive"),
+        ("model.input_token_noise", 0 <= m.input_token_noise < 1, "must be in [0, 1): the share of inputs replaced"),
         ("model.query_selection", not m.query_selection or m.target_cell_loss > 0,
          "needs model.target_cell_loss > 0: the cell scores it selects by are trained by that loss"),
         ("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),

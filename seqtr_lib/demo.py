@@ -7,8 +7,9 @@
 Every callback goes through `GroundingDemo.run`, which never raises: a bad input (empty expression,
 unreadable or oversized upload, no image) is reported in the status line and hides the overlay, so what
 is on screen always matches the status, and the app keeps working.
-Tests drive the widgets as a user would (set ``expression.value``, ``upload.value``, ``sample.value``)
-and read ``image.value`` (the PNG shown) and ``status.value``.
+Tests drive the widgets as a user would (set ``expression.value``, ``upload.value``, ``sample.value``,
+``show_attention.value``) and read ``image.value`` (the PNG shown), ``attention_image.value`` and
+``status.value``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def render_png(image: np.ndarray, prediction: Prediction, expression: str) -> by
     return figure_png(figure, dpi=100)
 
 
+def render_attention_png(image: np.ndarray, prediction: Prediction, expression: str) -> bytes:
+    """The attention panels the demo shows under the overlay: where the decoder looked for each token."""
+    from seqtr_lib.viz import attention_figure, figure_png
+
+    return figure_png(attention_figure(image, prediction, expression), dpi=80)
+
+
 def describe(prediction: Prediction) -> str:
     """One line of plain numbers: the box or the number of polygon points, and the latency."""
     if prediction.task == "box":
@@ -68,8 +76,9 @@ class GroundingDemo:
     """An ipywidgets app around a Grounder; display the instance (or ``demo.widget``) in a notebook.
 
     Widgets: ``sample`` (drop-down of dataset images), ``upload`` (any image file), ``expression``
-    (Enter or the button runs), ``task`` (the checkpoint's tasks), ``submit``, ``image`` (PNG overlay),
-    ``status`` (HTML: the result in numbers, or what to fix).
+    (Enter or the button runs), ``task`` (the checkpoint's tasks), ``submit``, ``show_attention`` (a
+    checkbox), ``image`` (PNG overlay), ``attention_image`` (the per-token attention panels, shown while
+    the checkbox is ticked), ``status`` (HTML: the result in numbers, or what to fix).
     """
 
     def __init__(self, grounder: Grounder, samples: Sequence[DemoSample] = ()) -> None:
@@ -92,16 +101,21 @@ class GroundingDemo:
                                   layout=widgets.Layout(width="90px"))
         self.task = widgets.ToggleButtons(options=list(grounder.tasks), style={"button_width": "80px"})
         self.submit = widgets.Button(description="ground it", button_style="primary")
+        self.show_attention = widgets.Checkbox(value=False, description="show where it looked", indent=False,
+                                               layout=widgets.Layout(width="auto", margin="0 0 0 16px"))
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
+        self.attention_image = widgets.Image(format="png", layout=widgets.Layout(max_width="960px", display="none"))
         self.status = widgets.HTML()
         self.sample.observe(self._on_sample, "value")
         self.upload.observe(self._on_upload, "value")
         self.expression.observe(lambda _: self.run(), "value")  # Enter, or leaving the field
         self.task.observe(lambda _: self.run(), "value")
+        self.show_attention.observe(lambda _: self.run(), "value")
         self.submit.on_click(lambda _: self.run())
         row = widgets.Layout(align_items="center", flex_flow="row wrap")
         self.widget = widgets.VBox([widgets.HBox([self.sample, self.upload], layout=row), self.expression,
-                                    widgets.HBox([task_label, self.task, self.submit], layout=row), self.image, self.status])
+                                    widgets.HBox([task_label, self.task, self.submit, self.show_attention], layout=row),
+                                    self.image, self.status, self.attention_image])
         if self.samples:
             self.sample.value = 0
 
@@ -114,10 +128,14 @@ class GroundingDemo:
         self.status.value = f'<span style="color:{color}">{html.escape(text)}</span>'
         if error:
             self.image.layout.display = "none"
+            self.attention_image.layout.display = "none"
 
-    def _show(self, png: bytes) -> None:
+    def _show(self, png: bytes, attention_png: bytes | None) -> None:
         self.image.value = png
         self.image.layout.display = None
+        if attention_png is not None:
+            self.attention_image.value = attention_png
+        self.attention_image.layout.display = None if attention_png is not None else "none"
 
     def _on_sample(self, change: dict[str, Any]) -> None:
         if change["new"] is None:
@@ -159,8 +177,11 @@ class GroundingDemo:
             self._message("type an expression first, e.g. 'the small blue square at the top'")
             return None
         try:
-            prediction = self.grounder.predict(self.rgb, expression, task=self.task.value)
-            self._show(render_png(self.rgb, prediction, expression))
+            with_attention = self.show_attention.value
+            prediction = self.grounder.predict(self.rgb, expression, task=self.task.value,
+                                               return_attention=with_attention)
+            self._show(render_png(self.rgb, prediction, expression),
+                       render_attention_png(self.rgb, prediction, expression) if with_attention else None)
         except Exception as error:  # noqa: BLE001 - the app must survive any input; show what went wrong
             self._message(f"could not ground {expression!r}: {type(error).__name__}: {error}")
             return None

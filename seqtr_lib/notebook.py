@@ -32,6 +32,7 @@ import numpy as np
 from seqtr_lib.checkpoint import resolve_checkpoint
 from seqtr_lib.config import Experiment, load_params
 from seqtr_lib.data.refer import DATASETS, decode_mask, image_path, read_annotations
+from seqtr_lib.metrics import box_iou
 from seqtr_lib.text import clean_expression
 
 # Groups of expression lengths for the breakdown: (label, most words in the group).
@@ -364,6 +365,29 @@ def optional_grounder(experiment: Experiment, checkpoint: str = ""):
     return Grounder.from_checkpoint(path)
 
 
+def prediction_iou(sample: Sample, prediction: Any) -> float:
+    """IoU of a `predict.Prediction` with the sample's annotation: boxes for a box, masks for a mask."""
+    if prediction.task == "box":
+        return float(box_iou(prediction.box[None], sample.box[None])[0])
+    if sample.mask is None:
+        raise ValueError(f"annotation {sample.annotation.get('image_id')} has no mask to compare a mask with")
+    predicted, target = prediction.mask.astype(bool), sample.mask.astype(bool)
+    union = np.logical_or(predicted, target).sum()
+    return float(np.logical_and(predicted, target).sum() / union) if union else 0.0
+
+
+def attention_examples(experiment: Experiment, grounder: Any, split: str = "val",
+                       count: int = 12) -> list[tuple[Sample, Any, float]]:
+    """The first ``count`` samples of a split predicted with their attention maps, best IoU first:
+    [(sample, prediction, iou)]."""
+    examples = []
+    for index in range(count):
+        sample = load_sample(experiment, split, index)
+        prediction = grounder.predict(sample.image, sample.expression, return_attention=True)
+        examples.append((sample, prediction, prediction_iou(sample, prediction)))
+    return sorted(examples, key=lambda example: -example[2])
+
+
 def _polygons(annotation: dict[str, Any]) -> list | None:
     return annotation["mask"] if isinstance(annotation.get("mask"), list) else None
 
@@ -440,7 +464,7 @@ def expression_ious(records: Sequence[dict[str, Any]], annotations: Sequence[dic
     Masks are rasterised at the original image size with the engine's rules (fewer than 2 points: empty;
     2 points: the box they span), against the annotation's mask. Returns float64 (N,).
     """
-    from seqtr_lib.metrics import box_iou, mask_ious
+    from seqtr_lib.metrics import mask_ious
     from seqtr_lib.sequence import polygon_to_rle
 
     if task != "mask":

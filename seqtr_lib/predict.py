@@ -3,6 +3,9 @@
     grounder = Grounder.from_checkpoint("outputs/synthetic_det/best.pt")
     prediction = grounder.predict("scene.jpg", "the red circle left of the blue square")
     prediction.box       # array([x1, y1, x2, y2]) in pixels of scene.jpg
+
+    prediction = grounder.predict("scene.jpg", "the red circle", return_attention=True)
+    prediction.attention  # (4, H, W): where the decoder looked for x1, y1, x2, y2 (viz.attention_figure)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from seqtr_lib.config import Experiment
 from seqtr_lib.data.refer import MAX_IMAGE_PIXELS, ImageTooLarge, check_image_size, header_size, read_image
@@ -92,6 +96,22 @@ def prepare_inference_image(rgb: np.ndarray, image_size: int) -> tuple[torch.Ten
     return images, pad_mask, meta
 
 
+def attention_in_original_pixels(grid: torch.Tensor, meta: dict[str, Any], stride: int) -> np.ndarray:
+    """Attention maps on the memory grid (K, h, w) -> (K, H, W) float32 over the original image's pixels.
+
+    Cell (r, c) covers network-input pixels [r * stride, (r + 1) * stride) x [c * stride, (c + 1) * stride);
+    the grid is upsampled bilinearly to the padded input, cropped to the image (``img_shape``; padding
+    cells fall away) and resized to ``ori_shape``.
+    """
+    maps = torch.as_tensor(grid, dtype=torch.float32)[None]  # (1, K, h, w)
+    height, width = maps.shape[-2:]
+    maps = F.interpolate(maps, size=(height * stride, width * stride), mode="bilinear", align_corners=False)
+    image_height, image_width = meta["img_shape"]
+    maps = F.interpolate(maps[..., :image_height, :image_width], size=tuple(meta["ori_shape"][:2]),
+                         mode="bilinear", align_corners=False)
+    return maps[0].cpu().numpy()
+
+
 @dataclass
 class Prediction:
     """Plain results in original-image pixels; ``tokens``/``scores`` are the raw sequence and its confidences."""
@@ -103,6 +123,9 @@ class Prediction:
     tokens: np.ndarray  # generated coordinate tokens (EOS = num_bin)
     scores: np.ndarray  # probability of each generated token
     seconds: float  # wall time of preprocessing + network + decoding
+    # With return_attention, per emitted coordinate token (K: 4 for a box, the tokens before EOS for a mask):
+    attention: np.ndarray | None = None  # (K, H, W) over the original pixels, mean over layers and heads
+    attention_grid: np.ndarray | None = None  # (L, nh, K, h, w) every layer and head, on the memory grid
 
 
 class Grounder:
@@ -130,8 +153,13 @@ class Grounder:
         return ("box", "mask") if task == "multi" else (task,)
 
     @torch.inference_mode()
-    def predict(self, image: Any, expression: str, task: str | None = None) -> Prediction:
-        """Ground ``expression`` in ``image`` (a path, a PIL image or an HxWx3/HxW uint8 array)."""
+    def predict(self, image: Any, expression: str, task: str | None = None,
+                return_attention: bool = False) -> Prediction:
+        """Ground ``expression`` in ``image`` (a path, a PIL image or an HxWx3/HxW uint8 array).
+
+        ``return_attention`` adds the decoder's cross-attention for every emitted coordinate token
+        (`Prediction.attention`, `Prediction.attention_grid`); it costs K x H x W floats for an H x W image.
+        """
         task = task or self.tasks[0]
         if task not in self.tasks:
             raise ValueError(f"this checkpoint was trained for {self.experiment.model.task!r} and cannot predict "
@@ -142,7 +170,8 @@ class Grounder:
         rgb = to_rgb_uint8(image, self.max_pixels)
         images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
         ids = torch.from_numpy(self.vocabulary.encode(expression, self.experiment.max_token))[None]
-        generated = self.model.generate(images.to(self.device), pad_mask.to(self.device), ids.to(self.device))
+        generated = self.model.generate(images.to(self.device), pad_mask.to(self.device), ids.to(self.device),
+                                        return_attention=return_attention)
         num_bin = self.experiment.model.num_bin
         token_mapping = (self.experiment.model.mapping, self.experiment.data.image_size)
         tokens = generated[f"{task}_tokens"][0].cpu().numpy()
@@ -153,7 +182,16 @@ class Grounder:
         else:
             polygon = polygon_in_original_pixels(tokens, meta, num_bin, *token_mapping)
             mask = rle_to_mask(polygon_mask_rle(polygon, meta["ori_shape"]))
-        return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started)
+        attention = attention_grid = None
+        if return_attention:
+            emitted = len(tokens) if task == "box" else int(np.cumprod(tokens < num_bin).sum())
+            stride = self.model.fusion.stride
+            grid_shape = (meta["pad_shape"][0] // stride, meta["pad_shape"][1] // stride)
+            raw = generated[f"{task}_attention"][0, :, :, :emitted].float()  # (L, nh, K, S)
+            attention_grid = raw.reshape(*raw.shape[:3], *grid_shape).cpu().numpy()
+            attention = attention_in_original_pixels(raw.mean(dim=(0, 1)).reshape(emitted, *grid_shape), meta, stride)
+        return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started,
+                          attention, attention_grid)
 
     def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
         """Draw the prediction over the image (numbered points for masks) and write a PNG."""
@@ -164,4 +202,13 @@ class Grounder:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=120)
+        return path
+
+    def save_attention(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
+        """Write `viz.attention_figure` of a prediction made with ``return_attention=True`` as a PNG."""
+        from seqtr_lib.viz import attention_figure
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        attention_figure(to_rgb_uint8(image, self.max_pixels), prediction, expression).savefig(path, dpi=100)
         return path

@@ -2,7 +2,7 @@
 
 Token ids: ``PAD_ID = 0`` (padding, never a word), ``UNK_ID = 1`` (unknown word), ``CLS_ID = 2``
 (reserved, as in SeqTR; never produced by `Vocabulary.encode`), then the words in order of their first
-appearance in the training expressions (REFERENCE.md, "Expression cleaning").
+appearance in the expressions the vocabulary is built from (`seqtr_lib.data.refer.load_vocabulary`).
 """
 
 from __future__ import annotations

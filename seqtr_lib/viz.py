@@ -373,3 +373,56 @@ def shuffle_figure(image: np.ndarray, vertices: np.ndarray, shuffled: np.ndarray
         if len(points):
             _zoom(ax, points, margin=6, shape=image.shape)
     return figure
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the decoder looked: per-token cross-attention (the paper's Figure 5).
+# ---------------------------------------------------------------------------------------------------
+
+BOX_TOKEN_NAMES = ("x1", "y1", "x2", "y2")
+
+
+def draw_attention_overlay(ax: Axes, image: np.ndarray, attention: np.ndarray, title: str | None = None,
+                           point: Sequence[float] | None = None) -> Axes:
+    """The image with an attention map (H, W) over it as a heat map, and optionally the point it produced."""
+    height, width = image.shape[:2]
+    ax.imshow(image, extent=(0, width, height, 0))
+    peak = float(attention.max()) or 1.0
+    ax.imshow(attention / peak, extent=(0, width, height, 0), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+    if point is not None:
+        ax.scatter([point[0]], [point[1]], s=28, color="#00e5ff", edgecolors="black", linewidths=0.6, zorder=3)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(textwrap.fill(title, 44), fontsize=8)
+    return ax
+
+
+def attention_panels(prediction) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(label, map (H, W), the point it produced) per panel of `attention_figure`.
+
+    A box gives one panel per token (x1, y1, x2, y2; the point is the corner the token belongs to); a
+    mask one per contour point, its x and y tokens' maps averaged.
+    """
+    attention = prediction.attention
+    if attention is None:
+        raise ValueError("this prediction has no attention maps: call Grounder.predict(..., return_attention=True)")
+    if prediction.task == "box":
+        corners = np.asarray(prediction.box, dtype=float).reshape(2, 2)
+        return [(name, attention[i], corners[i // 2]) for i, name in enumerate(BOX_TOKEN_NAMES)]
+    points = np.asarray(prediction.polygon, dtype=float).reshape(-1, 2)
+    return [(f"point {i + 1}", attention[2 * i : 2 * i + 2].mean(axis=0), points[i]) for i in range(len(points))]
+
+
+def attention_figure(image: np.ndarray, prediction, expression: str, columns: int = 6, cell: float = 2.2) -> Figure:
+    """The prediction with its numbered points, then where the decoder looked for each token or point.
+
+    Each panel is the cross-attention of the query that emitted the token, averaged over decoder layers
+    and heads, over the original image (``prediction`` from ``Grounder.predict(..., return_attention=True)``).
+    """
+    panels = attention_panels(prediction)
+    figure, axes = grid_figure(len(panels) + 1, columns=columns, cell=cell)
+    draw_prediction(axes[0], image, prediction)
+    axes[0].set_title(textwrap.shorten(expression, 40), fontsize=8)
+    for ax, (label, attention, point) in zip(axes[1:], panels):
+        draw_attention_overlay(ax, image, attention, label, point)
+    return figure

@@ -78,6 +78,27 @@ def test_a_dataset_sample_is_grounded_on_opening_and_shown_with_its_box(trained)
 
 
 @pytest.mark.slow
+def test_the_attention_toggle_shows_the_token_panels_under_the_overlay(trained):
+    grounder, experiment = trained
+    demo = GroundingDemo(grounder, dataset_samples(experiment, "val", 2))
+    assert demo.attention_image.layout.display == "none"
+    demo.show_attention.value = True
+    assert demo.attention_image.layout.display is None
+    panels = bytes(demo.attention_image.value)
+    height, width = cv2.imdecode(np.frombuffer(panels, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    assert width > 2 * height  # the prediction and x1, y1, x2, y2 in one row
+    assert _overlay_pixels(panels) > 0  # the first panel draws the predicted box (small at this size)
+    demo.sample.value = 1
+    assert bytes(demo.attention_image.value) != panels  # follows the new image
+    demo.expression.value = " "
+    assert demo.attention_image.layout.display == "none"  # an error hides the panels too
+    demo.expression.value = "the red circle"
+    assert demo.attention_image.layout.display is None
+    demo.show_attention.value = False
+    assert demo.attention_image.layout.display == "none"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gray", "rgba", "16-bit"])
 def test_uploads_of_any_size_and_channel_layout_are_grounded_in_their_own_pixels(trained, kind):
     grounder, experiment = trained

@@ -1,4 +1,5 @@
-"""The opt-in departures for training from scratch: stride-16 memory, target-cell loss, query selection."""
+"""The opt-in departures for training from scratch: stride-16 memory, target-cell loss, query selection,
+input-token noise."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).parent / "data" / "paper_model_reference.pt"
-DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False}
+DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False, "input_token_noise": 0.0}
 
 
 def _model(task: str = "box", **departures):
@@ -55,6 +56,29 @@ def test_paper_params_keep_every_departure_off(params):
     # Built without validation: these params point at weights and data this checkout need not have.
     model = experiment_from_dict(yaml.safe_load(params.read_text()), str(params)).model
     assert {key: getattr(model, key) for key in DEPARTURES_OFF} == DEPARTURES_OFF
+
+
+def test_input_token_noise_replaces_its_share_of_coordinate_inputs_and_never_eos():
+    model = _model("mask", input_token_noise=0.3)
+    num_bin = MODEL["num_bin"]
+    tokens = torch.randint(0, num_bin, (256, 2 * model.num_ray))
+    tokens[:, -4:] = num_bin  # an EOS tail: missing contour points
+    clean = model.token_embedding(tokens)
+    torch.manual_seed(1)
+    noisy = model._teacher_inputs(tokens)
+    changed = (noisy != clean).any(dim=-1)
+    assert not changed[:, -4:].any()
+    # 2,048 coordinate inputs, 30 % drawn again (1 in num_bin draws its own token): 5 standard deviations
+    assert 0.25 < float(changed[:, :-4].float().mean()) < 0.35
+    coordinates = model.token_embedding.weight[:num_bin]
+    assert all(bool((row == coordinates).all(dim=-1).any()) for row in noisy[changed])
+    model.eval()
+    assert torch.equal(model._teacher_inputs(tokens), clean)
+
+
+def test_input_token_noise_must_be_a_share():
+    with pytest.raises(ConfigError, match="model.input_token_noise"):
+        load_params(None, ["model.input_token_noise=1.0"])
 
 
 def test_query_selection_without_cell_loss_is_refused():

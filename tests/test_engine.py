@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -238,8 +239,10 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
     image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
     out = tmp_path / "overlay.png"
     result = run_cli("-m", "seqtr_lib", "predict", "--checkpoint", str(run_dir / "best.pt"), "--image", str(image),
-                     "--expression", sample["expressions"][0], "--task", "mask", "--out", str(out))
+                     "--expression", sample["expressions"][0], "--task", "mask", "--out", str(out),
+                     "--attention", str(tmp_path / "attention.png"))
     assert "polygon" in result.stdout and out.stat().st_size > 1000
+    assert cv2.imread(str(tmp_path / "attention.png")) is not None  # a PNG of the per-point panels
 
 
 @pytest.mark.parametrize("task", ["box", "mask"])

@@ -444,15 +444,28 @@ def _rle_box(rle: dict, height: int, width: int) -> np.ndarray:
 
 
 def load_vocabulary(experiment: Experiment) -> Vocabulary:
-    """The experiment's vocabulary: ``data.vocabulary`` if set, else built from the training split."""
+    """The experiment's vocabulary: ``data.vocabulary`` if set, else built from the annotation file.
+
+    With pre-trained, frozen word vectors (the paper's setting) it holds the words of every split, as the
+    original builds it (`original_vocabulary`), so a word seen only in val or test keeps its vector; no
+    label leaks, since the vectors do not train. Trainable vectors take the training split's words only.
+    """
     if experiment.data.vocabulary:
         return Vocabulary.load(experiment.data.vocabulary)
     path = experiment.annotation_path
     document = read_annotations(path)
+    if experiment.model.word_vectors != "random" and experiment.model.freeze_word_vectors:
+        return original_vocabulary(document)
     if "train" not in document:
         raise AnnotationError(f"{path} has no 'train' split to build the vocabulary from; set data.vocabulary "
                               "to a vocabulary JSON file")
     return Vocabulary.build(_expressions(document["train"]))
+
+
+def original_vocabulary(document: dict[str, Any]) -> Vocabulary:
+    """The original SeqTR's vocabulary of an annotation file: PAD, UNK, CLS, then every new word of every
+    split, splits in the file's order (the order its release checkpoints' word-embedding rows follow)."""
+    return Vocabulary.build(e for split in document.values() if isinstance(split, list) for e in _expressions(split))
 
 
 def _expressions(annotations: list[dict[str, Any]]) -> Iterable[str]:

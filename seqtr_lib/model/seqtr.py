@@ -15,6 +15,9 @@ Two opt-in departures help a model that starts from scratch (README, "departures
 score per memory cell, trained to pick the cell holding the target's centre (``target_cell_loss``), and
 query selection, which adds a projection of the selected cell's memory and position to the first
 decoder input (the true cell under teacher forcing, the best-scoring cell when generating).
+A third, ``input_token_noise``, replaces a random share of the teacher-forced coordinate inputs by
+random coordinates while training, so that a contour cannot be continued from the previous points
+alone and the decoder has to read the image.
 """
 
 from __future__ import annotations
@@ -78,13 +81,18 @@ class _Decoding:
 
     With the cache, each call of `next_logits` runs the decoder on the inputs appended since the last
     call only. Without it (the reference's way), it re-runs the decoder over every input so far.
+    With ``record_attention``, ``last_attention`` holds the cross-attention (B, L, nh, S) of the
+    position whose logits the last `next_logits` returned.
     """
 
-    def __init__(self, model: SeqTR, memory: Memory, first: torch.Tensor, use_cache: bool) -> None:
+    def __init__(self, model: SeqTR, memory: Memory, first: torch.Tensor, use_cache: bool,
+                 record_attention: bool = False) -> None:
         self.model = model
         self.memory = memory
         self.cache = DecoderCache() if use_cache else None
         self.inputs = first  # (B, T, D): not yet cached (cache) or all so far (recompute)
+        self.record_attention = record_attention
+        self.last_attention: torch.Tensor | None = None
 
     def append(self, embeddings: torch.Tensor) -> None:
         """Add input embeddings (B, T, D) at the next positions."""
@@ -93,7 +101,11 @@ class _Decoding:
     def next_logits(self) -> torch.Tensor:
         """Logits (B, V) for the position after the last input."""
         memory = self.memory
-        hidden = self.model.decoder(self.inputs, memory.features, memory.position, memory.padding, self.cache)
+        weights: list[torch.Tensor] | None = [] if self.record_attention else None
+        hidden = self.model.decoder(self.inputs, memory.features, memory.position, memory.padding, self.cache,
+                                    weights)
+        if weights is not None:
+            self.last_attention = torch.stack([layer[:, :, -1] for layer in weights], dim=1)
         if self.cache is not None:
             self.inputs = self.inputs[:, :0]
         return self.model.predictor(hidden[:, -1])
@@ -133,6 +145,7 @@ class SeqTR(nn.Module):
         num_ray: int,
         cell_scorer: nn.Linear | None = None,
         query_projection: nn.Linear | None = None,
+        input_token_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if query_projection is not None and cell_scorer is None:
@@ -162,6 +175,7 @@ class SeqTR(nn.Module):
         self.task_embedding = nn.Embedding(2, d_model) if task == "multi" else None
         self.cell_scorer = cell_scorer  # d_model -> 1: how likely a memory cell holds the target's centre
         self.query_projection = query_projection  # d_model -> d_model, applied to memory + position of a cell
+        self.input_token_noise = input_token_noise
 
     def encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor) -> Memory:
         """Backbone, expression encoder, fusion and transformer encoder.
@@ -209,6 +223,14 @@ class SeqTR(nn.Module):
         selected = features.gather(1, index) + memory.position.gather(1, index)
         return start + self.query_projection(selected)
 
+    def _teacher_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embeddings of teacher-forced input tokens; in training, ``input_token_noise`` of the coordinate
+        tokens (never EOS) are first replaced by uniformly random coordinates."""
+        if self.training and self.input_token_noise > 0:
+            replace = (torch.rand(tokens.shape, device=tokens.device) < self.input_token_noise) & (tokens < self.num_bin)
+            tokens = torch.where(replace, torch.randint_like(tokens, self.num_bin), tokens)
+        return self.token_embedding(tokens)
+
     def _task_mask(self, batch: int) -> torch.Tensor:
         assert self.task_embedding is not None
         return self.task_embedding.weight[1].expand(batch, 1, -1)
@@ -221,6 +243,7 @@ class SeqTR(nn.Module):
         box_tokens: torch.Tensor | None = None,
         mask_tokens: torch.Tensor | None = None,
         target_box: torch.Tensor | None = None,
+        return_attention: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced logits for training.
 
@@ -232,7 +255,8 @@ class SeqTR(nn.Module):
 
         With a cell scorer, also ``cell_logits`` (B, S); given target_box float (B, 4) (the target's
         tight box in pixels of ``images``), also ``target_cells`` (B,), which query selection
-        teacher-forces as the selected cell.
+        teacher-forces as the selected cell. With ``return_attention``, also ``cross_attention`` (B, L, nh,
+        T, S): every decoder layer's and head's attention over the memory cells for every position.
         """
         batch = images.shape[0]
         memory = self.encode(images, pad_mask, expression_ids)
@@ -244,13 +268,17 @@ class SeqTR(nn.Module):
                 extra["target_cells"] = target_cells(target_box, stride, math.ceil(images.shape[-1] / stride))
         inputs = [self._start(memory, extra.get("target_cells"))]
         if self.task in ("box", "multi"):
-            inputs.append(self.token_embedding(_checked(box_tokens, "box_tokens", (batch, BOX_LENGTH), self.task)))
+            inputs.append(self._teacher_inputs(_checked(box_tokens, "box_tokens", (batch, BOX_LENGTH), self.task)))
         if self.task == "multi":
             inputs.append(self._task_mask(batch))
         if self.task in ("mask", "multi"):
             shape = (batch, 2 * self.num_ray)
-            inputs.append(self.token_embedding(_checked(mask_tokens, "mask_tokens", shape, self.task)))
-        hidden = self.decoder(torch.cat(inputs, dim=1), memory.features, memory.position, memory.padding)
+            inputs.append(self._teacher_inputs(_checked(mask_tokens, "mask_tokens", shape, self.task)))
+        weights: list[torch.Tensor] | None = [] if return_attention else None
+        hidden = self.decoder(torch.cat(inputs, dim=1), memory.features, memory.position, memory.padding,
+                              cross_attention=weights)
+        if weights is not None:
+            extra["cross_attention"] = torch.stack(weights, dim=1)
         logits = self.predictor(hidden)  # (B, T, V)
         if self.task == "box":
             return {"box_logits": logits, **extra}
@@ -269,10 +297,11 @@ class SeqTR(nn.Module):
         top_p: float = 0.9,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        return_attention: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Predict token sequences; inputs as `encode`, the rest as `generate_from_memory`."""
         memory = self.encode(images, pad_mask, expression_ids)
-        return self.generate_from_memory(memory, task, strategy, top_p, use_cache, generator)
+        return self.generate_from_memory(memory, task, strategy, top_p, use_cache, generator, return_attention)
 
     @torch.no_grad()
     def generate_from_memory(
@@ -283,6 +312,7 @@ class SeqTR(nn.Module):
         top_p: float = 0.9,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        return_attention: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Autoregressive decoding from an encoded batch.
 
@@ -296,6 +326,8 @@ class SeqTR(nn.Module):
         excluded) with ``box_scores`` float (B, 4); ``mask_tokens`` int64 (B, 2N) with ``mask_scores``.
         A score is the softmax probability of the emitted token. Mask decoding stops at EOS: after a
         sequence's first EOS every token is EOS with score 0, and the loop ends once all have stopped.
+        With ``return_attention``, also ``box_attention`` / ``mask_attention`` float (B, L, nh, steps, S):
+        the cross-attention of the query that emitted each token (zero after a sequence's EOS).
         """
         task = task or self.task
         allowed = ("box", "mask", "multi") if self.task == "multi" else (self.task,)
@@ -305,17 +337,21 @@ class SeqTR(nn.Module):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
         batch = memory.features.shape[0]
-        decoding = _Decoding(self, memory, self._start(memory), use_cache)
+        decoding = _Decoding(self, memory, self._start(memory), use_cache, return_attention)
         results: dict[str, torch.Tensor] = {}
         if self.task in ("box", "multi"):
-            tokens, scores = self._decode(decoding, BOX_LENGTH, False, strategy, top_p, generator)
+            tokens, scores, attention = self._decode(decoding, BOX_LENGTH, False, strategy, top_p, generator)
             results.update(box_tokens=tokens, box_scores=scores)
+            if attention is not None:
+                results["box_attention"] = attention
         if task == "box":
             return results
         if self.task == "multi":
             decoding.append(self._task_mask(batch))
-        tokens, scores = self._decode(decoding, 2 * self.num_ray, True, strategy, top_p, generator)
+        tokens, scores, attention = self._decode(decoding, 2 * self.num_ray, True, strategy, top_p, generator)
         results.update(mask_tokens=tokens, mask_scores=scores)
+        if attention is not None:
+            results["mask_attention"] = attention
         return results
 
     def _decode(
@@ -326,11 +362,12 @@ class SeqTR(nn.Module):
         strategy: str,
         top_p: float,
         generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Emit up to ``steps`` tokens; EOS allowed (and ending a sequence) only ``with_eos``.
 
-        Each emitted token's embedding is appended to ``decoding``. Returns tokens int64 (B, steps)
-        and scores float32 (B, steps).
+        Each emitted token's embedding is appended to ``decoding``. Returns tokens int64 (B, steps),
+        scores float32 (B, steps) and, when ``decoding`` records it, the attention float32
+        (B, L, nh, steps, S) of each emitting query (else None).
         """
         batch = decoding.inputs.shape[0]
         device = decoding.inputs.device
@@ -338,8 +375,14 @@ class SeqTR(nn.Module):
         tokens = torch.full((batch, steps), eos, dtype=torch.int64, device=device)
         scores = torch.zeros(batch, steps, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        attention = None
         for step in range(steps):
             logits = decoding.next_logits().float()
+            if decoding.last_attention is not None:
+                if attention is None:
+                    layers, heads, cells = decoding.last_attention.shape[1:]
+                    attention = torch.zeros(batch, layers, heads, steps, cells, device=device)
+                attention[:, :, :, step] = decoding.last_attention.float().masked_fill(finished[:, None, None, None], 0.0)
             if not with_eos:
                 logits = logits[:, :eos]  # EOS is the last id: coordinates only
             probs = F.softmax(logits, dim=-1)
@@ -357,7 +400,7 @@ class SeqTR(nn.Module):
             if with_eos and bool(finished.all()):
                 break
             decoding.append(self.token_embedding(token)[:, None])
-        return tokens, scores
+        return tokens, scores, attention
 
 
 def _checked(tokens: torch.Tensor | None, name: str, shape: tuple[int, int], task: str) -> torch.Tensor:
@@ -390,7 +433,7 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
     cell_scorer = nn.Linear(config.d_model, 1) if config.target_cell_loss > 0 else None
     query_projection = nn.Linear(config.d_model, config.d_model) if config.query_selection else None
     return SeqTR(backbone, language, fusion, encoder, decoder, config.task, config.num_bin, config.num_ray,
-                 cell_scorer, query_projection)
+                 cell_scorer, query_projection, config.input_token_noise)
 
 
 def without_weight_files(config: ModelConfig) -> ModelConfig:

@@ -4,6 +4,9 @@ Attention is written on ``F.scaled_dot_product_attention`` rather than ``nn.Mult
 that the incremental decoder can keep projected keys and values: self-attention keys/values grow by
 the new tokens at each step, cross-attention keys/values over the image memory are projected once.
 Masks follow SDPA: a boolean ``attend`` tensor is True where a query may look at a key.
+The decoder can also hand out its cross-attention weights (``cross_attention``, a list it appends one
+tensor per layer to); only then is attention computed as an explicit softmax, so the default path
+keeps SDPA's fused kernels.
 """
 
 from __future__ import annotations
@@ -75,14 +78,29 @@ class Attention(nn.Module):
         return self.split_heads(self.key(key)), self.split_heads(self.value(value))
 
     def attend(
-        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, attend: torch.Tensor | None
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        attend: torch.Tensor | None,
+        weights_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """query: (B, T, D); keys, values: (B, nh, S, hs) from `project_keys`; attend: bool,
-        broadcastable to (B, nh, T, S), or None for all. Returns (B, T, D)."""
-        heads = F.scaled_dot_product_attention(
-            self.split_heads(self.query(query)), keys, values, attn_mask=attend,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
+        broadcastable to (B, nh, T, S), or None for all. Returns (B, T, D).
+
+        Given ``weights_out``, appends the attention weights (B, nh, T, S) (before dropout) to it.
+        """
+        queries = self.split_heads(self.query(query))
+        dropout = self.dropout if self.training else 0.0
+        if weights_out is None:
+            heads = F.scaled_dot_product_attention(queries, keys, values, attn_mask=attend, dropout_p=dropout)
+        else:
+            scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])
+            if attend is not None:
+                scores = scores.masked_fill(~attend, -math.inf)
+            weights = scores.softmax(dim=-1)
+            weights_out.append(weights)
+            heads = F.dropout(weights, dropout, self.training) @ values  # (B, nh, T, hs)
         return self.out(heads.transpose(1, 2).flatten(2))
 
     def forward(
@@ -173,9 +191,11 @@ class DecoderLayer(nn.Module):
         memory_attend: torch.Tensor,
         causal: torch.Tensor | None,
         cache: LayerCache | None,
+        cross_attention: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x, position: (B, T, D) new positions; memory, memory_position: (B, S, D); memory_attend:
-        bool (B, 1, 1, S); causal: bool (T, past + T) or None when every key may be seen."""
+        bool (B, 1, 1, S); causal: bool (T, past + T) or None when every key may be seen;
+        cross_attention: a list to append the cross-attention weights (B, nh, T, S) to, or None."""
         with_position = x + position
         keys, values = self.self_attention.project_keys(with_position, x)
         if cache is not None:
@@ -192,7 +212,8 @@ class DecoderLayer(nn.Module):
             if cache is not None:  # contiguous once, rather than copied by every step's attention
                 memory_keys, memory_values = memory_keys.contiguous(), memory_values.contiguous()
                 cache.memory_keys, cache.memory_values = memory_keys, memory_values
-        attended = self.cross_attention.attend(x + position, memory_keys, memory_values, memory_attend)
+        attended = self.cross_attention.attend(x + position, memory_keys, memory_values, memory_attend,
+                                               cross_attention)
         x = self.norm2(x + self.dropout(attended))
         return self.norm3(x + self.dropout(self.feed_forward(x)))
 
@@ -224,13 +245,15 @@ class Decoder(nn.Module):
         memory_position: torch.Tensor,
         memory_padding: torch.Tensor,
         cache: DecoderCache | None = None,
+        cross_attention: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Decode the next positions.
 
         x: (B, T, D) input embeddings of sequence positions [past, past + T), where past is
         ``cache.length`` (0 without a cache: the whole sequence). memory, memory_position: (B, S, D);
         memory_padding: bool (B, S), True = padding. The cache, when given, is extended in place.
-        Returns (B, T, D) hidden states.
+        Given a list ``cross_attention``, each layer appends its cross-attention weights (B, nh, T, S),
+        which sum to 1 over the memory cells and are 0 on padding. Returns (B, T, D) hidden states.
         """
         past = cache.length if cache is not None else 0
         length = x.shape[1]
@@ -248,7 +271,7 @@ class Decoder(nn.Module):
             cache.layers = [LayerCache() for _ in self.layers]
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
-            x = layer(x, position, memory, memory_position, memory_attend, causal, layer_cache)
+            x = layer(x, position, memory, memory_position, memory_attend, causal, layer_cache, cross_attention)
         if cache is not None:
             cache.length = past + length
         return self.norm(x)
