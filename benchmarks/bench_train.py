@@ -1,6 +1,6 @@
 """Training throughput of the full 640 px SeqTR configuration on synthetic data held in memory.
 
-One training step is the recipe's (REFERENCE.md): forward under autocast, the label-smoothed loss,
+One training step is the recipe's (README, "Faithful to the paper"): forward under autocast, the label-smoothed loss,
 backward, gradient-norm clip 0.15, Adam (amsgrad) and the EMA update, with the model and the images
 in channels_last. The batches are random 0-255 images with a random un-padded region, valid box (and
 mask) tokens and expressions of up to 15 words, built once on the device and cycled, so the numbers

@@ -37,9 +37,11 @@ SCHEDULE = ["train.lr=1e-3", "train.warmup_epochs=1", "train.decay_epochs=[1000]
 
 
 def _model(memory_stride: int, width: float, cell_loss: bool, selection: bool) -> list[str]:
-    """Overrides that set every departure explicitly, whatever the params file says."""
+    """Overrides that set every departure explicitly, whatever the params file says (input-token noise
+    off; a variant adds its own after these)."""
     return [f"model.memory_stride={memory_stride}", f"model.darknet_width={width}",
-            f"model.target_cell_loss={1.0 if cell_loss else 0.0}", f"model.query_selection={str(selection).lower()}"]
+            f"model.target_cell_loss={1.0 if cell_loss else 0.0}", f"model.query_selection={str(selection).lower()}",
+            "model.input_token_noise=0.0"]
 
 
 DET, MASK = "params/synthetic_det.yaml", "params/synthetic_mask.yaml"
@@ -67,6 +69,20 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "cells_s16_mask_noise_dec2": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.2",
                                          "model.num_decoder_layers=2"],
                                   "mask task: cells_s16_mask_noise with 2 decoder layers"),
+    "cells_s16_mask_noise60": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.6"],
+                               "mask task: cells_s16_mask + 60% random input tokens"),
+    "cells_s16_mask_noise40_dec2": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.4",
+                                           "model.num_decoder_layers=2"],
+                                    "mask task: 40% random input tokens, 2 decoder layers"),
+    "cells_s16_mask_noise40_bins128": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.4",
+                                              "model.num_bin=128"],
+                                       "mask task: 40% random input tokens, 128 bins (1 px each at 128 px)"),
+    "cells_s16_mask_noise40_center": (MASK, [*_model(16, 0.125, True, True), "model.input_token_noise=0.4",
+                                             "data.center_sampling=true"],
+                                      "mask task: 40% random input tokens, vertices by rays from the mass centre"),
+    "cells_s16_multi_noise40": (MASK, [*_model(16, 0.125, True, True), "model.task=multi",
+                                       "model.input_token_noise=0.4"],
+                                "multi-task + 40% random input tokens; the curve shows the mask mIoU"),
     "cells_s16_multi": (MASK, [*_model(16, 0.125, True, True), "model.task=multi"],
                         "multi-task (box, then mask in one sequence); the curve shows the mask mIoU"),
     "cells_s16_multi_noise": (MASK, [*_model(16, 0.125, True, True), "model.task=multi", "model.input_token_noise=0.2"],

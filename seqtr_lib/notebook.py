@@ -378,10 +378,10 @@ def prediction_iou(sample: Sample, prediction: Any) -> float:
 
 def attention_examples(experiment: Experiment, grounder: Any, split: str = "val",
                        count: int = 12) -> list[tuple[Sample, Any, float]]:
-    """The first ``count`` samples of a split predicted with their attention maps, best IoU first:
-    [(sample, prediction, iou)]."""
+    """The first ``count`` samples of a split (all, if it has fewer) predicted with their attention maps,
+    best IoU first: [(sample, prediction, iou)]."""
     examples = []
-    for index in range(count):
+    for index in range(min(count, len(read_annotations(experiment.annotation_path)[split]))):
         sample = load_sample(experiment, split, index)
         prediction = grounder.predict(sample.image, sample.expression, return_attention=True)
         examples.append((sample, prediction, prediction_iou(sample, prediction)))

@@ -104,6 +104,8 @@ def attention_in_original_pixels(grid: torch.Tensor, meta: dict[str, Any], strid
     cells fall away) and resized to ``ori_shape``.
     """
     maps = torch.as_tensor(grid, dtype=torch.float32)[None]  # (1, K, h, w)
+    if maps.shape[1] == 0:  # a mask that ended at once: no token, no map
+        return np.zeros((0, *meta["ori_shape"][:2]), dtype=np.float32)
     height, width = maps.shape[-2:]
     maps = F.interpolate(maps, size=(height * stride, width * stride), mode="bilinear", align_corners=False)
     image_height, image_width = meta["img_shape"]

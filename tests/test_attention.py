@@ -130,3 +130,8 @@ def test_one_hot_cell_lands_on_that_cell_of_a_padded_non_square_image(row, colum
     inside = mapped[0, math.ceil(top):math.floor(bottom), math.ceil(left):math.floor(right)]
     assert inside.min() > mapped[0].max() * 0.2  # the whole cell is warm, not only its centre
     assert inside.sum() > 0.45 * mapped[0].sum()  # a bilinear tent keeps about 9/16 of its mass in the cell
+
+
+def test_no_emitted_token_maps_to_no_map():
+    meta = {"ori_shape": (150, 100), "img_shape": (96, 64), "pad_shape": (96, 96)}
+    assert attention_in_original_pixels(torch.zeros(0, 3, 3), meta, stride=32).shape == (0, 150, 100)

@@ -20,7 +20,7 @@ from seqtr_lib.sequence import eos_token
 from seqtr_lib.text import UNK_ID, Vocabulary
 
 RED = (230, 20, 20)
-# Where each family keeps its images and which splits and max_token it has (REFERENCE.md, spelled out
+# Where each family keeps its images and which splits and max_token it has (the paper's data setup, spelled out
 # here independently of seqtr_lib's table).
 COCO_NAME = "images/mscoco/train2014/COCO_train2014_{:012d}.jpg"
 FAMILIES = {

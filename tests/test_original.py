@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_params
 from seqtr_lib.checkpoint import CHECKPOINT_FORMAT
 from seqtr_lib.cli import main
 from seqtr_lib.config import load_params
@@ -123,21 +124,23 @@ def test_import_export_import_is_the_identity(tmp_path):
             assert torch.equal(second[part][key], tensor), (part, key)
 
 
-def test_the_cli_imports_with_the_releases_token_to_ix_and_the_result_predicts(tmp_path, tiny_data_root):
+def test_the_cli_imports_a_release_that_evaluate_and_the_grounder_open(tmp_path, tiny_data_root):
+    from seqtr_lib import engine
     from seqtr_lib.predict import Grounder
 
-    experiment, vocabulary, model = _tiny(tmp_path)
-    path = _release(tmp_path, model, vocabulary, ddp=True, ema=False)
-    export_release({"vocabulary": vocabulary.to_list(), "model": model.state_dict()}, tmp_path / "x" / "x.pth")
-    params = tmp_path / "params.yaml"
-    params.write_text("model:\n" + "".join(f"  {o.split('=')[0].split('.')[1]}: {o.split('=')[1]}\n" for o in TINY)
-                      + f"output_dir: {tmp_path / 'out'}\n")
-    out = tmp_path / "imported.pt"
-    main(["import-seqtr", "--checkpoint", str(path), "--params", str(params), "--token-to-ix",
-          str(tmp_path / "x" / "token_to_ix.pkl"), "--out", str(out)])
+    params = write_params(tmp_path / "params.yaml", tiny_data_root, tmp_path / "out")
+    experiment = load_params(params)
+    vocabulary = load_vocabulary(experiment)
+    torch.manual_seed(0)
+    model = build_model(without_weight_files(experiment.model), vocabulary)
+    path = _release(tmp_path, model, vocabulary, ddp=True, ema=False)  # token_to_ix.pkl beside it
+    main(["import-seqtr", "--checkpoint", str(path), "--params", str(params),
+          "--token-to-ix", str(tmp_path / "token_to_ix.pkl")])
+    out = experiment.run_dir / "seqtr_release.pt"
+    metrics = engine.evaluate(experiment, out, splits=("val",))["splits"]["val"]["raw"]
+    assert metrics["num_expressions"] > 0 and 0 <= metrics["acc@0.5"] <= 100
     image = next((tiny_data_root / "images" / "synthetic").glob("*.jpg"))
-    prediction = Grounder.from_checkpoint(out, device="cpu").predict(image, "the red circle")
-    assert prediction.box.shape == (4,)
+    assert Grounder.from_checkpoint(out, device="cpu").predict(image, "the red circle").box.shape == (4,)
 
 
 def test_other_architectures_are_refused_naming_the_key_and_both_shapes(tmp_path):

@@ -3,7 +3,7 @@
 The refer toolkit's release (RefCOCO, RefCOCO+, RefCOCOg) pickles a list of referring objects, each
 ``{"ref_id", "ann_id", "image_id", "split", "sentences": [{"raw", "sent", ...}], ...}``; the boxes and
 segmentations live in the COCO-style ``instances.json`` next to it. The output has one entry per
-referring object (see REFERENCE.md, "Data: annotation file format")::
+referring object (the format the README's "Real datasets and weights" lays out)::
 
     {"train": [{"image_id", "height", "width", "bbox", "mask", "expressions",
                 "category_id", "ref_id", "ann_id"}, ...], "val": [...], ...}
