@@ -305,11 +305,28 @@ class Sample:
     mask: np.ndarray | None  # (H, W) uint8, None when the annotation has no mask
 
 
+_PARSED: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]] = {}
+
+
+def annotations_of(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """`read_annotations`, parsed once per version of the file: cells ask for samples one at a time, and a
+    RefCOCO file takes seconds to parse. Only the latest file is kept. Do not modify the result."""
+    path = Path(path)
+    if not path.is_file():
+        return read_annotations(path)  # its error names the file and the fix
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _PARSED:
+        _PARSED.clear()
+        _PARSED[key] = read_annotations(path)
+    return _PARSED[key]
+
+
 def load_sample(experiment: Experiment, split: str, index: int, expression_index: int = 0) -> Sample:
     """Annotation ``index`` of ``split`` with its image, box, mask and one of its expressions."""
     from seqtr_lib.data.refer import read_image
 
-    annotations = read_annotations(experiment.annotation_path)[split]
+    annotations = annotations_of(experiment.annotation_path)[split]
     if not 0 <= index < len(annotations):
         raise IndexError(f"sample_index {index} is outside split {split!r} of {experiment.annotation_path} "
                          f"(0 .. {len(annotations) - 1})")
@@ -381,7 +398,7 @@ def attention_examples(experiment: Experiment, grounder: Any, split: str = "val"
     """The first ``count`` samples of a split (all, if it has fewer) predicted with their attention maps,
     best IoU first: [(sample, prediction, iou)]."""
     examples = []
-    for index in range(min(count, len(read_annotations(experiment.annotation_path)[split]))):
+    for index in range(min(count, len(annotations_of(experiment.annotation_path)[split]))):
         sample = load_sample(experiment, split, index)
         prediction = grounder.predict(sample.image, sample.expression, return_attention=True)
         examples.append((sample, prediction, prediction_iou(sample, prediction)))
@@ -396,7 +413,7 @@ def sample_gallery(experiment: Experiment, split: str = "train", num_samples: in
     """A grid of random objects of a split with box, mask polygons and one expression each."""
     from seqtr_lib.viz import draw_comparison, grid_figure
 
-    annotations = read_annotations(experiment.annotation_path)[split]
+    annotations = annotations_of(experiment.annotation_path)[split]
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(annotations), size=min(num_samples, len(annotations)), replace=False)
     figure, axes = grid_figure(len(picks))

@@ -344,3 +344,17 @@ def test_every_papermill_command_of_the_readme_runs_verbatim(tmp_path):
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     outputs = sorted((project / "outputs").glob("*.ipynb"))
     assert outputs and all(not _executed(path)[1] for path in outputs)
+
+
+def test_an_annotation_file_is_parsed_once_per_version(tmp_path, monkeypatch):
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"train": [{"expressions": ["the red circle"]}]}))
+    parsed = []
+    read = notebook.read_annotations
+    monkeypatch.setattr(notebook, "read_annotations", lambda p: parsed.append(p) or read(p))
+    first = notebook.annotations_of(path)
+    assert notebook.annotations_of(path) is first and len(parsed) == 1
+    path.write_text(json.dumps({"train": [{"expressions": ["the red circle"]}, {"expressions": ["a star"]}]}))
+    assert len(notebook.annotations_of(path)["train"]) == 2 and len(parsed) == 2  # the new version
+    with pytest.raises(FileNotFoundError, match="make-synthetic"):
+        notebook.annotations_of(tmp_path / "missing.json")

@@ -143,15 +143,6 @@ def test_the_box_widget_follows_what_the_user_types_clicks_picks_and_uploads(pag
     assert typed != first
     widget.screenshot(path=str(SHOTS / "widget_typed.png"))
 
-    toggle = page.locator(".widget-checkbox input").first  # "show where it looked"
-    toggle.check()
-    panels = page.locator(".widget-image").nth(1)
-    panels.wait_for(state="visible", timeout=60_000)
-    assert panels.get_attribute("src")
-    widget.screenshot(path=str(SHOTS / "widget_attention.png"))
-    toggle.uncheck()
-    panels.wait_for(state="hidden", timeout=60_000)
-
     expression.fill("the big square at the top")
     button.click()
     assert "'the big square at the top': box" in wait_for_status(page, "the big square at the top")
@@ -181,6 +172,14 @@ def test_the_box_widget_follows_what_the_user_types_clicks_picks_and_uploads(pag
     dropdown.select_option(index=1)
     wait_for_status(page, "box (x1")
     assert page.locator(".widget-image").first.is_visible()
+    toggle = page.locator(".widget-checkbox input").first  # "show where it looked"
+    toggle.check()
+    panels = page.locator(".widget-image").nth(1)
+    panels.wait_for(state="visible", timeout=60_000)
+    assert panels.get_attribute("src")
+    widget.screenshot(path=str(SHOTS / "widget_attention.png"))
+    toggle.uncheck()
+    panels.wait_for(state="hidden", timeout=60_000)
     expression.fill("   ")
     expression.press("Enter")
     wait_for_status(page, "type an expression first")
