@@ -388,9 +388,10 @@ def prediction_iou(sample: Sample, prediction: Any) -> float:
         return float(box_iou(prediction.box[None], sample.box[None])[0])
     if sample.mask is None:
         raise ValueError(f"annotation {sample.annotation.get('image_id')} has no mask to compare a mask with")
-    predicted, target = prediction.mask.astype(bool), sample.mask.astype(bool)
-    union = np.logical_or(predicted, target).sum()
-    return float(np.logical_and(predicted, target).sum() / union) if union else 0.0
+    from seqtr_lib.metrics import mask_ious
+    from seqtr_lib.sequence import mask_to_rle
+
+    return float(mask_ious([mask_to_rle(prediction.mask)], [mask_to_rle(sample.mask)])[0][0])
 
 
 def attention_examples(experiment: Experiment, grounder: Any, split: str = "val",

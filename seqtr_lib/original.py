@@ -171,10 +171,12 @@ def to_ours(original: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
 
 
 def to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict in the original's names, attention projections packed into ``in_proj`` again."""
+    """Our state dict in the original's names, attention projections packed into ``in_proj`` again, in
+    float32 as the original stores it (released weights of ours are half precision)."""
     packed: dict[str, list[torch.Tensor | None]] = {}
     original: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
+        tensor = tensor.float() if tensor.is_floating_point() else tensor
         name, block = original_name(key)
         if block is None:
             original[name] = tensor.clone()
@@ -222,12 +224,10 @@ def import_release(path: str | Path, experiment: Experiment, vocabulary: Vocabul
 def export_release(checkpoint: dict[str, Any], out: str | Path) -> Path:
     """Write our checkpoint as an original release file (``state_dict``, ``ema_state_dict`` when present)
     and the ``token_to_ix.pkl`` of its vocabulary beside it."""
-    release: dict[str, Any] = {"state_dict": to_original({k: v.float() if v.is_floating_point() else v
-                                                          for k, v in (checkpoint.get("model") or checkpoint["ema"]).items()}),
+    release: dict[str, Any] = {"state_dict": to_original(checkpoint.get("model") or checkpoint["ema"]),
                                "epoch": int(checkpoint.get("epoch", 0)), "amp": False}
     if checkpoint.get("ema") is not None:
-        release["ema_state_dict"] = to_original({k: v.float() if v.is_floating_point() else v
-                                                 for k, v in checkpoint["ema"].items()})
+        release["ema_state_dict"] = to_original(checkpoint["ema"])
     out = save_atomic(release, out)
     words = checkpoint["vocabulary"]
     names = dict(zip(SPECIAL_TOKENS, ("PAD", "UNK", "CLS")))
