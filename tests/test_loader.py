@@ -9,11 +9,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 from torchvision import tv_tensors
 
 from seqtr_lib.config import load_params
-from seqtr_lib.data.loader import Collate, EpochBatchSampler, ShardSampler, build_loader, set_epoch
+from seqtr_lib.data.loader import Collate, EpochBatchSampler, ShardSampler, build_loader
 from seqtr_lib.data.refer import build_dataset, load_vocabulary
 from seqtr_lib.sequence import eos_token
 
@@ -133,7 +132,7 @@ def test_a_new_epoch_reshuffles_and_redraws(experiment):
     dataset = build_dataset(experiment, "train", load_vocabulary(experiment), training=True)
     loader = build_loader(dataset, experiment, True, seed=3, epoch=0)
     first = [m["ann_index"] for b in loader for m in b["metas"]]
-    set_epoch(loader, 1)
+    loader = build_loader(dataset, experiment, True, seed=3, epoch=1)
     second = [m["ann_index"] for b in loader for m in b["metas"]]
     assert sorted(first) == sorted(second) == list(range(len(dataset))) and first != second
 
@@ -150,23 +149,6 @@ def test_evaluation_shards_cover_every_index_exactly_once():
     shards = [list(ShardSampler(10, rank, 3)) for rank in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(10))
     assert [len(s) for s in shards] == [4, 3, 3]
-
-
-def test_aspect_ratio_grouping_keeps_full_batches_within_one_group_and_ranks_in_step():
-    groups = np.array([0, 1] * 25 + [1] * 13)  # 63 samples, mostly portrait
-    counts = []
-    for rank in range(3):
-        sampler = DistributedSampler(range(63), num_replicas=3, rank=rank, shuffle=True, seed=0)
-        batch_sampler = EpochBatchSampler(sampler, batch_size=4, groups=groups, epoch=2)
-        batches_ = list(batch_sampler)
-        counts.append(len(batches_))
-        assert len(batches_) == len(batch_sampler) == 6  # ceil(21 / 4)
-        full = [b for b in batches_ if len(b) == 4]
-        mixed = [b for b in full if len({groups[i] for _, i in b}) > 1]
-        assert len(mixed) <= 1  # only leftovers of both groups may share a batch, at the end
-        assert sorted(i for b in batches_ for _, i in b) == sorted(sampler)
-        assert all(epoch == 2 for b in batches_ for epoch, _ in b)
-    assert len(set(counts)) == 1
 
 
 def test_drop_last_drops_only_the_short_final_batch():

@@ -3,8 +3,7 @@
 Reproducibility: each sample draws its randomness from (seed, epoch, index) (see ReferDataset), the
 training order from DistributedSampler(seed, epoch), the point-order shuffle from the batch's sample
 keys, and each worker seeds Python, numpy and torch from (seed, epoch, rank, worker id). A run is
-therefore the same with any number of workers. Call ``set_epoch(loader, epoch)`` before each epoch,
-or build the loader with ``epoch=``.
+therefore the same with any number of workers. Build each epoch's loader with ``epoch=``.
 """
 
 from __future__ import annotations
@@ -133,40 +132,22 @@ class ShardSampler(Sampler[int]):
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of (epoch, index) keys drawn from ``sampler``, optionally grouped by aspect ratio.
+    """Batches of (epoch, index) keys drawn from ``sampler``: each sample's draws depend on its epoch."""
 
-    With ``groups`` (one integer per dataset index, e.g. landscape 0 / portrait 1), a batch holds one
-    group only, so less padding is wasted; the leftovers of all groups are batched together at the end,
-    which keeps the number of batches ceil(len / batch_size) on every rank (a DDP requirement).
-    """
-
-    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
-                 groups: np.ndarray | None = None, epoch: int = 0) -> None:
-        self.sampler, self.batch_size, self.drop_last, self.groups = sampler, batch_size, drop_last, groups
-        self.set_epoch(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def _index_batches(self) -> Iterator[list[int]]:
-        buckets: dict[int, list[int]] = {}
-        for index in self.sampler:
-            bucket = buckets.setdefault(0 if self.groups is None else int(self.groups[index]), [])
-            bucket.append(index)
-            if len(bucket) == self.batch_size:
-                yield bucket.copy()
-                bucket.clear()
-        leftovers = [index for bucket in buckets.values() for index in bucket]
-        for start in range(0, len(leftovers), self.batch_size):
-            chunk = leftovers[start : start + self.batch_size]
-            if len(chunk) == self.batch_size or not self.drop_last:
-                yield chunk
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False, epoch: int = 0) -> None:
+        self.sampler, self.batch_size, self.drop_last, self.epoch = sampler, batch_size, drop_last, epoch
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for batch in self._index_batches():
-            yield [(self.epoch, index) for index in batch]
+        batch: list[tuple[int, int]] = []
+        for index in self.sampler:
+            batch.append((self.epoch, index))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
 
     def __len__(self) -> int:
         count = len(self.sampler) / self.batch_size
@@ -205,16 +186,14 @@ def build_loader(
     training: bool,
     seed: int | None = None,
     epoch: int = 0,
-    group_by_aspect_ratio: bool = False,
     image_dtype: torch.dtype = torch.float32,
 ) -> DataLoader:
     """The DataLoader for a ReferDataset: shuffled and sharded for training, sharded in order for evaluation.
 
     Training uses DistributedSampler (rank and world size from torch.distributed when initialised,
     else one process) seeded by ``seed`` (default train.seed) and ``epoch``; evaluation visits every
-    sample once over all ranks. ``group_by_aspect_ratio`` batches landscape and portrait images
-    apart; ``image_dtype`` is the Collate option. Workers are not persistent, so ``set_epoch`` before
-    an epoch reaches them.
+    sample once over all ranks. ``image_dtype`` is the Collate option. Build one loader per epoch:
+    workers are not persistent, and the epoch seeds their draws.
     """
     data, model = experiment.data, experiment.model
     seed = experiment.train.seed if seed is None else seed
@@ -224,9 +203,7 @@ def build_loader(
                                                    seed=seed)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
-    groups = (dataset.aspect_ratios < 1.0).astype(np.int64) if group_by_aspect_ratio else None
-    batch_sampler = EpochBatchSampler(sampler, data.batch_size if training else data.eval_batch_size,
-                                      groups=groups, epoch=epoch)
+    batch_sampler = EpochBatchSampler(sampler, data.batch_size if training else data.eval_batch_size, epoch=epoch)
     collate = Collate(model.task, model.num_ray, model.num_bin, data.shuffle_fraction if training else 0.0,
                       model.mapping, data.image_size, image_dtype)
     return DataLoader(
@@ -241,8 +218,3 @@ def build_loader(
         # run resumed mid-epoch sees the same dropout masks as an uninterrupted one.
         generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
     )
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Start a new epoch: new shuffle, new per-sample draws, new worker seeds."""
-    loader.batch_sampler.set_epoch(epoch)

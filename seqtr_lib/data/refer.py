@@ -247,8 +247,8 @@ class ReferDataset:
     sample is the same whichever worker or process loads it. Evaluation: one sample per
     (object, expression) pair, each exactly once, in file order; plain resize of the long side.
 
-    ``dataset[index]`` uses ``self.epoch`` (see set_epoch); ``dataset[(epoch, index)]`` names it, which
-    is what the loader's batch sampler does. A sample is a dict:
+    ``dataset[index]`` draws for epoch 0; ``dataset[(epoch, index)]`` names the epoch, which is what the
+    loader's batch sampler does. A sample is a dict:
 
     - ``image``: tv_tensors.Image uint8 (3, h, w) RGB 0-255, the un-padded img_shape region;
     - ``expression_ids``: int64 (max_token,), the encoded expression;
@@ -298,7 +298,6 @@ class ReferDataset:
         self.num_ray, self.center_sampling = num_ray, center_sampling
         self.skip_bad_images = skip_bad_images
         self.seed = seed
-        self.epoch = 0
 
         document = read_annotations(self.annotation_file)
         if split not in document:
@@ -320,9 +319,6 @@ class ReferDataset:
         # Evaluation samples: every (annotation index, expression index) pair, (P, 2).
         pairs = [(i, j) for i, a in enumerate(annotations) for j in range(len(a["expressions"]))]
         self._pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-        ratios = np.array([a["width"] / a["height"] if a.get("height") and a.get("width") else 1.0
-                           for a in annotations], dtype=np.float32)
-        self._aspect_ratios = ratios if training else ratios[self._pairs[:, 0]]
 
     def __len__(self) -> int:
         return len(self._annotations) if self.training else len(self._pairs)
@@ -331,15 +327,6 @@ class ReferDataset:
         unit = "objects" if self.training else "expressions"
         return (f"ReferDataset({self.dataset}, split {self.split}, task {self.task}, {len(self)} {unit}, "
                 f"{self.num_clipped_boxes} clipped boxes)")
-
-    @property
-    def aspect_ratios(self) -> np.ndarray:
-        """Width / height of each sample's image from the annotations (1.0 where not recorded): (len,)."""
-        return self._aspect_ratios
-
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch plain ``dataset[index]`` draws for (loaders pass it with each index instead)."""
-        self.epoch = epoch
 
     def annotation(self, ann_index: int) -> dict[str, Any]:
         """The raw annotation entry at ``ann_index`` of this split."""
@@ -350,7 +337,7 @@ class ReferDataset:
         return image_path(self.data_root, self.dataset, annotation)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng((self.seed, epoch, index))
         ann_index = index if self.training else int(self._pairs[index, 0])
         annotation = self._annotations[ann_index]
