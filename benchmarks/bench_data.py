@@ -23,9 +23,11 @@ import cv2
 import numpy as np
 import torch
 
+from seqtr_lib.codec import SequenceCodec, TokenLayout
 from seqtr_lib.config import load_params
 from seqtr_lib.data.loader import Collate, build_loader
-from seqtr_lib.data.refer import ReferDataset, build_dataset, read_image
+from seqtr_lib.data.refer import ReferDataset, build_dataset
+from seqtr_lib.images import read_image
 from seqtr_lib.text import Vocabulary
 
 SHAPES = ((480, 640), (640, 480), (427, 640), (640, 640))  # (height, width), COCO-like long side 640
@@ -158,8 +160,8 @@ def main() -> None:
                                       ("mask", True, torch.uint8), ("mask", False, torch.float32)):
             dataset = ReferDataset(root, "synthetic", "train", task, vocabulary, training=training,
                                    image_size=640, lsj=True, num_ray=18, seed=args.seed)
-            collate = Collate(task, num_ray=18, shuffle_fraction=0.2 if training and task == "mask" else 0.0,
-                              image_dtype=dtype)
+            codec = SequenceCodec(TokenLayout(task, num_bin=1000, num_ray=18))
+            collate = Collate(codec, shuffle_fraction=0.2 if training and task == "mask" else 0.0, image_dtype=dtype)
             rate = samples_per_second(dataset, collate, args.seconds, args.batch_size)
             name = f"{task}_{'train_lsj' if training else 'eval_resize'}_{str(dtype).removeprefix('torch.')}"
             results[name] = {"samples_per_s": rate}

@@ -39,7 +39,6 @@ import torch
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import ModelConfig
 from seqtr_lib.model.seqtr import Memory, SeqTR, build_model
-from seqtr_lib.sequence import eos_token
 from seqtr_lib.text import PAD_ID, Vocabulary
 
 VOCABULARY = Vocabulary.build(["the big red square on the left of the small blue circle near a green star"])
@@ -90,7 +89,7 @@ def build(task: str, overrides: dict[str, Any], device: torch.device) -> SeqTR:
     torch.manual_seed(0)
     model = build_model(ModelConfig(task=task, **overrides), VOCABULARY).to(device).eval()
     with torch.no_grad():
-        model.predictor[-1].bias[eos_token(model.num_bin)] = -1e4  # decode every step
+        model.predictor[-1].bias[model.layout.eos] = -1e4  # decode every step
     return model
 
 
@@ -111,7 +110,7 @@ def measure(name: str, task: str, batch: int, args: argparse.Namespace, device: 
             memory = model.encode(*inputs)
         cached = median_seconds(lambda: model.generate_from_memory(memory, use_cache=True), args.repeats, device)
         recompute = median_seconds(lambda: model.generate_from_memory(memory, use_cache=False), args.repeats, device)
-    steps = 4 if task == "box" else 2 * model.num_ray
+    steps = model.layout.length(task)
     return {
         "model": name, "image_size": image_size, "task": task, "batch": batch, "steps": steps,
         "memory_tokens": memory.features.shape[1],

@@ -1,8 +1,8 @@
 """Training throughput of the full 640 px SeqTR configuration on synthetic data held in memory.
 
-One training step is the recipe's (README, "Faithful to the paper"): forward under autocast, the label-smoothed loss,
-backward, gradient-norm clip 0.15, Adam (amsgrad) and the EMA update, with the model and the images
-in channels_last. The batches are random 0-255 images with a random un-padded region, valid box (and
+One training step is the engine's own (`seqtr_lib.engine.Trainer.step`): forward under autocast, the
+label-smoothed loss, backward, gradient-norm clip 0.15, Adam (amsgrad) and the EMA update, with the model
+and the images in channels_last. The batches are random 0-255 images with a random un-padded region, valid box (and
 mask) tokens and expressions of up to 15 words, built once on the device and cycled, so the numbers
 measure the model and the optimizer, not data loading. Each configuration (batch size x compile)
 gets a fresh model; out-of-memory is recorded as a result, not a crash.
@@ -28,21 +28,19 @@ import gc
 import json
 import math
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import ModelConfig, TrainConfig
-from seqtr_lib.engine import ModelEMA
-from seqtr_lib.evaluation import autocast
-from seqtr_lib.loss import sequence_loss
-from seqtr_lib.model.seqtr import SeqTR, build_model, count_parameters
-from seqtr_lib.sequence import eos_token
+from seqtr_lib.config import Experiment, ModelConfig, TrainConfig
+from seqtr_lib.engine import Trainer
+from seqtr_lib.model.seqtr import build_model, count_parameters
 from seqtr_lib.text import PAD_ID, Vocabulary
 
 GIB = 2**30
@@ -85,7 +83,7 @@ def synthetic_batch(batch_size: int, image_size: int, max_token: int, vocabulary
     mask_tokens = torch.randint(0, model.num_bin, (batch_size, points), **options)
     vertices = torch.randint(model.num_ray - 3, model.num_ray + 1, (batch_size,), **options)
     missing = torch.arange(points, device=device)[None, :] >= 2 * vertices[:, None]
-    mask_tokens = mask_tokens.masked_fill(missing, eos_token(model.num_bin))
+    mask_tokens = mask_tokens.masked_fill(missing, model.num_bin)  # EOS
     return dict(images=images, pad_mask=pad_mask.contiguous(), expression_ids=expression_ids, box_tokens=box_tokens,
                 mask_tokens=mask_tokens)
 
@@ -96,34 +94,21 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure(model_config: ModelConfig, recipe: TrainConfig, vocabulary: Vocabulary,
-            batches: list[dict[str, torch.Tensor]], device: torch.device, compile_model: bool, use_ema: bool,
-            warmup_steps: int, steps: int, seed: int) -> dict[str, Any]:
-    """Train a fresh model for warm-up then timed steps; samples/s, step time and the final loss."""
-    torch.manual_seed(seed)
-    model: SeqTR = build_model(model_config, vocabulary).to(device)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, amsgrad=recipe.amsgrad,
-                                 weight_decay=recipe.weight_decay)
-    ema = ModelEMA(model, recipe.ema_decay) if use_ema else None
-    forward_model: nn.Module = torch.compile(model) if compile_model else model
+            batches: list[dict[str, torch.Tensor]], device: torch.device, warmup_steps: int, steps: int,
+            seed: int) -> dict[str, Any]:
+    """Train a fresh model with the engine's own step (`Trainer.step`) for warm-up then timed steps;
+    samples/s, step time and the final loss. ``recipe`` carries compile, EMA, AMP and channels_last."""
+    with tempfile.TemporaryDirectory() as run_root:
+        experiment = Experiment(name="bench_train", output_dir=run_root, model=model_config,
+                                train=dataclasses.replace(recipe, seed=seed))
+        trainer = Trainer(experiment, distributed.Context(0, 1, 0, device), vocabulary)
+        return _timed_steps(trainer, batches, device, warmup_steps, steps)
 
+
+def _timed_steps(trainer: Trainer, batches: list[dict[str, torch.Tensor]], device: torch.device,
+                 warmup_steps: int, steps: int) -> dict[str, Any]:
     def train_step(step: int) -> torch.Tensor:
-        batch = batches[step % len(batches)]
-        with autocast(device, recipe.amp):
-            outputs = forward_model(batch["images"], batch["pad_mask"], batch["expression_ids"],
-                                    batch["box_tokens"], batch["mask_tokens"])
-        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch["box_tokens"], batch["mask_tokens"],
-                             model_config.num_bin)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update(model, step)
-        return loss.detach()
+        return trainer.step(batches[step % len(batches)])["loss"].detach()
 
     started = time.perf_counter()
     for step in range(warmup_steps):
@@ -232,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             if compile_model:
                 torch.compiler.reset()  # each configuration compiles from scratch, for its own shapes
             try:
-                result.update(status="ok", **measure(model_config, recipe, vocabulary, batches, device, compile_model,
-                                                     args.ema, args.warmup_steps, args.steps, args.seed))
+                configuration = dataclasses.replace(recipe, compile=compile_model, ema=args.ema)
+                result.update(status="ok", **measure(model_config, configuration, vocabulary, batches, device,
+                                                     args.warmup_steps, args.steps, args.seed))
             except Exception as error:  # one configuration failing must not lose the others' numbers
                 result.update(status="oom" if _is_out_of_memory(error) else "error",
                               error=f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:500]}")

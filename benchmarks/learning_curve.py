@@ -29,7 +29,8 @@ from bench_data import cpu_model  # benchmarks/ is on sys.path when this script 
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import experiment_to_dict, load_params
-from seqtr_lib.engine import Trainer, headline_score
+from seqtr_lib.engine import Trainer
+from seqtr_lib.metrics import headline_score
 
 RESULTS = Path("docs/results")
 # A shared schedule for comparisons: warm-up, then a constant rate (no decay inside any budget).
@@ -53,7 +54,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "cells_s32": (DET, _model(32, 0.25, True, True), "target-cell loss + query selection on the stride-32 memory"),
     "cell_loss_s16": (DET, _model(16, 0.125, True, False), "stride-16 memory + target-cell loss, zero first query"),
     "cells_s16": (DET, _model(16, 0.125, True, True), "stride-16 memory + target-cell loss + query selection"),
-    "cells_s16_6k": (DET, [*_model(16, 0.125, True, True), "data.synthetic_images=6000", "data.data_root=data/6k"],
+    "cells_s16_6k": (DET, [*_model(16, 0.125, True, True), "data.synthetic.num_images=6000", "data.data_root=data/6k"],
                      "cells_s16 on 6,000 synthetic images (4,200 for training) instead of 2,000"),
     "plain_mask": (MASK, _model(32, 0.25, False, False), "mask task: the paper's recipe"),
     "cells_s16_mask": (MASK, _model(16, 0.125, True, True),
@@ -153,7 +154,7 @@ def curve_from_run(run_dir: Path, description: str) -> dict[str, Any]:
     """The same curve read from a finished ``train`` run (its log.jsonl and last.pt's config)."""
     from seqtr_lib.checkpoint import load
     from seqtr_lib.config import experiment_from_dict
-    from seqtr_lib.notebook import read_log
+    from seqtr_lib.reports import read_log
 
     experiment = experiment_from_dict(load(run_dir / "last.pt")["config"])
     totals = {"seconds": 0.0, "samples": 0}

@@ -2,17 +2,19 @@
 
 Scenes: a black 128 px canvas with ``objects`` axis-aligned rectangles of distinct colours (red, green,
 blue; 10-39 px sides); the expression "the <colour> square" names the last one drawn, which nothing
-occludes. All probes use the model of ``--params`` (default: the synthetic box config), Adam at
-``--lr`` and batch 32, and report the last 50 steps' means.
+occludes. All probes use the model of ``--params`` (default: the synthetic box config) at batch 32 and
+``--lr``, and report the last 50 steps' means. The decoder probes train with the engine's own step
+(`Trainer.step`: the recipe's Adam, clip and EMA, no warm-up); the cell probes train a linear probe
+head with plain Adam.
 
-    decoder_1   the full model on 1-object scenes: per-token cross-entropy (x1, y1, x2, y2, EOS) and
-                greedy Acc@0.5 on 200 held-out scenes
+    decoder_1   the full model on 1-object scenes: per-token cross-entropy (x1, y1, x2, y2, EOS; each
+                training batch after its step, in eval mode) and greedy Acc@0.5 on 200 held-out scenes
     decoder_3   the same on 3-object scenes: the words must select the object
     cells_3     backbone + expression encoder + fusion and a linear score per stride-32 cell, trained
                 to pick the cell holding the target's centre (no transformer, no coordinate tokens)
     cells_3_encoder   the same scorer on the transformer encoder's memory
-    decoder_3_cell_loss   decoder_3 plus that scorer's loss on the memory (weight 1): a candidate
-                departure that tells the model early which cell the expression refers to
+    decoder_3_cell_loss   decoder_3 with the target-cell loss departure (model.target_cell_loss 1, no
+                query selection): the model learns early which cell the expression refers to
 
 If the cell probes learn quickly while decoder_3 does not, the visual-linguistic selection is not
 the bottleneck; turning it into the first coordinate token is.
@@ -27,6 +29,7 @@ import argparse
 import datetime
 import json
 import platform
+import tempfile
 import time
 from typing import Any
 
@@ -37,8 +40,9 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib import distributed
 from seqtr_lib.config import load_params
-from seqtr_lib.loss import sequence_loss
+from seqtr_lib.engine import Trainer
 from seqtr_lib.model.seqtr import SeqTR, build_model
 from seqtr_lib.model.transformer import downsample_padding
 from seqtr_lib.text import Vocabulary
@@ -50,11 +54,13 @@ HELD_OUT = 200
 
 
 def toy_scenes(count: int, objects: int, num_bin: int, vocabulary: Vocabulary, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Images uint8 (N, 3, 128, 128), expression ids, box tokens (N, 4) and the target's cell (N,)."""
+    """Images uint8 (N, 3, 128, 128), expression ids, box tokens (N, 4), the target's box in pixels (N, 4)
+    and its stride-32 cell (N,)."""
     rng = np.random.default_rng(seed)
     images = torch.zeros(count, 3, SIZE, SIZE, dtype=torch.uint8)
     tokens = torch.zeros(count, 4, dtype=torch.int64)
     cells = torch.zeros(count, dtype=torch.int64)
+    boxes = torch.zeros(count, 4)
     expressions = torch.zeros(count, 15, dtype=torch.int64)
     names = list(COLOURS)
     for i in range(count):
@@ -63,10 +69,11 @@ def toy_scenes(count: int, objects: int, num_bin: int, vocabulary: Vocabulary, s
             x, y = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
             images[i, :, y : y + h, x : x + w] = torch.tensor(COLOURS[names[colour]], dtype=torch.uint8)[:, None, None]
         # the loop's last rectangle is the target
+        boxes[i] = torch.tensor([x, y, x + w - 1, y + h - 1], dtype=torch.float32)
         tokens[i] = torch.tensor([x, y, x + w - 1, y + h - 1]) * num_bin // SIZE
         cells[i] = int((y + h / 2) // 32) * (SIZE // 32) + int((x + w / 2) // 32)
         expressions[i] = torch.from_numpy(vocabulary.encode(f"the {names[colour]} square", 15))
-    return {"images": images, "expression_ids": expressions, "box_tokens": tokens, "cells": cells}
+    return {"images": images, "expression_ids": expressions, "box_tokens": tokens, "target_box": boxes, "cells": cells}
 
 
 def _toy_model(params: str, count: int, objects: int) -> tuple[SeqTR, dict[str, torch.Tensor]]:
@@ -88,31 +95,29 @@ def _adam(parameters: list[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_weight: float = 0.0) -> dict[str, Any]:
-    model, data = _toy_model(params, 2000 + HELD_OUT, objects)
-    num_bin = model.num_bin
-    parameters = list(model.parameters())
-    memories: list[torch.Tensor] = []
-    if cell_loss_weight:
-        scorer = _cell_scorer(model)
-        parameters += scorer.parameters()
-        model.encoder.register_forward_hook(lambda _module, _inputs, output: memories.append(output))
-    optimizer = _adam(parameters, lr)
-    no_padding = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
-    token_ce, started = [], time.perf_counter()
-    for _ in range(steps):
-        index = torch.randint(0, 2000, (BATCH,))
-        boxes = data["box_tokens"][index]
-        memories.clear()
-        outputs = model(data["images"][index].float(), no_padding, data["expression_ids"][index], box_tokens=boxes)
-        loss = sequence_loss(outputs, boxes, None, num_bin)["loss"]
-        if cell_loss_weight:
-            loss = loss + cell_loss_weight * F.cross_entropy(scorer(memories[0])[..., 0], data["cells"][index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        targets = torch.cat([boxes, torch.full((BATCH, 1), num_bin)], dim=1)
-        with torch.no_grad():
-            token_ce.append(F.cross_entropy(outputs["box_logits"].transpose(1, 2), targets, reduction="none").mean(0))
+    """The full model trained by `Trainer.step` on toy scenes: per-token cross-entropy and held-out Acc@0.5."""
+    overrides = [f"train.lr={lr}", "train.warmup_epochs=0", "train.seed=0", f"model.target_cell_loss={cell_loss_weight}",
+                 "model.query_selection=false", "model.input_token_noise=0.0"]
+    vocabulary = Vocabulary.build(f"the {c} square" for c in COLOURS)
+    with tempfile.TemporaryDirectory() as run_root:
+        experiment = load_params(params, [*overrides, f"output_dir={run_root}"])
+        trainer = Trainer(experiment, distributed.Context(0, 1, 0, torch.device("cpu")), vocabulary)
+        model, num_bin = trainer.model, experiment.model.num_bin
+        data = toy_scenes(2000 + HELD_OUT, objects, num_bin, vocabulary)
+        no_padding = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
+        token_ce, started = [], time.perf_counter()
+        for _ in range(steps):
+            index = torch.randint(0, 2000, (BATCH,))
+            batch = {"images": data["images"][index], "pad_mask": no_padding, "expression_ids": data["expression_ids"][index],
+                     "box_tokens": data["box_tokens"][index], "target_box": data["target_box"][index]}
+            trainer.step(batch)
+            model.eval()  # the batch's per-token cross-entropy after the step, without touching BatchNorm's statistics
+            with torch.no_grad():
+                logits = model(batch["images"].float(), no_padding, batch["expression_ids"],
+                               box_tokens=batch["box_tokens"])["box_logits"]
+            model.train()
+            targets = torch.cat([batch["box_tokens"], torch.full((BATCH, 1), num_bin)], dim=1)
+            token_ce.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(0))
     model.eval()
     held = slice(2000, None)
     with torch.no_grad():

@@ -19,7 +19,10 @@ epoch, step and the EMA weights in half precision: everything `evaluation.load_t
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +43,40 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with the safe unpickler; explain what is wrong when it is not one of ours."""
+class UnreadableCheckpoint(ValueError):
+    """A file that weights-only loading refuses or cannot read; the one-line message names it and why."""
+
+
+def load_weights_only(path: str | Path, kind: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of a file: tensors and plain data only, so no pickled code runs.
+
+    ``kind`` names the file in messages ("seqtr checkpoint", "PyTorch checkpoint"). Raises FileNotFoundError,
+    and UnreadableCheckpoint for a file that is no torch.save archive (a truncated download looks like
+    that), one holding pickled objects (naming the first), or one torch cannot read.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{kind} {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise UnreadableCheckpoint(f"{path} is not a readable {kind} (not the zip archive that torch.save "
+                                   "writes); is the file complete?")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise UnreadableCheckpoint(
+            f"{path}: refused: it holds pickled objects other than tensors and plain data, and loading them "
+            f"could run code ({f'first: {found.group(1)}' if found else 'weights-only loading failed'})") from None
+    except Exception as error:  # a damaged archive member, ...
         # torch's own message runs over many lines and suggests weights_only=False, which is unsafe here.
-        raise ValueError(f"{path} is not a readable seqtr checkpoint (torch.load failed with {type(error).__name__}: "
-                         f"{str(error).splitlines()[0][:120] if str(error) else 'no message'}); is the file complete?") from error
+        first_line = str(error).splitlines()[0][:120] if str(error) else "no message"
+        raise UnreadableCheckpoint(f"{path} is not a readable {kind} ({type(error).__name__}: {first_line}); "
+                                   "is the file complete?") from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one of our checkpoints weights-only; explain what is wrong when it is not one of ours."""
+    payload = load_weights_only(path, "seqtr checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a seqtr checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return payload

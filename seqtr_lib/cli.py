@@ -10,7 +10,7 @@ import json
 import sys
 
 from seqtr_lib.config import ConfigError, experiment_to_dict, load_params
-from seqtr_lib.data.refer import MAX_IMAGE_PIXELS
+from seqtr_lib.images import MAX_IMAGE_PIXELS
 
 
 def _add_params(parser: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
@@ -30,7 +30,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
 
 
 def cmd_contact_sheet(args: argparse.Namespace) -> None:
-    from seqtr_lib.viz import contact_sheet
+    from seqtr_lib.samples import contact_sheet
 
     path = contact_sheet(args.data_root, split=args.split, out_path=args.out, num_samples=args.num_samples,
                          seed=args.seed)
@@ -88,11 +88,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from seqtr_lib.engine import evaluate
+    from seqtr_lib.evaluation import evaluate
 
     experiment = load_params(args.params, args.overrides)
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
-    results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation)
+    results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation,
+                       strategy=args.strategy, top_p=args.top_p)
     for split, per_weights in results["splits"].items():
         for weights, metrics in per_weights.items():
             shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
@@ -109,7 +110,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     path, which = resolve_checkpoint(experiment.run_dir, experiment.name, args.checkpoint)
     print(which)
     grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None)
-    prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention))
+    prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention),
+                                  strategy=args.strategy, top_p=args.top_p, seed=args.seed)
     if prediction.box is not None:
         print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
     if prediction.polygon is not None:
@@ -149,6 +151,19 @@ def cmd_export_seqtr(args: argparse.Namespace) -> None:
 
     out = export_release(load(args.checkpoint), args.out)
     print(f"wrote {out} and {out.parent / 'token_to_ix.pkl'}")
+
+
+def _top_p(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--top-p must lie in (0, 1], got {text}")
+    return value
+
+
+def _add_strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", choices=("greedy", "top_p"), default="greedy",
+                   help="greedy: the most likely token at every step (the paper's); top_p: nucleus sampling")
+    p.add_argument("--top-p", type=_top_p, default=0.9, help="probability mass of the nucleus (--strategy top_p)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="", help="comma-separated, e.g. val,testA (default: all but train)")
     p.add_argument("--shuffle-ablation", action="store_true",
                    help="also evaluate with expressions shuffled across samples (proof that words are used)")
+    _add_strategy(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("predict", help="ground one expression in one image; prints and draws the result")
@@ -207,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help=f"refuse larger images before decoding them (default {MAX_IMAGE_PIXELS:,}; 0: no limit)")
+    _add_strategy(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of top_p sampling")
     p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser("export-weights", help="write a checkpoint's EMA weights in half precision, alone")
@@ -236,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from seqtr_lib.data.refer import BadImageError
+    from seqtr_lib.images import BadImageError
 
     args = build_parser().parse_args(argv)
     try:

@@ -4,15 +4,19 @@ A params file has four sections, each a dataclass below::
 
     name: synthetic_det          # experiment name; results go to <output_dir>/<name>/
     model: {task: box, ...}      # ModelConfig
-    data: {dataset: synthetic, ...}
+    data: {dataset: synthetic, ..., synthetic: {num_images: 2000, ...}}   # DataConfig, SyntheticConfig
     train: {epochs: 30, ...}
 
+A nested key is overridden with its dotted name: ``--set data.synthetic.num_images=6000``.
+
 Everything is validated when loaded, before any heavy work: unknown keys (with the closest valid key
-suggested), wrong types, out-of-range values and missing files each fail with the key named.
+suggested, or where a renamed key went), wrong types, out-of-range values and missing files each fail with
+the key named. Configs stored in checkpoints are read with the same rules, renamed keys upgraded.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -23,9 +27,11 @@ from typing import Any
 
 import yaml
 
-from seqtr_lib.data.refer import DATASETS
+from seqtr_lib.data.datasets import DATASETS, annotation_path
 
-TASKS = ("box", "mask", "multi")
+# The parts of each task's sequence, in order (seqtr_lib.codec lays them out).
+TASK_PARTS = {"box": ("box",), "mask": ("mask",), "multi": ("box", "mask")}
+TASKS = tuple(TASK_PARTS)
 AMP_MODES = ("none", "bf16", "fp16")
 MAPPINGS = ("relative", "absolute")
 MEMORY_STRIDES = (32, 16)
@@ -62,8 +68,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticConfig:
+    """The generated "shapes" set (`seqtr_lib.data.synthetic`); read only when data.dataset is synthetic."""
+
+    num_images: int = 2000  # images over all four splits
+    image_size: int = 256  # side of the square images, in pixels
+    seed: int = 0  # the set is a deterministic function of (num_images, image_size, seed)
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # one of seqtr_lib.data.refer.DATASETS
+    dataset: str = "synthetic"  # one of seqtr_lib.data.datasets.DATASETS
     data_root: str = "data"  # holds annotations/<dataset>/instances.json and images/
     annotation_file: str | None = None  # default: <data_root>/annotations/<dataset>/instances.json
     vocabulary: str | None = None  # vocabulary JSON; default: built from the training split
@@ -77,9 +92,7 @@ class DataConfig:
     eval_batch_size: int = 128
     num_workers: int = 4
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of failing
-    synthetic_images: int = 2000  # size of the generated synthetic set (dataset: synthetic)
-    synthetic_image_size: int = 256
-    synthetic_seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic only
 
 
 @dataclass(frozen=True)
@@ -130,12 +143,19 @@ class Experiment:
 
     @property
     def annotation_path(self) -> Path:
+        """data.annotation_file if set, else the dataset's file under data.data_root."""
         if self.data.annotation_file:
             return Path(self.data.annotation_file)
-        return Path(self.data.data_root) / "annotations" / self.data.dataset / "instances.json"
+        return annotation_path(self.data.data_root, self.data.dataset)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# Keys that moved, old -> new: a params file or override using an old one is told where it went, and a
+# config stored in a checkpoint written before the move is upgraded (it cannot be edited).
+MOVED_KEYS = {
+    "data.synthetic_images": "data.synthetic.num_images",
+    "data.synthetic_image_size": "data.synthetic.image_size",
+    "data.synthetic_seed": "data.synthetic.seed",
+}
 
 
 def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Experiment:
@@ -148,35 +168,25 @@ def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] 
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    valid = _valid_keys()
+    valid = _valid_keys(Experiment)
     for item in overrides:
         key, value = _split_override(item)
         if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"--set {item}: unknown key '{key}'{hint}")
+            raise ConfigError(f"--set {item}: {_unknown_key(key, valid)}")
         _set_nested(raw, key.split("."), yaml.safe_load(value) if value else None, source=item)
-    experiment = experiment_from_dict(raw, source=str(path) if path else "defaults")
+    # Params files and overrides must use the current names; only stored configs are upgraded.
+    experiment = experiment_from_dict(raw, source=str(path) if path else "defaults", upgrade_moved_keys=False)
     validate(experiment)
     return experiment
 
 
-def experiment_from_dict(raw: dict[str, Any], source: str = "params") -> Experiment:
-    """Build an Experiment from nested plain values (as in YAML or a checkpoint), checking keys and types."""
-    top_level = {f.name for f in dataclasses.fields(Experiment)}
-    _reject_unknown(raw, top_level, prefix="", source=source)
-    values: dict[str, Any] = {}
-    for name in top_level:
-        if name not in raw:
-            continue
-        if name in SECTIONS:
-            section = raw[name] or {}
-            if not isinstance(section, dict):
-                raise ConfigError(f"{source}: '{name}' must be a mapping of keys, got {section!r}")
-            values[name] = _build_section(SECTIONS[name], section, prefix=f"{name}.", source=source)
-        else:
-            values[name] = _coerce(raw[name], str, name, source)
-    return Experiment(**values)
+def experiment_from_dict(raw: dict[str, Any], source: str = "params", upgrade_moved_keys: bool = True) -> Experiment:
+    """Build an Experiment from nested plain values (as in YAML or a checkpoint), checking keys and types.
+
+    ``upgrade_moved_keys`` moves the old keys of MOVED_KEYS to their new places first, as a checkpoint's
+    stored config needs; without it an old key is refused, naming where it went.
+    """
+    return _build(Experiment, _upgraded(raw) if upgrade_moved_keys else raw, prefix="", source=source)
 
 
 def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
@@ -218,6 +228,10 @@ def validate(experiment: Experiment) -> None:
         ("data.batch_size", d.batch_size >= 1, "must be at least 1"),
         ("data.eval_batch_size", d.eval_batch_size >= 1, "must be at least 1"),
         ("data.num_workers", d.num_workers >= 0, "must be 0 or more"),
+        ("data.synthetic.num_images", d.synthetic.num_images >= 4, "must be at least 4 (one image for each split)"),
+        ("data.synthetic.image_size", d.synthetic.image_size >= 64,
+         "must be at least 64 pixels (smaller shapes are unreadable)"),
+        ("data.synthetic.seed", d.synthetic.seed >= 0, "must be 0 or more"),
         ("train.epochs", t.epochs >= 1, "must be at least 1"),
         ("train.val_limit", t.val_limit >= 0, "must be 0 (the whole split) or positive"),
         ("train.lr", t.lr > 0, "must be positive"),
@@ -252,11 +266,39 @@ def _lookup(experiment: Experiment, key: str) -> Any:
     return value
 
 
-def _valid_keys() -> set[str]:
-    keys = {f.name for f in dataclasses.fields(Experiment) if f.name not in SECTIONS}
-    for section, cls in SECTIONS.items():
-        keys.update(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+def _valid_keys(cls: type, prefix: str = "") -> set[str]:
+    """Every settable key of a config dataclass, dotted (``data.synthetic.seed``); nested sections recurse."""
+    hints = typing.get_type_hints(cls)
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys |= _valid_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.add(prefix + f.name)
     return keys
+
+
+def _unknown_key(key: str, valid: typing.Iterable[str], prefix: str = "") -> str:
+    """Why ``prefix + key`` is refused: where it moved, else the closest of ``valid`` (or all of them)."""
+    dotted = prefix + key
+    if dotted in MOVED_KEYS:
+        return f"unknown key '{dotted}': {dotted} moved to {MOVED_KEYS[dotted]}"
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
+    return f"unknown key '{dotted}'; {hint}"
+
+
+def _upgraded(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with each old key of MOVED_KEYS moved to its new place."""
+    raw = copy.deepcopy(raw)
+    for old, new in MOVED_KEYS.items():
+        *sections, name = old.split(".")
+        node: Any = raw
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node:
+            _set_nested(raw, new.split("."), node.pop(name), source=old)
+    return raw
 
 
 def _split_override(item: str) -> tuple[str, str]:
@@ -276,23 +318,24 @@ def _set_nested(raw: dict[str, Any], parts: list[str], value: Any, source: str) 
     node[parts[-1]] = value
 
 
-def _reject_unknown(raw: dict[str, Any], valid: set[str], prefix: str, source: str) -> None:
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    """A config dataclass from a mapping of its fields' values (``prefix`` dots its keys in messages)."""
+    names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
-
-
-def _build_section(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(raw, set(fields), prefix, source)
+        if key not in names:
+            raise ConfigError(f"{source}: {_unknown_key(str(key), names, prefix)}")
     hints = typing.get_type_hints(cls)
     return cls(**{name: _coerce(value, hints[name], prefix + name, source) for name, value in raw.items()})
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Convert a YAML value to the annotated type, or fail naming the key."""
+    if dataclasses.is_dataclass(hint):  # a section: model, data, train, data.synthetic
+        if value is None:  # "data:" with nothing under it
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of keys, got {value!r}")
+        return _build(hint, value, prefix=f"{key}.", source=source)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

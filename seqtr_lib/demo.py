@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from seqtr_lib.predict import Grounder, Prediction, decode_image_bytes, to_rgb_uint8
+from seqtr_lib.config import Experiment
+from seqtr_lib.images import decode_image_bytes, to_rgb_uint8
+from seqtr_lib.predict import Grounder, Prediction
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,14 @@ class DemoSample:
     expressions: tuple[str, ...]
 
 
-def dataset_samples(experiment: Any, split: str = "val", count: int = 20) -> list[DemoSample]:
+def dataset_samples(experiment: Experiment, split: str = "val", count: int = 20) -> list[DemoSample]:
     """The first ``count`` annotated objects of a split, labelled by image id and first expression."""
-    from seqtr_lib.data.refer import image_path, read_annotations
+    from seqtr_lib.samples import split_dataset
 
-    annotations = read_annotations(experiment.annotation_path)[split][:count]
+    dataset = split_dataset(experiment, split)
+    annotations = [dataset.annotation(i) for i in range(min(count, len(dataset)))]
     return [DemoSample(f"image {a['image_id']}: {a['expressions'][0]}", f"image {a['image_id']}",
-                       image_path(experiment.data.data_root, experiment.data.dataset, a), tuple(a["expressions"]))
+                       dataset.image_path(a), tuple(a["expressions"]))
             for a in annotations]
 
 

@@ -49,9 +49,14 @@ def setup(device_preference: str = "auto") -> Context:
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def rank() -> int:
+    """This process's rank (0 when alone)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def is_main_process() -> bool:
     """Rank 0, or the only process; the one that prints progress and writes files."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return rank() == 0
 
 
 def teardown() -> None:

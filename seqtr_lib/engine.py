@@ -1,4 +1,4 @@
-"""Training and evaluation: the SeqTR recipe (Adam + warm-up/multi-step LR, clip 0.15, EMA 0.999).
+"""Training: the SeqTR recipe (Adam + warm-up/multi-step LR, clip 0.15, EMA 0.999).
 
 Runs alone or under torchrun::
 
@@ -7,7 +7,7 @@ Runs alone or under torchrun::
 
 Only rank 0 writes files. Everything a run needs to continue is in ``last.pt`` (see checkpoint.py);
 SIGINT/SIGTERM write a resumable ``last.pt`` before exiting, and a non-finite loss stops the run without
-overwriting the last good checkpoint.
+overwriting the last good checkpoint. Evaluation of a finished checkpoint is `seqtr_lib.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -29,11 +28,12 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
-from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import Experiment, experiment_to_dict
+from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
-from seqtr_lib.data.refer import DATASETS, build_dataset, load_vocabulary
-from seqtr_lib.evaluation import autocast, evaluate_model, load_trained, move_batch
+from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary
+from seqtr_lib.evaluation import autocast, evaluate_model, move_batch
+from seqtr_lib.metrics import headline_score
 from seqtr_lib.loss import sequence_loss
 from seqtr_lib.model.seqtr import SeqTR, build_model
 from seqtr_lib.text import Vocabulary
@@ -139,9 +139,15 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
 
 
 class Trainer:
-    """One training run; ``train(experiment)`` is the public entry point."""
+    """One training run; ``train(experiment)`` is the public entry point.
 
-    def __init__(self, experiment: Experiment, context: distributed.Context) -> None:
+    ``vocabulary`` (default: the experiment's, `load_vocabulary`) lets a benchmark train on batches of its
+    own through `step`, the recipe's optimisation step, without an annotation file; the training split is
+    read when the first epoch starts.
+    """
+
+    def __init__(self, experiment: Experiment, context: distributed.Context,
+                 vocabulary: Vocabulary | None = None) -> None:
         self.experiment = experiment
         self.context = context
         self.device = context.device
@@ -152,7 +158,7 @@ class Trainer:
             self._check_same_model(resume, t.resume)
             self.vocabulary = Vocabulary.from_list(resume["vocabulary"])
         else:
-            self.vocabulary = load_vocabulary(experiment)
+            self.vocabulary = vocabulary or load_vocabulary(experiment)
         seed_everything(t.seed)
         model = build_model(experiment.model, self.vocabulary)
         if t.finetune_from:
@@ -182,8 +188,8 @@ class Trainer:
         elif context.is_main:
             # A new run starts a new log; a resumed one appends to its own.
             (self.run_dir / "log.jsonl").unlink(missing_ok=True)
-        self.train_set = build_dataset(experiment, "train", self.vocabulary, training=True)
-        self.val_split = "val" if "val" in _dataset_splits(experiment) else None
+        self.train_set: ReferDataset | None = None
+        self.val_split = "val" if "val" in DATASETS[experiment.data.dataset].splits else None
 
     def _check_same_model(self, payload: dict[str, Any], path: str) -> None:
         saved = payload["config"]["model"]
@@ -250,8 +256,9 @@ class Trainer:
     def train_one_epoch(self, stop: _StopRequest) -> dict[str, float]:
         t = self.experiment.train
         epoch = self.state.epoch
-        loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch,
-                              image_dtype=torch.uint8)
+        if self.train_set is None:
+            self.train_set = build_dataset(self.experiment, "train", self.vocabulary, training=True)
+        loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch)
         total = len(loader) if not t.max_steps_per_epoch else min(len(loader), t.max_steps_per_epoch)
         self.forward_model.train()
         if t.freeze_batchnorm:
@@ -264,39 +271,12 @@ class Trainer:
                 break
             self.state.skipped_images += batch["num_skipped"]
             if not batch["metas"]:  # every image of the batch was unreadable (skip_bad_images)
+                self.state.batches_done = index + 1
                 continue
-            batch = move_batch(batch, self.device, t.channels_last)
-            with autocast(self.device, t.amp):
-                outputs = self.forward_model(**_model_inputs(batch, self.model.cell_scorer is not None))
-            model_config = self.experiment.model
-            losses = sequence_loss({k: v.float() if v.is_floating_point() else v for k, v in outputs.items()},
-                                   batch.get("box_tokens"), batch.get("mask_tokens"), model_config.num_bin,
-                                   model_config.target_cell_loss)
-            loss = losses["loss"]
-            if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {self.state.step + 1} (epoch {epoch + 1}, batch {index + 1}); "
-                    f"the last good checkpoint {self.run_dir / 'last.pt'} is kept. Try a lower train.lr or "
-                    "train.amp=none.")
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if t.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model, self.state.step)
-            self.state.step += 1
+            losses = self.step(batch)
             self.state.batches_done = index + 1
             batch_size = batch["images"].shape[0] * self.context.world_size
-            loss_value = float(distributed.all_reduce_mean(loss))
+            loss_value = float(distributed.all_reduce_mean(losses["loss"]))
             self.state.epoch_loss_sum += loss_value * batch_size
             self.state.epoch_samples += batch_size
             samples += batch_size
@@ -318,6 +298,39 @@ class Trainer:
         return {"loss": self.state.epoch_loss_sum / max(self.state.epoch_samples, 1), "samples": samples,
                 "samples_per_s": samples / max(time.perf_counter() - started, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimisation step on a loader batch: to the device, forward, loss, backward, clip, optimizer
+        and EMA updates. Returns the losses (``loss`` and its parts); raises NonFiniteLossError."""
+        t = self.experiment.train
+        batch = move_batch(batch, self.device, t.channels_last)
+        with autocast(self.device, t.amp):
+            outputs = self.forward_model(**_model_inputs(batch, self.model.cell_scorer is not None))
+        outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+        losses = sequence_loss(outputs, batch, self.model.layout, self.experiment.model.target_cell_loss)
+        loss = losses["loss"]
+        if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state.step + 1} (epoch {self.state.epoch + 1}, batch "
+                f"{self.state.batches_done + 1}); the last good checkpoint {self.run_dir / 'last.pt'} is kept. "
+                "Try a lower train.lr or train.amp=none.")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if t.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.state.step)
+        self.state.step += 1
+        return losses
 
     def run(self, after_epoch: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Train the remaining epochs; ``after_epoch(record)`` sees each epoch's log record and may
@@ -367,15 +380,6 @@ class Trainer:
         return record
 
 
-def headline_score(metrics: dict[str, float], task: str) -> float:
-    """The number best.pt is chosen by: Acc@0.5 for boxes, mIoU for masks, their mean for multi-task."""
-    if task == "box":
-        return metrics["acc@0.5"]
-    if task == "mask":
-        return metrics["miou"]
-    return (metrics["box/acc@0.5"] + metrics["mask/miou"]) / 2
-
-
 def train(experiment: Experiment) -> dict[str, Any]:
     """Train an experiment (alone or under torchrun); returns the run directory and the validation history."""
     context = distributed.setup(experiment.train.device)
@@ -383,42 +387,3 @@ def train(experiment: Experiment) -> dict[str, Any]:
         return Trainer(experiment, context).run()
     finally:
         distributed.teardown()
-
-
-def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
-             save_predictions: bool = True, shuffle_ablation: bool = False) -> dict[str, Any]:
-    """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
-
-    With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
-    (keys ``raw_shuffled``/``ema_shuffled``): a model that reads the words must fall far below its score.
-    """
-    context = distributed.setup(experiment.train.device)
-    try:
-        payload = ckpt.load(checkpoint_path)
-        _, vocabulary, models = load_trained(checkpoint_path, context.device)
-        splits = splits or tuple(s for s in _dataset_splits(experiment) if s != "train")
-        results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
-                                   "epoch": payload["epoch"], "splits": {}}
-        for split in splits:
-            per_split: dict[str, Any] = {}
-            for name, model in models.items():
-                for shuffled in (False, True) if shuffle_ablation else (False,):
-                    key = f"{name}_shuffled" if shuffled else name
-                    outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
-                                             shuffle_expressions=shuffled)
-                    per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
-                                      "skipped_images": outcome["skipped_images"]}
-                    if save_predictions and context.is_main:
-                        write_json_atomic(experiment.run_dir / "predictions" / f"{split}_{key}.json",
-                                    [{k: v for k, v in r.items() if not k.endswith("rle")}
-                                     for r in outcome["records"]])
-            results["splits"][split] = per_split
-        if context.is_main:
-            write_json_atomic(experiment.run_dir / "metrics.json", results)
-        return results
-    finally:
-        distributed.teardown()
-
-
-def _dataset_splits(experiment: Experiment) -> tuple[str, ...]:
-    return DATASETS[experiment.data.dataset].splits

@@ -2,6 +2,8 @@
 
 Metrics are exact per expression (gathered across ranks, de-duplicated), computed at the original image
 size; the per-expression records feed the evaluation notebook (IoU histograms, failure galleries).
+`evaluate` scores a checkpoint's raw and EMA weights on several splits and writes metrics.json;
+`evaluate_model` is one model on one split (the trainer's validation calls it too).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
-from seqtr_lib.config import Experiment, ModelConfig, experiment_from_dict
+from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.codec import SequenceCodec
+from seqtr_lib.config import TASK_PARTS, Experiment, experiment_from_dict
+from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset
-from seqtr_lib.metrics import box_iou, box_metrics, mask_metrics
+from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
-from seqtr_lib.sequence import dequantize, polygon_to_rle, tokens_to_vertices
 from seqtr_lib.text import Vocabulary
 
 
@@ -41,48 +45,24 @@ def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool)
     return moved
 
 
-def box_in_original_pixels(tokens: np.ndarray, meta: dict[str, Any], num_bin: int, mapping: str = "relative",
-                           image_size: int = 640) -> np.ndarray:
-    """Box tokens -> x1y1x2y2 in the original image's pixels; ``mapping``/``image_size`` as the model's."""
-    pad_h, pad_w = meta["pad_shape"]
-    box = dequantize(tokens, pad_w, pad_h, num_bin, mapping, image_size)
-    sx, sy = meta["scale_factor"]
-    box = box / np.array([sx, sy, sx, sy], dtype=np.float32)
-    ori_h, ori_w = meta["ori_shape"]
-    return np.clip(box, 0, [ori_w, ori_h, ori_w, ori_h]).astype(np.float32)
-
-
-def polygon_in_original_pixels(tokens: np.ndarray, meta: dict[str, Any], num_bin: int, mapping: str = "relative",
-                               image_size: int = 640) -> np.ndarray:
-    """Mask tokens -> (K, 2) polygon vertices in the original image's pixels."""
-    points = tokens_to_vertices(tokens, meta["pad_shape"], num_bin, mapping, image_size)
-    sx, sy = meta["scale_factor"]
-    return (points / np.array([sx, sy], dtype=np.float32)).astype(np.float32)
-
-
-def polygon_mask_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
-    """Predicted polygon -> RLE at the original size, with the reference's < 2 and == 2 point rules."""
-    height, width = shape
-    if len(points) < 2:
-        return polygon_to_rle([], height, width)
-    return polygon_to_rle([points.reshape(-1).tolist()], height, width)
-
-
 @torch.inference_mode()
 def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
                    device: torch.device, limit: int | None = None,
-                   shuffle_expressions: bool = False) -> dict[str, Any]:
+                   shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9) -> dict[str, Any]:
     """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
 
     Metrics are computed at the original image size from the complete list of expressions, never as a
     mean of per-batch means. ``shuffle_expressions`` is the ablation that proves the words are used: each
     sample is grounded with the expression of another sample of its batch (a fixed random permutation).
+    ``strategy`` "top_p" samples each token from the nucleus of mass ``top_p`` (seeded by train.seed and the
+    rank) instead of taking the most likely one.
     """
-    task, num_bin = experiment.model.task, experiment.model.num_bin
-    token_mapping = (experiment.model.mapping, experiment.data.image_size)  # what Collate quantized with
+    codec = SequenceCodec.from_experiment(experiment)  # what Collate quantized with
+    sampling = None
+    if strategy == "top_p":
+        sampling = torch.Generator(device=device).manual_seed(experiment.train.seed + distributed.rank())
     dataset = build_dataset(experiment, split, vocabulary, training=False)
-    loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0,
-                          image_dtype=torch.uint8)
+    loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0)
     permutation_rng = torch.Generator().manual_seed(experiment.train.seed)
     was_training = model.training
     model.eval()
@@ -102,19 +82,15 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
                               for meta, j in zip(batch["metas"], order.tolist())]
         batch = move_batch(batch, device, experiment.train.channels_last)
         with autocast(device, experiment.train.amp):
-            generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"])
+            generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"],
+                                       strategy=strategy, top_p=top_p, generator=sampling)
         generated = {k: v.float().cpu().numpy() if k.endswith("scores") else v.cpu().numpy()
                      for k, v in generated.items()}
         for i, meta in enumerate(batch["metas"]):
             record: dict[str, Any] = {"ann_index": meta["ann_index"], "expression_index": meta["expression_index"],
                                       "image_id": meta["image_id"], "expression": meta["expression"],
-                                      "gt_box": [float(v) for v in meta["gt_box"]]}
-            if "box_tokens" in generated:
-                record["pred_box"] = box_in_original_pixels(generated["box_tokens"][i], meta, num_bin, *token_mapping).tolist()
-            if "mask_tokens" in generated:
-                polygon = polygon_in_original_pixels(generated["mask_tokens"][i], meta, num_bin, *token_mapping)
-                record["pred_polygon"] = polygon.reshape(-1).tolist()
-                record["pred_rle"] = polygon_mask_rle(polygon, meta["ori_shape"])
+                                      "gt_box": [float(v) for v in meta["gt_box"]], **codec.decode(generated, i, meta)}
+            if "pred_rle" in record:
                 record["gt_rle"] = meta["gt_mask_rle"]
             records.append(record)
         if limit is not None and len(records) >= limit:
@@ -127,28 +103,39 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
         unique.setdefault((record["ann_index"], record["expression_index"]), record)
     ordered = [unique[key] for key in sorted(unique)]
     skipped = sum(distributed.gather_objects([skipped]))
-    return {"metrics": metrics_from_records(ordered, task), "records": ordered, "num_expressions": len(ordered),
+    return {"metrics": metrics_from_records(ordered, experiment.model.task), "records": ordered, "num_expressions": len(ordered),
             "skipped_images": skipped}
 
 
 def metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, float]:
-    gt = np.array([r["gt_box"] for r in records], dtype=np.float32).reshape(-1, 4)
-    box = mask = {}
-    if task in ("box", "multi"):
-        pred = np.array([r["pred_box"] for r in records], dtype=np.float32).reshape(-1, 4)
-        box = box_metrics(pred, gt)
-        ious = box_iou(pred, gt)
-        for record, iou in zip(records, np.asarray(ious).tolist()):
-            record["box_iou"] = iou
-    if task in ("mask", "multi"):
-        mask = mask_metrics([r["pred_rle"] for r in records], [r["gt_rle"] for r in records])
-    if task == "multi":
-        return {**{f"box/{k}": v for k, v in box.items()}, **{f"mask/{k}": v for k, v in mask.items()}}
-    return dict(box or mask)
+    """Each part's metrics over all records (keys prefixed ``box/`` and ``mask/`` for a multi-task model);
+    each record also receives its ``box_iou`` and/or ``mask_iou``, which the saved predictions keep."""
+    per_part: dict[str, dict[str, float]] = {}
+    for part in TASK_PARTS[task]:
+        if part == "box":
+            gt = np.array([r["gt_box"] for r in records], dtype=np.float32).reshape(-1, 4)
+            pred = np.array([r["pred_box"] for r in records], dtype=np.float32).reshape(-1, 4)
+            per_part[part] = box_metrics(pred, gt)
+            for record, iou in zip(records, np.asarray(box_iou(pred, gt)).tolist()):
+                record["box_iou"] = iou
+        else:
+            ious, intersections, unions = mask_ious([r["pred_rle"] for r in records], [r["gt_rle"] for r in records])
+            per_part[part] = summarize_mask_ious(ious, intersections, unions)
+            for record, iou in zip(records, ious.tolist()):
+                record["mask_iou"] = iou
+    if len(per_part) == 1:
+        return dict(*per_part.values())
+    return {f"{part}/{key}": value for part, metrics in per_part.items() for key, value in metrics.items()}
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Experiment, Vocabulary, dict[str, SeqTR]]:
     """Rebuild the model(s) stored in a checkpoint: ``{"raw": model, "ema": model}`` (ema when present)."""
+    payload, vocabulary, models = _load_models(path, device)
+    return experiment_from_dict(payload["config"], source=str(path)), vocabulary, models
+
+
+def _load_models(path: str | Path, device: torch.device | str) -> tuple[dict[str, Any], Vocabulary, dict[str, SeqTR]]:
+    """The checkpoint's payload (read once), its vocabulary and its models."""
     payload = ckpt.load(path)
     experiment = experiment_from_dict(payload["config"], source=str(path))
     vocabulary = Vocabulary.from_list(payload["vocabulary"])
@@ -158,6 +145,43 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
             model = build_model(without_weight_files(experiment.model), vocabulary)
             model.load_state_dict(payload[key])
             models[name] = model.to(device).eval()
-    return experiment, vocabulary, models
+    return payload, vocabulary, models
 
 
+def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
+             save_predictions: bool = True, shuffle_ablation: bool = False, strategy: str = "greedy",
+             top_p: float = 0.9) -> dict[str, Any]:
+    """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
+
+    With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
+    (keys ``raw_shuffled``/``ema_shuffled``): a model that reads the words must fall far below its score.
+    Predictions go to ``<run_dir>/predictions/<split>_<weights>.json``: the records without their RLEs, each
+    with its ``box_iou`` / ``mask_iou``.
+    """
+    context = distributed.setup(experiment.train.device)
+    try:
+        payload, vocabulary, models = _load_models(checkpoint_path, context.device)
+        splits = splits or tuple(s for s in DATASETS[experiment.data.dataset].splits if s != "train")
+        results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
+                                   "epoch": payload["epoch"], "splits": {}}
+        if strategy != "greedy":
+            results.update(strategy=strategy, top_p=top_p)
+        for split in splits:
+            per_split: dict[str, Any] = {}
+            for name, model in models.items():
+                for shuffled in (False, True) if shuffle_ablation else (False,):
+                    key = f"{name}_shuffled" if shuffled else name
+                    outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
+                                             shuffle_expressions=shuffled, strategy=strategy, top_p=top_p)
+                    per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
+                                      "skipped_images": outcome["skipped_images"]}
+                    if save_predictions and context.is_main:
+                        write_json_atomic(experiment.run_dir / "predictions" / f"{split}_{key}.json",
+                                          [{k: v for k, v in r.items() if not k.endswith("rle")}
+                                           for r in outcome["records"]])
+            results["splits"][split] = per_split
+        if context.is_main:
+            write_json_atomic(experiment.run_dir / "metrics.json", results)
+        return results
+    finally:
+        distributed.teardown()

@@ -16,7 +16,25 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from seqtr_lib.config import TASK_PARTS
+
 MASK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# The number a checkpoint is judged by, per part of a sequence (config.TASK_PARTS).
+HEADLINE_METRIC = {"box": "acc@0.5", "mask": "miou"}
+
+
+def headline_metrics(task: str) -> tuple[str, ...]:
+    """The metric keys best.pt is chosen by: ``acc@0.5`` (box), ``miou`` (mask), both prefixed for multi-task."""
+    parts = TASK_PARTS[task]
+    if len(parts) == 1:
+        return (HEADLINE_METRIC[parts[0]],)
+    return tuple(f"{part}/{HEADLINE_METRIC[part]}" for part in parts)
+
+
+def headline_score(metrics: dict[str, float], task: str) -> float:
+    """The number best.pt is chosen by: Acc@0.5 for boxes, mIoU for masks, their mean for multi-task."""
+    keys = headline_metrics(task)
+    return sum(metrics[key] for key in keys) / len(keys)
 
 
 def box_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

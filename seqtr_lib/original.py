@@ -18,14 +18,13 @@ from __future__ import annotations
 import datetime
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from seqtr_lib.atomic import atomic_write
-from seqtr_lib.checkpoint import CHECKPOINT_FORMAT, save_atomic
+from seqtr_lib.checkpoint import CHECKPOINT_FORMAT, UnreadableCheckpoint, load_weights_only, save_atomic
 from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.model.seqtr import build_model, without_weight_files
 from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
@@ -114,23 +113,10 @@ def _block(tensor: torch.Tensor, block: int | None, blocks: int = len(_PROJECTIO
 
 def read_release(path: str | Path) -> dict[str, Any]:
     """A release file's dict, loaded weights-only (no pickled code runs); one-line errors naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"release checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):  # also what a truncated download looks like
-        raise OriginalCheckpointError(f"{path} is not a readable PyTorch checkpoint (not the zip archive that "
-                                      "torch.save writes); is the file complete?")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        raise OriginalCheckpointError(
-            f"{path}: refused: it holds pickled objects other than tensors and plain data, and loading them "
-            f"could run code ({f'first: {found.group(1)}' if found else 'weights-only loading failed'})") from None
-    except Exception as error:  # a damaged archive member, ...
-        raise OriginalCheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
-                                      f"{str(error).splitlines()[0][:120] if str(error) else 'no message'}); "
-                                      "is the file complete?") from None
+        payload = load_weights_only(path, "PyTorch checkpoint")
+    except UnreadableCheckpoint as error:
+        raise OriginalCheckpointError(str(error)) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
         raise OriginalCheckpointError(f"{path} has no 'state_dict' entry: not an original SeqTR checkpoint "
                                       f"(entries: {sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__})")

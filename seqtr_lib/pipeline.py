@@ -46,7 +46,7 @@ DEMO_OVERRIDES = ("train.epochs=3", "train.warmup_epochs=1", "train.decay_epochs
                   "train.log_every=10")
 DEMO_PARAMETERS: dict[str, Any] = {"splits": ["val"]}
 # The fast project: 40 small images and a few steps; every notebook runs, nothing learns.
-FAST_OVERRIDES = ("data.synthetic_images=40", "data.synthetic_image_size=128", "data.image_size=128",
+FAST_OVERRIDES = ("data.synthetic.num_images=40", "data.synthetic.image_size=128", "data.image_size=128",
                   "data.num_workers=0", "data.batch_size=16", "data.eval_batch_size=32", "train.epochs=2",
                   "train.max_steps_per_epoch=3", "train.val_limit=100", "train.log_every=1")
 FAST_PROJECT = "outputs/demo_fast"

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,65 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seqtr_lib.codec import SequenceCodec
 from seqtr_lib.config import Experiment
-from seqtr_lib.data.refer import MAX_IMAGE_PIXELS, ImageTooLarge, check_image_size, header_size, read_image
 from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
-from seqtr_lib.evaluation import box_in_original_pixels, load_trained, polygon_in_original_pixels, polygon_mask_rle
+from seqtr_lib.evaluation import load_trained
+from seqtr_lib.images import MAX_IMAGE_PIXELS, to_rgb_uint8
 from seqtr_lib.model.seqtr import SeqTR
 from seqtr_lib.sequence import rle_to_mask
 from seqtr_lib.text import Vocabulary
-
-
-def to_rgb_uint8(image: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """A path, PIL image or array (gray, RGB, RGBA; 8 or 16 bit) -> (H, W, 3) uint8 RGB.
-
-    Images above ``max_pixels`` raise ImageTooLarge; a file is measured from its header, before decoding.
-    """
-    if isinstance(image, (str, Path)):
-        return read_image(image, max_pixels)
-    if not isinstance(image, np.ndarray):  # a PIL image
-        from PIL import ImageOps
-
-        check_image_size(*image.size, max_pixels)
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    array = image
-    if array.ndim >= 2:
-        check_image_size(array.shape[1], array.shape[0], max_pixels)
-    if array.dtype == np.uint16:
-        array = (array >> 8).astype(np.uint8)
-    if array.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8 or uint16, got {array.dtype}")
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array[:, :, :3])
-
-
-def decode_image_bytes(content: bytes, name: str = "the upload", max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file's bytes -> (H, W, 3) uint8 RGB; gray, palette, RGBA and 16-bit images are accepted.
-
-    Raises ImageTooLarge above ``max_pixels`` (read from the header, before decoding) and ValueError naming
-    ``name`` when the bytes are no image OpenCV or Pillow can decode.
-    """
-    import cv2
-
-    if size := header_size(content):
-        check_image_size(*size, max_pixels, name)
-    data = np.frombuffer(content, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is not None:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    from PIL import Image
-
-    try:  # formats OpenCV lacks (TGA, ICO, PCX, ...); the size was checked above
-        with Image.open(io.BytesIO(content)) as opened:
-            return to_rgb_uint8(opened, None)
-    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are no image
-        raise ValueError(f"{name} is not an image ({len(content)} bytes that neither OpenCV nor Pillow can decode); "
-                         "expected a PNG, JPEG, WebP, TIFF, BMP or GIF file") from None
 
 
 def prepare_inference_image(rgb: np.ndarray, image_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -136,6 +84,7 @@ class Grounder:
     def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device,
                  max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
         self.model = model.eval().to(device)
+        self.codec = SequenceCodec.from_experiment(experiment)
         self.experiment = experiment
         self.vocabulary = vocabulary
         self.device = device
@@ -151,16 +100,18 @@ class Grounder:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        task = self.experiment.model.task
-        return ("box", "mask") if task == "multi" else (task,)
+        """What this checkpoint can predict: its sequence's parts ("box", "mask")."""
+        return self.codec.layout.parts
 
     @torch.inference_mode()
-    def predict(self, image: Any, expression: str, task: str | None = None,
-                return_attention: bool = False) -> Prediction:
+    def predict(self, image: Any, expression: str, task: str | None = None, return_attention: bool = False,
+                strategy: str = "greedy", top_p: float = 0.9, seed: int = 0) -> Prediction:
         """Ground ``expression`` in ``image`` (a path, a PIL image or an HxWx3/HxW uint8 array).
 
         ``return_attention`` adds the decoder's cross-attention for every emitted coordinate token
         (`Prediction.attention`, `Prediction.attention_grid`); it costs K x H x W floats for an H x W image.
+        ``strategy`` "top_p" samples each token from the smallest set of likely tokens whose probability mass
+        reaches ``top_p`` (nucleus sampling, drawn with ``seed``) instead of taking the most likely one.
         """
         task = task or self.tasks[0]
         if task not in self.tasks:
@@ -172,21 +123,19 @@ class Grounder:
         rgb = to_rgb_uint8(image, self.max_pixels)
         images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
         ids = torch.from_numpy(self.vocabulary.encode(expression, self.experiment.max_token))[None]
+        sampling = torch.Generator(self.device).manual_seed(seed) if strategy == "top_p" else None
         generated = self.model.generate(images.to(self.device), pad_mask.to(self.device), ids.to(self.device),
+                                        task=task, strategy=strategy, top_p=top_p, generator=sampling,
                                         return_attention=return_attention)
-        num_bin = self.experiment.model.num_bin
-        token_mapping = (self.experiment.model.mapping, self.experiment.data.image_size)
         tokens = generated[f"{task}_tokens"][0].cpu().numpy()
         scores = generated[f"{task}_scores"][0].float().cpu().numpy()
-        box = polygon = mask = None
-        if task == "box":
-            box = box_in_original_pixels(tokens, meta, num_bin, *token_mapping)
-        else:
-            polygon = polygon_in_original_pixels(tokens, meta, num_bin, *token_mapping)
-            mask = rle_to_mask(polygon_mask_rle(polygon, meta["ori_shape"]))
+        decoded = self.codec.decode({f"{task}_tokens": tokens[None]}, 0, meta)
+        box = np.array(decoded["pred_box"], dtype=np.float32) if "pred_box" in decoded else None
+        polygon = np.array(decoded["pred_polygon"], dtype=np.float32).reshape(-1, 2) if "pred_polygon" in decoded else None
+        mask = rle_to_mask(decoded["pred_rle"]) if "pred_rle" in decoded else None
         attention = attention_grid = None
         if return_attention:
-            emitted = len(tokens) if task == "box" else int(np.cumprod(tokens < num_bin).sum())
+            emitted = self.codec.layout.num_emitted(tokens)
             stride = self.model.fusion.stride
             grid_shape = (meta["pad_shape"][0] // stride, meta["pad_shape"][1] // stride)
             raw = generated[f"{task}_attention"][0, :, :, :emitted].float()  # (L, nh, K, S)

@@ -1,12 +1,7 @@
-"""Sequence construction: coordinates <-> tokens, mask contours -> vertices, tokens -> polygons -> RLE.
+"""The pure steps under the token format: quantization, mask contours -> vertices, point-order
+shuffling, polygons <-> RLE masks.
 
-Token layout (one place, nowhere else computes it):
-
-    0 .. num_bin-1   quantized coordinates (x or y, interleaved x1, y1, x2, y2, ...)
-    num_bin          EOS (end of sequence; also the target of every missing mask vertex)
-
-so the decoder's output vocabulary has ``num_bin + 1`` entries. Task identity in multi-task
-sequences is a separate learned 2-entry embedding, not a token.
+`seqtr_lib.codec` composes them into the sequences themselves (layout, EOS, targets, decoding).
 """
 
 from __future__ import annotations
@@ -21,16 +16,6 @@ import torch
 NUM_BIN = 1000
 
 
-def eos_token(num_bin: int = NUM_BIN) -> int:
-    """The EOS id: one past the last coordinate bin."""
-    return num_bin
-
-
-def token_vocab_size(num_bin: int = NUM_BIN) -> int:
-    """Number of decoder output classes: the coordinate bins plus EOS."""
-    return num_bin + 1
-
-
 # Accepted by quantize/dequantize; the result has the same type as the input.
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -38,20 +23,10 @@ ArrayLike = np.ndarray | torch.Tensor
 _MIN_POLYGON_COORDS = 6
 
 
-def _extent(
-    pad_w: Any, pad_h: Any, mapping: str, image_size: int, like: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (x, y) lengths that map onto ``num_bin`` bins: float64 tensors on ``like``'s device."""
-    if mapping == "relative":
-        width, height = pad_w, pad_h
-    elif mapping == "absolute":
-        width, height = image_size, image_size
-    else:
-        raise ValueError(f"coordinate mapping {mapping!r} is unknown; use 'relative' or 'absolute'")
-    return (
-        torch.as_tensor(width, dtype=torch.float64, device=like.device),
-        torch.as_tensor(height, dtype=torch.float64, device=like.device),
-    )
+def _lengths(width: Any, height: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) lengths that map onto ``num_bin`` bins, as float64 tensors on ``like``'s device."""
+    return (torch.as_tensor(width, dtype=torch.float64, device=like.device),
+            torch.as_tensor(height, dtype=torch.float64, device=like.device))
 
 
 def _interleaved_float64(values: Any, what: str) -> torch.Tensor:
@@ -65,27 +40,20 @@ def _interleaved_float64(values: Any, what: str) -> torch.Tensor:
     return values
 
 
-def quantize(
-    coords: ArrayLike,
-    pad_w: float,
-    pad_h: float,
-    num_bin: int = NUM_BIN,
-    mapping: str = "relative",
-    image_size: int = 640,
-) -> ArrayLike:
+def quantize(coords: ArrayLike, width: Any, height: Any, num_bin: int = NUM_BIN) -> ArrayLike:
     """Pixel coordinates -> coordinate tokens in [0, num_bin - 1].
 
-    coords: (..., 2K) interleaved x1, y1, x2, y2, ... in pixels of the padded image (numpy array,
-    list or torch tensor). ``relative`` maps x by floor(x / pad_w * num_bin) and y by
-    floor(y / pad_h * num_bin); ``absolute`` divides both by ``image_size``. pad_w and pad_h may
-    also be arrays broadcastable to coords[..., 0::2]. Returns int64, a torch tensor (on the same
-    device) for a torch tensor and a numpy array otherwise.
+    coords: (..., 2K) interleaved x1, y1, x2, y2, ... in pixels (numpy array, list or torch tensor).
+    x becomes floor(x / width * num_bin) and y floor(y / height * num_bin); width and height are the
+    extent the bins span (the codec passes the padded size, or the input size for the absolute
+    mapping) and may be arrays broadcastable to coords[..., 0::2]. Returns int64, a torch tensor (on the
+    same device) for a torch tensor and a numpy array otherwise.
 
     The clamp to num_bin - 1 departs from the reference, whose clamp is a no-op (it clamps a copy):
     there a coordinate equal to the padded width becomes num_bin, the EOS id.
     """
     values = _interleaved_float64(coords, "coords")
-    width, height = _extent(pad_w, pad_h, mapping, image_size, like=values)
+    width, height = _lengths(width, height, like=values)
     tokens = torch.empty(values.shape, dtype=torch.int64, device=values.device)
     tokens[..., 0::2] = torch.floor(values[..., 0::2] / width * num_bin)
     tokens[..., 1::2] = torch.floor(values[..., 1::2] / height * num_bin)
@@ -93,56 +61,20 @@ def quantize(
     return tokens if isinstance(coords, torch.Tensor) else tokens.numpy()
 
 
-def dequantize(
-    tokens: ArrayLike,
-    pad_w: float,
-    pad_h: float,
-    num_bin: int = NUM_BIN,
-    mapping: str = "relative",
-    image_size: int = 640,
-) -> ArrayLike:
+def dequantize(tokens: ArrayLike, width: Any, height: Any, num_bin: int = NUM_BIN) -> ArrayLike:
     """Coordinate tokens -> pixel coordinates, the inverse of :func:`quantize` up to one bin.
 
     tokens: (..., 2K) interleaved x, y tokens (numpy array, list or torch tensor). Token t becomes
-    t * pad_w / num_bin for x and t * pad_h / num_bin for y (``image_size`` for both when
-    ``absolute``), i.e. the bin's lower edge. Returns float32, a torch tensor (on the same device)
-    for a torch tensor and a numpy array otherwise.
+    t * width / num_bin for x and t * height / num_bin for y, i.e. the bin's lower edge. Returns
+    float32, a torch tensor (on the same device) for a torch tensor and a numpy array otherwise.
     """
     values = _interleaved_float64(tokens, "tokens")
-    width, height = _extent(pad_w, pad_h, mapping, image_size, like=values)
+    width, height = _lengths(width, height, like=values)
     coords = torch.empty_like(values)
     coords[..., 0::2] = values[..., 0::2] * width / num_bin
     coords[..., 1::2] = values[..., 1::2] * height / num_bin
     coords = coords.to(torch.float32)
     return coords if isinstance(tokens, torch.Tensor) else coords.numpy()
-
-
-def _to_numpy(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def box_to_tokens(
-    box_xyxy: Sequence[float] | np.ndarray, pad_shape: tuple[int, int], num_bin: int = NUM_BIN
-) -> np.ndarray:
-    """Box [x1, y1, x2, y2] in pixels of the padded image (pad_h, pad_w) -> int64[4] tokens."""
-    box = np.asarray(box_xyxy, dtype=np.float64)
-    if box.shape != (4,):
-        raise ValueError(f"box_xyxy must hold 4 values x1, y1, x2, y2, got shape {box.shape}")
-    pad_h, pad_w = pad_shape
-    return quantize(box, pad_w, pad_h, num_bin)
-
-
-def tokens_to_box(
-    tokens: Sequence[int] | np.ndarray, pad_shape: tuple[int, int], num_bin: int = NUM_BIN
-) -> np.ndarray:
-    """Four tokens -> float32[4] box [x1, y1, x2, y2] in pixels of the padded image."""
-    values = _to_numpy(tokens)
-    if values.shape != (4,):
-        raise ValueError(f"a box is 4 tokens x1, y1, x2, y2, got shape {values.shape}")
-    pad_h, pad_w = pad_shape
-    return dequantize(values, pad_w, pad_h, num_bin)
 
 
 def _ray_vertices(contour: np.ndarray, center: tuple[float, float], num_ray: int) -> np.ndarray:
@@ -210,48 +142,6 @@ def sample_mask_vertices(
     vertices[0, : len(points)] = np.clip(points[:, 0], 0, pad_w - 1)
     vertices[1, : len(points)] = np.clip(points[:, 1], 0, pad_h - 1)
     return vertices
-
-
-def vertices_to_tokens(
-    vertices: np.ndarray, pad_shape: tuple[int, int], num_bin: int = NUM_BIN
-) -> np.ndarray:
-    """Contour vertices (..., 2, N) (x row, y row) -> int64 tokens (..., 2N) x1, y1, x2, y2, ...
-
-    A vertex with a negative coordinate (the -1 of a missing slot) becomes two EOS tokens.
-    pad_shape is (pad_h, pad_w).
-    """
-    vertices = np.asarray(vertices)
-    if vertices.ndim < 2 or vertices.shape[-2] != 2:
-        raise ValueError(f"vertices must be (..., 2, N) (x row, y row), got {vertices.shape}")
-    points = np.swapaxes(vertices, -1, -2)  # (..., N, 2)
-    pad_h, pad_w = pad_shape
-    tokens = quantize(points, pad_w, pad_h, num_bin)
-    tokens[(points < 0).any(axis=-1)] = eos_token(num_bin)
-    return tokens.reshape(*points.shape[:-2], -1)
-
-
-def _valid_coordinate_tokens(tokens: Any, num_bin: int) -> np.ndarray:
-    """Tokens up to the first EOS, without an odd trailing token: (2K,) int64."""
-    tokens = _to_numpy(tokens).astype(np.int64).reshape(-1)
-    eos_at = np.flatnonzero(tokens == eos_token(num_bin))
-    if len(eos_at):
-        tokens = tokens[: eos_at[0]]
-    return tokens[: len(tokens) // 2 * 2]
-
-
-def tokens_to_vertices(
-    tokens: Any, pad_shape: tuple[int, int], num_bin: int = NUM_BIN, mapping: str = "relative",
-    image_size: int = 640,
-) -> np.ndarray:
-    """Generated mask tokens (T,) -> float32 (K, 2) x, y points in pixels of the padded image.
-
-    The sequence is cut at its first EOS and an odd trailing token is dropped, so K <= T // 2.
-    pad_shape is (pad_h, pad_w); ``mapping``/``image_size`` as for :func:`dequantize`. Accepts a numpy
-    array, list or torch tensor.
-    """
-    pad_h, pad_w = pad_shape
-    coords = dequantize(_valid_coordinate_tokens(tokens, num_bin), pad_w, pad_h, num_bin, mapping, image_size)
-    return coords.reshape(-1, 2)
 
 
 def shuffle_point_order(
@@ -336,16 +226,3 @@ def polygon_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int)
     if not rasterisable:
         return _empty_rle(height, width)
     return mask_utils.merge(mask_utils.frPyObjects(rasterisable, height, width))
-
-
-def tokens_to_rle(tokens: Any, pad_shape: tuple[int, int], num_bin: int = NUM_BIN) -> dict:
-    """Generated mask tokens (T,) -> RLE dict of the padded image size (pad_h, pad_w).
-
-    Cut at the first EOS, drop an odd trailing token, dequantize; fewer than 2 points give an
-    empty mask, exactly 2 points the box they span, more a polygon.
-    """
-    pad_h, pad_w = pad_shape
-    points = tokens_to_vertices(tokens, pad_shape, num_bin)
-    if len(points) < 2:
-        return _empty_rle(pad_h, pad_w)
-    return polygon_to_rle([points.reshape(-1).tolist()], pad_h, pad_w)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -279,7 +278,7 @@ def _read_spacy_vectors(pipeline: str, words: list[str], dim: int) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Files of the original SeqTR release (token_to_ix.pkl, word_emb.npz)
+# Files of the original SeqTR release (token_to_ix.pkl)
 # ---------------------------------------------------------------------------------------------------
 
 # Names the original release gives ids 0, 1, 2 (its tokenizer writes 'PAD', 'UNK', 'CLS').
@@ -327,30 +326,3 @@ def load_token_to_ix(path: str | os.PathLike) -> Vocabulary:
         return Vocabulary(list(SPECIAL_TOKENS) + words[len(SPECIAL_TOKENS):])
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
-
-
-def load_word_emb_npz(path: str | os.PathLike) -> np.ndarray:
-    """Read the original release's ``word_emb.npz``: float32 ``(num_words, dim)``, row i = id i.
-
-    Any single-array npz is accepted whatever its key (the release uses ``word_emb``); object arrays
-    are refused (``allow_pickle=False``).
-    """
-    path = Path(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: cannot read word embeddings ({error})") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: is a single .npy array, not an .npz archive of word embeddings")
-    with archive:
-        keys = list(archive.keys())
-        if len(keys) != 1:
-            raise ValueError(f"{path}: expected exactly one array in the archive, found keys {keys}")
-        try:
-            embedding = archive[keys[0]]
-        except ValueError as error:
-            raise ValueError(f"{path}: cannot read array {keys[0]!r} ({error})") from error
-    if embedding.ndim != 2 or not np.issubdtype(embedding.dtype, np.floating):
-        raise ValueError(f"{path}: array {keys[0]!r} has shape {embedding.shape} and dtype "
-                         f"{embedding.dtype}; expected a 2-D float array (num_words, dim)")
-    return embedding.astype(np.float32, copy=False)

@@ -1,8 +1,9 @@
-"""Matplotlib drawing for grounding samples: image, box, mask polygons, expression.
+"""Matplotlib drawing for grounding: images with boxes, mask polygons and point sequences, attention maps,
+and the notebooks' charts.
 
-Drawing functions take an Axes, so they serve notebooks (inline backend) and scripts alike.
-`contact_sheet` builds a bare `Figure` instead of going through pyplot: it never selects or changes
-a backend (a Jupyter session keeps its inline one) and needs no display.
+Drawing only: functions take arrays, dicts and predictions, never paths (`seqtr_lib.samples` reads
+samples). They draw on an Axes, or build a bare `Figure` instead of going through pyplot, so they never
+select or change a backend (a Jupyter session keeps its inline one) and need no display.
 
 Coordinates are pixels in the COCO convention: pixel (i, j) covers [i, i+1) x [j, j+1), so images are
 drawn with ``extent=(0, W, H, 0)`` and boxes and polygons land on the pixels they describe.
@@ -10,20 +11,15 @@ drawn with ``extent=(0, W, H, 0)`` and boxes and polygons land on the pixels the
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
-from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon, Rectangle
-
-from seqtr_lib.data.synthetic import annotation_path, image_path
 
 
 def draw_sample(ax: Axes, image: np.ndarray, box: Sequence[float] | None = None,
@@ -47,49 +43,6 @@ def draw_sample(ax: Axes, image: np.ndarray, box: Sequence[float] | None = None,
         ax.set_title(textwrap.fill(expression, wrap), fontsize=8)
     ax.set_axis_off()
     return ax
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}: missing or not an image; "
-                                "regenerate the data with `python -m seqtr_lib make-synthetic`")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def contact_sheet(data_root: str | Path, split: str = "train",
-                  out_path: str | Path = "outputs/synthetic_samples.png", num_samples: int = 12,
-                  seed: int = 0) -> Path:
-    """Write a PNG grid of random synthetic samples (box, mask, one of their expressions); return its path."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1; got {num_samples}")
-    json_path = annotation_path(data_root)
-    with open(json_path) as f:
-        dataset = json.load(f)
-    if not dataset.get(split):
-        raise KeyError(f"{json_path} has no annotations for split {split!r}; "
-                       f"splits with annotations: {[name for name, anns in dataset.items() if anns]}")
-    annotations = dataset[split]
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(annotations), size=min(num_samples, len(annotations)), replace=False)
-    columns = min(4, len(picks))
-    rows = math.ceil(len(picks) / columns)
-    figure = Figure(figsize=(3 * columns, 3.3 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, pick in zip(axes, picks):
-        ann = annotations[pick]
-        x, y, w, h = ann["bbox"]
-        expression = ann["expressions"][rng.integers(len(ann["expressions"]))]
-        polygons = ann["mask"] if isinstance(ann.get("mask"), list) else None
-        draw_sample(ax, read_rgb(image_path(data_root, ann["image_id"])), (x, y, x + w, y + h),
-                    polygons, expression)
-    for ax in axes[len(picks):]:
-        ax.set_axis_off()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=100)
-    return out_path
 
 
 def draw_points(ax: Axes, points: np.ndarray, scores: Sequence[float] | None = None, *, color: str = "#ff3366",
@@ -135,8 +88,6 @@ def new_figure(width: float = 6.0, height: float = 6.0) -> tuple[Figure, Axes]:
 
 GT_COLOR = "#00ff66"
 PRED_COLOR = "#ff3366"
-# The number best.pt is chosen by, per task (engine.headline_score).
-HEADLINE_METRICS = {"box": ("acc@0.5",), "mask": ("miou",), "multi": ("box/acc@0.5", "mask/miou")}
 
 
 def figure_png(figure: Figure, dpi: int = 110) -> bytes:
@@ -173,10 +124,11 @@ def draw_comparison(ax: Axes, image: np.ndarray, gt_box: Sequence[float] | None,
     return ax
 
 
-def training_curves(records: Sequence[dict], task: str) -> Figure:
+def training_curves(records: Sequence[dict], metrics: Sequence[str]) -> Figure:
     """Loss (per logged step and epoch mean), learning rate, and validation scores of raw vs EMA weights.
 
-    records: log.jsonl lines (``type`` "step" or "epoch"); task picks the validation metric(s).
+    records: log.jsonl lines (``type`` "step" or "epoch"); metrics: the validation metrics to draw (the
+    task's `metrics.headline_metrics`).
     """
     steps = [r for r in records if r.get("type") == "step"]
     epochs = [r for r in records if r.get("type") == "epoch"]
@@ -192,7 +144,7 @@ def training_curves(records: Sequence[dict], task: str) -> Figure:
     lr_ax.plot([r["step"] for r in lr_source], [r["lr"] for r in lr_source], ".-")
     lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
     for weights in ("raw", "ema"):
-        for metric in HEADLINE_METRICS[task]:
+        for metric in metrics:
             points = [(r["epoch"] + 1, r["val"][weights][metric]) for r in epochs if weights in r.get("val", {})]
             if points:
                 val_ax.plot(*zip(*points), "o-" if weights == "raw" else "s--", label=f"{weights} {metric}")
@@ -230,7 +182,7 @@ def iou_histogram(ious: Sequence[float], title: str) -> Figure:
 
 
 def breakdown_chart(breakdown: dict[str, dict[str, dict[str, float]]]) -> Figure:
-    """Bars of mIoU and Acc@0.5 per group, one panel per grouping (notebook.category_breakdown)."""
+    """Bars of mIoU and Acc@0.5 per group, one panel per grouping (reports.category_breakdown)."""
     figure = Figure(figsize=(5.5 * len(breakdown), 3.8), layout="constrained")
     axes = figure.subplots(1, max(len(breakdown), 1), squeeze=False)[0]
     for ax, (grouping, members) in zip(axes, breakdown.items()):
@@ -245,7 +197,7 @@ def breakdown_chart(breakdown: dict[str, dict[str, dict[str, float]]]) -> Figure
 
 
 def ablation_chart(results: dict, metric: str) -> Figure:
-    """Matched vs shuffled expressions (engine.evaluate's ``<weights>_shuffled`` entries), per split and weights."""
+    """Matched vs shuffled expressions (evaluation.evaluate's ``<weights>_shuffled`` entries), per split and weights."""
     pairs = [(f"{split}\n{weights}", scores[metric], per_split[f"{weights}_shuffled"][metric])
              for split, per_split in results["splits"].items()
              for weights, scores in per_split.items() if f"{weights}_shuffled" in per_split]

@@ -47,7 +47,7 @@ def reference(task: str) -> dict[str, object]:
     initial = {name: (tuple(tensor.shape), float(tensor.double().sum())) for name, tensor in model.state_dict().items()}
     inputs = fixed_inputs(task)
     outputs = model(**inputs)
-    loss = sequence_loss(outputs, inputs.get("box_tokens"), inputs.get("mask_tokens"), MODEL["num_bin"])["loss"]
+    loss = sequence_loss(outputs, inputs, model.layout)["loss"]
     model.eval()
     generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
     return {

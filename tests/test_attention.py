@@ -105,7 +105,7 @@ def test_generated_maps_equal_the_teacher_forced_pass_on_the_generated_tokens(ta
         start = 5 if task == "multi" else 0  # multi: x1, y1, x2, y2, EOS, then the mask's positions
         steps = generated["mask_attention"].shape[3]
         emitted = torch.cat([torch.ones(2, 1, dtype=torch.bool),
-                             generated["mask_tokens"][:, :-1] != model.num_bin], dim=1).cumprod(dim=1).bool()
+                             generated["mask_tokens"][:, :-1] != model.layout.eos], dim=1).cumprod(dim=1).bool()
         expected = forced[:, :, :, start : start + steps] * emitted[:, None, None, :, None]
         torch.testing.assert_close(generated["mask_attention"], expected, atol=1e-5, rtol=0)
     for key in ("box_attention", "mask_attention"):

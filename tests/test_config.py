@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from seqtr_lib.config import ConfigError, Experiment, experiment_from_dict, experiment_to_dict, load_params
+from seqtr_lib.config import (ConfigError, Experiment, SyntheticConfig, experiment_from_dict, experiment_to_dict,
+                              load_params)
 
 PARAMS = Path(__file__).resolve().parent.parent / "params"
 
@@ -177,3 +178,40 @@ def test_run_dir_and_annotation_path():
     assert experiment.run_dir == Path("runs/abc")
     assert experiment.annotation_path == Path("/d/annotations/flickr30k/instances.json")
     assert isinstance(Experiment(), Experiment)
+
+
+def test_synthetic_options_nest_under_data_synthetic_in_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "data:\n  synthetic:\n    num_images: 100\n    seed: 4\n")
+    experiment = load_params(path, ["data.synthetic.num_images=6000"])
+    assert (experiment.data.synthetic.num_images, experiment.data.synthetic.seed) == (6000, 4)
+    assert experiment.data.synthetic.image_size == 256  # the default
+    assert experiment_to_dict(experiment)["data"]["synthetic"] == {"num_images": 6000, "image_size": 256, "seed": 4}
+    with pytest.raises(ConfigError, match=r"data.synthetic.num_images = 2 is invalid: it must be at least 4"):
+        load_params(None, ["data.synthetic.num_images=2"])
+    with pytest.raises(ConfigError, match=r"'data.synthetic' must be a mapping of keys, got 5"):
+        load_params(write(tmp_path, "data:\n  synthetic: 5\n"))
+    with pytest.raises(ConfigError, match=r"unknown key 'data.synthetic.images'; did you mean 'data.synthetic.num_images'"):
+        load_params(write(tmp_path, "data:\n  synthetic:\n    images: 5\n"))
+
+
+@pytest.mark.parametrize("old, new", [
+    ("data.synthetic_images", "data.synthetic.num_images"),
+    ("data.synthetic_image_size", "data.synthetic.image_size"),
+    ("data.synthetic_seed", "data.synthetic.seed"),
+])
+def test_a_moved_key_names_its_new_place_in_overrides_and_files(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=rf"--set {old}=64: unknown key '{old}': {old} moved to {new}$"):
+        load_params(None, [f"{old}=64"])
+    path = write(tmp_path, f"data:\n  {old.split('.')[1]}: 64\n")
+    with pytest.raises(ConfigError, match=rf"params.yaml: unknown key '{old}': {old} moved to {new}$"):
+        load_params(path)
+
+
+def test_a_config_stored_before_the_move_is_upgraded():
+    stored = experiment_to_dict(load_params(None, ["data.dataset=refcoco-unc"]))
+    del stored["data"]["synthetic"]
+    stored["data"].update(synthetic_images=40, synthetic_image_size=128, synthetic_seed=3)
+    experiment = experiment_from_dict(stored, source="old.pt")
+    assert experiment.data.synthetic == SyntheticConfig(num_images=40, image_size=128, seed=3)
+    assert experiment.data.dataset == "refcoco-unc"
+    assert "synthetic_images" in stored["data"]  # the caller's dict is left as it was

@@ -19,7 +19,6 @@ from seqtr_lib.config import ModelConfig
 from seqtr_lib.engine import autocast
 from seqtr_lib.loss import sequence_loss
 from seqtr_lib.model.seqtr import build_model
-from seqtr_lib.sequence import eos_token
 from seqtr_lib.text import PAD_ID, Vocabulary
 
 try:
@@ -77,7 +76,7 @@ def make_batch(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     expression_ids = expression_ids.masked_fill(torch.arange(6)[None, :] >= lengths[:, None], PAD_ID)
     corners = torch.randint(0, NUM_BIN, (batch, 2, 2), generator=generator).sort(dim=1).values
     mask_tokens = torch.randint(0, NUM_BIN, (batch, 2 * NUM_RAY), generator=generator)
-    mask_tokens[:, -2:] = eos_token(NUM_BIN)  # the last vertex is missing
+    mask_tokens[:, -2:] = NUM_BIN  # EOS: the last vertex is missing
     return dict(images=images, pad_mask=pad_mask, expression_ids=expression_ids,
                 box_tokens=corners.reshape(batch, 4), mask_tokens=mask_tokens)
 
@@ -105,8 +104,7 @@ def test_bf16_training_step_on_cuda_gives_a_finite_loss_and_a_finite_gradient_fo
         with autocast(CUDA, "bf16"):
             outputs = model(**batch)
         assert all(logits.dtype == torch.bfloat16 for logits in outputs.values()), f"{task}: autocast did not apply"
-        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch["box_tokens"], batch["mask_tokens"],
-                             NUM_BIN)["loss"]
+        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch, model.layout)["loss"]
         loss.backward()
         assert torch.isfinite(loss), f"{task}: loss {loss.item()}"
         for name, parameter in model.named_parameters():
@@ -167,7 +165,7 @@ def test_tiny_model_trained_on_cuda_in_bf16_lowers_the_loss_on_a_fixed_batch():
     for _ in range(40):
         with autocast(CUDA, "bf16"):
             outputs = model(**batch)
-        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch["box_tokens"], None, NUM_BIN)["loss"]
+        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch, model.layout)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(trainable, 0.15)

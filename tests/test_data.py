@@ -14,9 +14,11 @@ from PIL import Image
 
 from seqtr_lib.config import load_params
 from seqtr_lib.data.convert import convert_refer
+from seqtr_lib.data.datasets import DATASETS, SYNTHETIC, annotation_path, image_path
 from seqtr_lib.data.loader import Collate
-from seqtr_lib.data.refer import AnnotationError, BadImageError, ReferDataset, build_dataset, load_vocabulary
-from seqtr_lib.sequence import eos_token
+from seqtr_lib.data.refer import AnnotationError, ReferDataset, build_dataset, load_vocabulary
+from seqtr_lib.images import BadImageError
+from seqtr_lib.codec import SequenceCodec, TokenLayout
 from seqtr_lib.text import UNK_ID, Vocabulary
 
 RED = (230, 20, 20)
@@ -103,6 +105,22 @@ def test_mixed_routes_each_data_source_to_its_image_folder(tmp_path):
     assert data[0]["expression_ids"].shape == (40,)
 
 
+def test_the_path_rules_name_the_files_the_paper_layout_has():
+    assert annotation_path("/d", "refcoco-unc") == Path("/d/annotations/refcoco-unc/instances.json")
+    assert annotation_path(Path("rel"), "synthetic") == Path("rel/annotations/synthetic/instances.json")
+    assert set(DATASETS) == set(FAMILIES) | {"mixed"}
+    for dataset, (splits, max_token, name) in FAMILIES.items():
+        assert (DATASETS[dataset].splits, DATASETS[dataset].max_token) == (splits, max_token)
+        assert image_path("/d", dataset, {"image_id": 42}) == Path("/d") / name.format(42)
+    assert image_path("/d", "refcoco-unc", {"image_id": 9}) == Path(
+        "/d/images/mscoco/train2014/COCO_train2014_000000000009.jpg")
+    for source, name in MIXED_NAMES.items():
+        assert image_path("/d", "mixed", {"image_id": 5, "data_source": source}) == Path("/d") / name.format(5)
+    # The generator writes where the readers look.
+    assert SYNTHETIC.directory("/d") == Path("/d/images/synthetic")
+    assert SYNTHETIC.path("/d", 3) == image_path("/d", "synthetic", {"image_id": 3}) == Path("/d/images/synthetic/3.jpg")
+
+
 def test_mixed_annotation_without_a_known_data_source_is_reported(tmp_path):
     write_annotations(tmp_path, "mixed", {"train": [annotation(1, data_source="coco"), annotation(2)]})
     with pytest.raises(AnnotationError, match=r"instances.json, split 'train', annotation 1 has data_source None"):
@@ -160,7 +178,7 @@ def test_skip_bad_images_skips_and_counts_them(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         samples = [data[0], data[1]]
     assert samples[1] is None and "2.jpg" in caplog.text and "annotation 1" in caplog.text
-    batch = Collate("box", num_ray=6)(samples)
+    batch = Collate(SequenceCodec(TokenLayout("box", 1000, 6)))(samples)
     assert batch["num_skipped"] == 1 and len(batch["metas"]) == 1 and batch["images"].shape[0] == 1
 
 
@@ -207,8 +225,8 @@ def test_degenerate_mask_is_kept_with_an_all_eos_target(tmp_path, mask):
     data = one_image_dataset(tmp_path, task="mask", mask=mask)
     sample = data[0]
     assert (sample["vertices"] == -1).all()
-    batch = Collate("mask", num_ray=data.num_ray)([sample])
-    assert (batch["mask_tokens"] == eos_token()).all()
+    batch = Collate(SequenceCodec(TokenLayout("mask", 1000, data.num_ray)))([sample])
+    assert (batch["mask_tokens"] == 1000).all()  # EOS
 
 
 def test_empty_expression_becomes_a_single_unk(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 from conftest import write_params
 from seqtr_lib.config import load_params
 from seqtr_lib.demo import GroundingDemo, dataset_samples
-from seqtr_lib.predict import Grounder, decode_image_bytes
+from seqtr_lib.images import decode_image_bytes
+from seqtr_lib.predict import Grounder
 
 OVERLAY_RGB = np.array([0xFF, 0x33, 0x66])  # viz's prediction colour; absent from synthetic scenes
 
@@ -160,3 +161,15 @@ def test_uploads_opencv_cannot_decode_are_read_with_pillow():
     np.testing.assert_array_equal(decode_image_bytes(buffer.getvalue()), original)  # lossless
     with pytest.raises(ValueError, match="empty.png is not an image"):
         decode_image_bytes(b"", "empty.png")
+
+
+@pytest.mark.slow
+def test_grounder_samples_reproducibly_and_a_vanishing_nucleus_is_greedy(trained, tiny_data_root):
+    grounder, _ = trained
+    image = next((tiny_data_root / "images" / "synthetic").glob("*.jpg"))
+    greedy = grounder.predict(image, "the red circle")
+    first, again = (grounder.predict(image, "the red circle", strategy="top_p", top_p=0.9, seed=5) for _ in range(2))
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    # The most likely token always stays in the nucleus; with a mass of 1e-9 it is the only one.
+    nucleus_of_one = grounder.predict(image, "the red circle", strategy="top_p", top_p=1e-9, seed=5)
+    np.testing.assert_array_equal(nucleus_of_one.tokens, greedy.tokens)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from seqtr_lib.codec import TokenLayout
 from seqtr_lib.config import ConfigError, ModelConfig, experiment_from_dict, load_params
 from seqtr_lib.loss import sequence_loss, target_cell_loss
 from seqtr_lib.model.seqtr import build_model, target_cells
@@ -40,7 +41,7 @@ def test_departures_off_is_the_paper_model(task):
     assert outputs.keys() == reference["logits"].keys()
     for key, logits in reference["logits"].items():
         torch.testing.assert_close(outputs[key], logits, atol=1e-5, rtol=1e-5)
-    loss = sequence_loss(outputs, inputs.get("box_tokens"), inputs.get("mask_tokens"), MODEL["num_bin"])["loss"]
+    loss = sequence_loss(outputs, inputs, model.layout)["loss"]
     assert float(loss.detach()) == pytest.approx(reference["loss"], abs=1e-5)
     model.eval()
     generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
@@ -61,7 +62,7 @@ def test_paper_params_keep_every_departure_off(params):
 def test_input_token_noise_replaces_its_share_of_coordinate_inputs_and_never_eos():
     model = _model("mask", input_token_noise=0.3)
     num_bin = MODEL["num_bin"]
-    tokens = torch.randint(0, num_bin, (256, 2 * model.num_ray))
+    tokens = torch.randint(0, num_bin, (256, model.layout.length("mask")))
     tokens[:, -4:] = num_bin  # an EOS tail: missing contour points
     clean = model.token_embedding(tokens)
     torch.manual_seed(1)
@@ -109,12 +110,12 @@ def test_sequence_loss_adds_the_weighted_cell_loss():
     outputs = {"box_logits": box_logits, "cell_logits": torch.tensor([[0.0, math.log(3.0)]]),
                "target_cells": torch.tensor([1])}
     tokens = torch.tensor([[1, 2, 3, 4]])
-    losses = sequence_loss(outputs, tokens, None, num_bin=8, target_cell_weight=0.5)
+    losses = sequence_loss(outputs, {"box_tokens": tokens}, TokenLayout("box", 8, 4), target_cell_weight=0.5)
     # softmax([0, log 3]) = [1/4, 3/4]: the cell loss is -log(3/4), weighted by 0.5.
     assert float(losses["loss_cell"]) == pytest.approx(0.5 * -math.log(0.75), abs=1e-6)
     assert float(losses["loss"]) == pytest.approx(float(losses["loss_box"] + losses["loss_cell"]), abs=1e-6)
     with pytest.raises(ValueError, match="cell scorer"):
-        sequence_loss({"box_logits": box_logits}, tokens, None, num_bin=8, target_cell_weight=1.0)
+        sequence_loss({"box_logits": box_logits}, {"box_tokens": tokens}, TokenLayout("box", 8, 4), target_cell_weight=1.0)
 
 
 def test_stride16_memory_has_four_times_the_cells():
@@ -184,7 +185,7 @@ def test_selection_models_train_and_generate_for_every_task(task):
     model = _selection_model(task)
     inputs = fixed_inputs(task)
     outputs = model(**inputs, target_box=torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]))
-    losses = sequence_loss(outputs, inputs.get("box_tokens"), inputs.get("mask_tokens"), MODEL["num_bin"], 1.0)
+    losses = sequence_loss(outputs, inputs, model.layout, 1.0)
     losses["loss"].backward()
     assert model.cell_scorer.weight.grad.abs().sum() > 0 and model.query_projection.weight.grad.abs().sum() > 0
     model.eval()

@@ -64,7 +64,7 @@ def test_tiny_model_with_departures_learns_to_localise_within_a_minute():
         tokens = quantize(boxes, SIZE, SIZE, NUM_BIN)
         outputs = model(train["images"][index].float(), no_padding, train["expression_ids"][index],
                         box_tokens=tokens, target_box=boxes)
-        loss = sequence_loss(outputs, tokens, None, NUM_BIN, config.target_cell_loss)["loss"]
+        loss = sequence_loss(outputs, {"box_tokens": tokens}, model.layout, config.target_cell_loss)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -14,7 +14,13 @@ from torchvision import tv_tensors
 from seqtr_lib.config import load_params
 from seqtr_lib.data.loader import Collate, EpochBatchSampler, ShardSampler, build_loader
 from seqtr_lib.data.refer import build_dataset, load_vocabulary
-from seqtr_lib.sequence import eos_token
+from seqtr_lib.codec import SequenceCodec, TokenLayout
+
+EOS = 1000  # num_bin
+
+
+def collate(task, num_ray=4, mapping="relative", image_size=640, **options):
+    return Collate(SequenceCodec(TokenLayout(task, 1000, num_ray), mapping, image_size), **options)
 
 
 def fake_sample(img_shape, pad_shape, box=(0.0, 0.0, 1.0, 1.0), vertices=None, value=7, rng_key=(0, 0, 0)):
@@ -30,7 +36,7 @@ def fake_sample(img_shape, pad_shape, box=(0.0, 0.0, 1.0, 1.0), vertices=None, v
 
 def test_collate_pads_images_to_the_batch_maximum_and_marks_the_padding():
     samples = [fake_sample((40, 90), (64, 96), value=200), fake_sample((100, 20), (128, 32), value=3)]
-    batch = Collate("box", num_ray=4)(samples)
+    batch = collate("box", image_dtype=torch.float32)(samples)
     images, pad_mask = batch["images"], batch["pad_mask"]
     assert images.shape == (2, 3, 128, 96) and images.dtype == torch.float32
     assert pad_mask.shape == (2, 128, 96) and pad_mask.dtype == torch.bool
@@ -45,15 +51,15 @@ def test_collate_pads_images_to_the_batch_maximum_and_marks_the_padding():
 
 def test_uint8_images_hold_the_same_values_in_a_quarter_of_the_bytes():
     samples = [fake_sample((40, 90), (64, 96), value=255), fake_sample((100, 20), (128, 32), value=3)]
-    as_float = Collate("box", num_ray=4)(samples)["images"]
-    as_uint8 = Collate("box", num_ray=4, image_dtype=torch.uint8)(samples)["images"]
+    as_float = collate("box", image_dtype=torch.float32)(samples)["images"]
+    as_uint8 = collate("box")(samples)["images"]
     assert as_uint8.dtype == torch.uint8 and torch.equal(as_uint8.float(), as_float)
 
 
 def test_collate_quantizes_boxes_with_each_samples_own_pad_shape():
     samples = [fake_sample((40, 90), (64, 96), box=(10.0, 20.0, 30.0, 40.0)),
                fake_sample((100, 20), (128, 32), box=(10.0, 20.0, 31.9, 99.0))]
-    tokens = Collate("box", num_ray=4)(samples)["box_tokens"]
+    tokens = collate("box")(samples)["box_tokens"]
     # floor(x / pad_w * 1000), floor(y / pad_h * 1000)
     assert tokens.dtype == torch.int64
     assert tokens.tolist() == [[104, 312, 312, 625], [312, 156, 996, 773]]
@@ -61,14 +67,14 @@ def test_collate_quantizes_boxes_with_each_samples_own_pad_shape():
 
 def test_absolute_mapping_divides_by_image_size():
     samples = [fake_sample((40, 90), (64, 96), box=(10.0, 20.0, 30.0, 40.0))]
-    tokens = Collate("box", num_ray=4, mapping="absolute", image_size=640)(samples)["box_tokens"]
+    tokens = collate("box", mapping="absolute", image_size=640)(samples)["box_tokens"]
     assert tokens.tolist() == [[15, 31, 46, 62]]
 
 
 def test_collate_turns_missing_vertices_into_eos():
     vertices = [[16.0, 48.0, -1, -1], [8.0, 32.0, -1, -1]]  # x row, y row; two points present
-    batch = Collate("multi", num_ray=4)([fake_sample((64, 64), (64, 64), vertices=vertices)])
-    eos = eos_token()
+    batch = collate("multi")([fake_sample((64, 64), (64, 64), vertices=vertices)])
+    eos = EOS
     assert batch["mask_tokens"].tolist() == [[250, 125, 750, 500, eos, eos, eos, eos]]
     assert batch["box_tokens"].shape == (1, 4)
 
@@ -77,17 +83,17 @@ def test_shuffle_fraction_permutes_the_point_order_of_that_share_of_the_batch():
     rows = [[[0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]], [[10, 11, 12, 13, -1, -1], [1, 1, 1, 1, -1, -1]]] * 2
     samples = [fake_sample((64, 64), (64, 64), vertices=np.array(v, float) * 4, rng_key=(1, 2, i))
                for i, v in enumerate(rows)]
-    collate = Collate("mask", num_ray=6, shuffle_fraction=0.5)
-    tokens = collate(samples)["mask_tokens"].numpy()
-    plain = Collate("mask", num_ray=6)(samples)["mask_tokens"].numpy()
+    shuffled = collate("mask", num_ray=6, shuffle_fraction=0.5)
+    tokens = shuffled(samples)["mask_tokens"].numpy()
+    plain = collate("mask", num_ray=6)(samples)["mask_tokens"].numpy()
     changed = [i for i in range(4) if not np.array_equal(tokens[i], plain[i])]
     assert len(changed) == 2  # round(0.5 * 4) samples
     for i in range(4):  # same points, missing ones (EOS) still at the end
         pairs = tokens[i].reshape(-1, 2)
         assert sorted(map(tuple, pairs)) == sorted(map(tuple, plain[i].reshape(-1, 2)))
-        valid = (pairs != eos_token()).all(axis=1)
+        valid = (pairs != EOS).all(axis=1)
         assert valid.tolist() == sorted(valid.tolist(), reverse=True)
-    np.testing.assert_array_equal(collate(samples)["mask_tokens"].numpy(), tokens)  # seeded by the sample keys
+    np.testing.assert_array_equal(shuffled(samples)["mask_tokens"].numpy(), tokens)  # seeded by the sample keys
 
 
 @pytest.fixture(scope="module")

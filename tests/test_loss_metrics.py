@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from seqtr_lib.loss import box_targets, label_smooth_cross_entropy, mask_targets, sequence_loss
+from seqtr_lib.codec import TokenLayout
+from seqtr_lib.loss import label_smooth_cross_entropy, sequence_loss
 from seqtr_lib.metrics import (
     box_iou,
     box_metrics,
@@ -65,13 +66,13 @@ def test_without_smoothing_the_loss_is_weighted_cross_entropy_over_batch_times_t
 
 
 def test_box_targets_end_with_eos_and_weigh_x1_one_and_a_half():
-    targets, weights = box_targets(torch.tensor([[3, 1, 4, 2]]), num_bin=5)
+    targets, weights = TokenLayout("box", num_bin=5, num_ray=3).targets("box", torch.tensor([[3, 1, 4, 2]]))
     assert targets.tolist() == [[3, 1, 4, 2, 5]]
     assert weights.tolist() == [[1.5, 1.0, 1.0, 1.0, 1.0]]
 
 
 def test_mask_targets_weigh_every_eos_one_tenth():
-    targets, weights = mask_targets(torch.tensor([[3, 1, 4, 2, 5, 5]]), num_bin=5)
+    targets, weights = TokenLayout("mask", num_bin=5, num_ray=3).targets("mask", torch.tensor([[3, 1, 4, 2, 5, 5]]))
     assert targets.tolist() == [[3, 1, 4, 2, 5, 5, 5]]
     torch.testing.assert_close(weights, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1]]))
 
@@ -82,7 +83,8 @@ def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
                "mask_logits": torch.randn(2, 7, 6, generator=generator)}
     box_tokens = torch.tensor([[0, 1, 2, 3], [4, 4, 0, 1]])
     mask_tokens = torch.tensor([[1, 2, 3, 4, 5, 5], [0, 0, 1, 1, 2, 2]])
-    losses = sequence_loss(outputs, box_tokens, mask_tokens, num_bin=5)
+    multi = TokenLayout("multi", num_bin=5, num_ray=3)
+    losses = sequence_loss(outputs, {"box_tokens": box_tokens, "mask_tokens": mask_tokens}, multi)
     box_hand = hand_loss(outputs["box_logits"].tolist(), [[0, 1, 2, 3, 5], [4, 4, 0, 1, 5]],
                          [[1.5, 1, 1, 1, 1]] * 2)
     mask_hand = hand_loss(outputs["mask_logits"].tolist(), [[1, 2, 3, 4, 5, 5, 5], [0, 0, 1, 1, 2, 2, 5]],
@@ -90,10 +92,13 @@ def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
     assert losses["loss_box"].item() == pytest.approx(box_hand, rel=1e-6)
     assert losses["loss_mask"].item() == pytest.approx(mask_hand, rel=1e-6)
     assert losses["loss"].item() == pytest.approx(box_hand + mask_hand, rel=1e-6)
-    box_only = sequence_loss({"box_logits": outputs["box_logits"]}, box_tokens, None, num_bin=5)
+    box_only = sequence_loss({"box_logits": outputs["box_logits"]}, {"box_tokens": box_tokens},
+                             TokenLayout("box", num_bin=5, num_ray=3))
     assert set(box_only) == {"loss", "loss_box"}
-    with pytest.raises(ValueError, match="mask_tokens is None"):
-        sequence_loss(outputs, box_tokens, None, num_bin=5)
+    with pytest.raises(ValueError, match="no mask_tokens"):
+        sequence_loss(outputs, {"box_tokens": box_tokens}, multi)
+    with pytest.raises(ValueError, match="needs mask_logits"):
+        sequence_loss({"box_logits": outputs["box_logits"]}, {"box_tokens": box_tokens}, multi)
 
 
 # ------------------------------------------------------------------------------------------------

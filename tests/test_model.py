@@ -14,12 +14,12 @@ from seqtr_lib.model.fusion import MaskedGroupNorm
 from seqtr_lib.model.language import LanguageEncoder
 from seqtr_lib.model.seqtr import build_model, count_parameters, top_p_sample
 from seqtr_lib.model.transformer import Decoder, DecoderCache, sine_position_2d
-from seqtr_lib.sequence import dequantize, eos_token, quantize, token_vocab_size
+from seqtr_lib.sequence import dequantize, quantize
 from seqtr_lib.text import PAD_ID, UNK_ID, Vocabulary
 
 NUM_BIN = 50
 NUM_RAY = 5
-EOS = eos_token(NUM_BIN)
+EOS = NUM_BIN  # the token after the coordinate bins
 VOCABULARY = Vocabulary.build(["red square", "blue circle on the left", "big green thing"])
 
 
@@ -80,7 +80,7 @@ def test_forward_returns_teacher_forced_logits_per_task(task, batch):
     expected = {"box": {"box_logits": 5}, "mask": {"mask_logits": 2 * NUM_RAY + 1},
                 "multi": {"box_logits": 5, "mask_logits": 2 * NUM_RAY + 1}}[task]
     assert {key: tuple(value.shape) for key, value in outputs.items()} == {
-        key: (batch, length, token_vocab_size(NUM_BIN)) for key, length in expected.items()
+        key: (batch, length, NUM_BIN + 1) for key, length in expected.items()
     }
     assert all(value.dtype == torch.float32 and torch.isfinite(value).all() for value in outputs.values())
 
@@ -338,7 +338,7 @@ def test_multi_task_loss_backpropagates_into_both_the_box_and_the_mask_parts():
     outputs = model(*batch, box_tokens=box_tokens, mask_tokens=mask_tokens)
     for logits in outputs.values():
         logits.retain_grad()
-    losses = sequence_loss(outputs, box_tokens, mask_tokens, NUM_BIN)
+    losses = sequence_loss(outputs, {"box_tokens": box_tokens, "mask_tokens": mask_tokens}, model.layout)
     torch.testing.assert_close(losses["loss"], losses["loss_box"] + losses["loss_mask"])
     losses["loss"].backward()
     assert outputs["box_logits"].grad.abs().sum() > 0
@@ -394,7 +394,8 @@ def test_small_model_overfits_eight_toy_samples_to_full_accuracy():
     accuracy = 0.0
     for step in range(400):
         model.train()
-        loss = sequence_loss(model(images, pad_mask, expression_ids, box_tokens), box_tokens, None, NUM_BIN)["loss"]
+        loss = sequence_loss(model(images, pad_mask, expression_ids, box_tokens), {"box_tokens": box_tokens},
+                             model.layout)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -5,23 +5,21 @@ from __future__ import annotations
 import ast
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import nbformat
-import numpy as np
 import pytest
 
 from conftest import ROOT, write_params
-from seqtr_lib import notebook
+from seqtr_lib import notebook, reports
 from seqtr_lib.config import load_params
 
 NOTEBOOKS = ["00_prepare_data", "01_train", "02_evaluate", "03_visualize_sequences", "04_demo"]
 # The tiny_data_root fixture's generator settings, so that 00_prepare_data recognises the set.
-TINY_SET = {"synthetic_images": 24, "synthetic_image_size": 64, "synthetic_seed": 3}
+TINY_SET = {"synthetic": {"num_images": 24, "image_size": 64, "seed": 3}}
 TINY_RUN = {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}
 TINY_OVERRIDES = ["train.epochs=1", "train.max_steps_per_epoch=2"]
 
@@ -124,79 +122,11 @@ def test_read_log_skips_a_torn_last_line_and_fresh_runs_start_a_new_log(tmp_path
     experiment.run_dir.mkdir(parents=True)
     log = experiment.run_dir / "log.jsonl"
     log.write_text('{"type": "step", "step": 1}\n{"type": "epoch", "ep')
-    assert notebook.read_log(experiment.run_dir) == [{"type": "step", "step": 1}]
+    assert reports.read_log(experiment.run_dir) == [{"type": "step", "step": 1}]
     notebook.start_fresh_log(experiment)
     assert not log.exists() and (experiment.run_dir / "log.previous.jsonl").is_file()
     with pytest.raises(FileNotFoundError, match="rank 0 writes it"):
-        notebook.read_log(experiment.run_dir)
-
-
-def test_prepare_synthetic_keeps_a_matching_set_and_refuses_to_overwrite_another(tiny_data_root, tmp_path):
-    matching = load_params(None, [f"data.data_root={tiny_data_root}", *(f"data.{k}={v}" for k, v in TINY_SET.items())])
-    before = (tiny_data_root / "annotations" / "synthetic" / "instances.json").stat().st_mtime_ns
-    assert "kept" in notebook.prepare_synthetic(matching)
-    assert (tiny_data_root / "annotations" / "synthetic" / "instances.json").stat().st_mtime_ns == before
-    other = load_params(None, [f"data.data_root={tiny_data_root}", "data.synthetic_images=40"])
-    with pytest.raises(ValueError, match="holds 24 images of 64 px .* 40 of 256 px; set regenerate"):
-        notebook.prepare_synthetic(other)
-    fresh = load_params(None, [f"data.data_root={tmp_path}", "data.synthetic_images=8", "data.synthetic_image_size=64"])
-    assert "generated 8 images" in notebook.prepare_synthetic(fresh)
-    assert len(list((tmp_path / "images" / "synthetic").glob("*.jpg"))) == 8
-
-
-def test_dataset_check_counts_splits_missing_images_and_unknown_words(tiny_data_root, tmp_path):
-    shutil.copytree(tiny_data_root, tmp_path / "data")
-    annotations = _annotations(tiny_data_root)
-    removed = annotations["val"][0]["image_id"]
-    (tmp_path / "data" / "images" / "synthetic" / f"{removed}.jpg").unlink()
-    report = notebook.check_dataset(load_params(None, [f"data.data_root={tmp_path / 'data'}"]))
-    for split, entries in annotations.items():
-        assert report.splits[split] == {"objects": len(entries),
-                                        "expressions": sum(len(a["expressions"]) for a in entries),
-                                        "images": len({a["image_id"] for a in entries}),
-                                        "missing_images": 1 if split == "val" else 0}
-    assert report.missing_examples == [str(tmp_path / "data" / "images" / "synthetic" / f"{removed}.jpg")]
-    train_words = {w for a in annotations["train"] for e in a["expressions"] for w in e.lower().split()}
-    val_words = [w for a in annotations["val"] for e in a["expressions"] for w in e.lower().split()]
-    assert report.unknown_word_share["val"] == pytest.approx(np.mean([w not in train_words for w in val_words]))
-    assert report.unknown_word_share["train"] == 0.0
-    assert report.word_vector_coverage is None  # random vectors
-    assert report.lengths["val"] == [len(e.split()) for a in annotations["val"] for e in a["expressions"]]
-
-
-def test_expression_ious_for_boxes_and_for_masks_rasterised_with_the_engine_rules():
-    records = [{"pred_box": [0, 0, 10, 10], "gt_box": [5, 0, 15, 10]}, {"pred_box": [0, 0, 4, 4], "gt_box": [0, 0, 4, 4]}]
-    assert notebook.expression_ious(records, [], "box") == pytest.approx([50 / 150, 1.0])
-    square = [[0, 0, 20, 0, 20, 10, 0, 10]]  # 20 x 10 ground truth
-    annotations = [{"height": 32, "width": 32, "mask": square}]
-    masks = [{"ann_index": 0, "pred_polygon": [0, 0, 10, 0, 10, 10, 0, 10]},  # its left half
-             {"ann_index": 0, "pred_polygon": [0, 0, 20, 10]},  # 2 points: the box they span, all of it
-             {"ann_index": 0, "pred_polygon": [5, 5]},  # 1 point: an empty mask
-             {"ann_index": 0, "pred_polygon": [25, 20, 30, 20, 30, 30]}]  # elsewhere
-    assert notebook.expression_ious(masks, annotations, "mask") == pytest.approx([0.5, 1.0, 0.0, 0.0], abs=0.03)
-
-
-def test_category_breakdown_groups_by_length_and_expression_type():
-    annotations = [{"expression_types": ["attribute", "relation"]}, {"expression_types": ["relation"]}]
-    records = [{"ann_index": 0, "expression_index": 0, "expression": "the red circle"},
-               {"ann_index": 0, "expression_index": 1, "expression": "the red circle left of the blue square"},
-               {"ann_index": 1, "expression_index": 0, "expression": "the star below the big green shape"}]
-    breakdown = notebook.category_breakdown(records, np.array([0.9, 0.2, 0.6]), annotations)
-    assert list(breakdown["expression length"]) == ["up to 3 words", "7-9 words"]
-    assert breakdown["expression length"]["7-9 words"] == pytest.approx({"n": 2, "miou": 40.0, "acc@0.5": 50.0})
-    assert breakdown["expression type"]["attribute"] == pytest.approx({"n": 1, "miou": 90.0, "acc@0.5": 100.0})
-    assert breakdown["expression type"]["relation"]["n"] == 2
-    assert "relation" in notebook.breakdown_table(breakdown)
-    assert list(notebook.category_breakdown(records, np.array([0.9, 0.2, 0.6]), [{}, {}])) == ["expression length"]
-
-
-def test_metrics_table_has_a_row_per_split_and_weights():
-    results = {"splits": {"val": {"raw": {"acc@0.5": 12.345, "miou": 20.0, "num_expressions": 7},
-                                  "ema": {"acc@0.5": 50.0, "miou": 45.5, "num_expressions": 7}}}}
-    lines = notebook.metrics_table(results).splitlines()
-    assert lines[0].split() == ["split", "weights", "acc@0.5", "miou", "expressions"]
-    assert lines[1].split() == ["val", "raw", "12.35", "20.00", "7"]
-    assert lines[2].split() == ["val", "ema", "50.00", "45.50", "7"]
+        reports.read_log(experiment.run_dir)
 
 
 # --- the notebooks, executed ----------------------------------------------------------------------
@@ -214,7 +144,7 @@ def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project):
         _assert_figure(run_dir / f"{figure}.png")
     # The project's params carry the fast settings, so the notebooks opened there with their defaults agree.
     experiment = load_params(fast_project / "params" / f"{name}.yaml")
-    assert (experiment.data.synthetic_images, experiment.train.max_steps_per_epoch) == (40, 3)
+    assert (experiment.data.synthetic.num_images, experiment.train.max_steps_per_epoch) == (40, 3)
     annotations = _annotations(fast_project / "data")
     assert len({a["image_id"] for split in annotations.values() for a in split}) == 40
     text, _ = _executed(run_dir / "notebooks" / "00_prepare_data.ipynb")
@@ -230,28 +160,28 @@ def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project):
 
 
 @pytest.mark.slow
-def test_sequence_notebook_draws_a_trained_mask_models_points(tiny_params, tiny_data_root, tmp_path):
+def test_evaluation_and_sequence_notebooks_on_a_trained_mask_model(tiny_params, tiny_data_root, tmp_path):
     from seqtr_lib import engine
     from seqtr_lib.pipeline import run_pipeline
 
     params = tiny_params("tiny_mask", task="mask")
     result = engine.train(load_params(params))
-    (run_dir,) = run_pipeline([str(params)], ("03",), output_root=str(tmp_path / "outputs"),
+    (run_dir,) = run_pipeline([str(params)], ("02", "03"), output_root=str(tmp_path / "outputs"),
                               data_root=str(tiny_data_root), overrides=TINY_OVERRIDES,
-                              parameters={"checkpoint": f"{result['run_dir']}/best.pt", "num_rays": [4, 8]})
-    text, errors = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
-    assert not errors
+                              parameters={"checkpoint": f"{result['run_dir']}/best.pt", "num_rays": [4, 8],
+                                          "splits": ["val"], "shuffle_ablation": False, "weights": "raw"})
+    for name in ("02_evaluate", "03_visualize_sequences"):
+        assert not _executed(run_dir / "notebooks" / f"{name}.ipynb")[1], name
+    text, _ = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
     points = int(re.search(r"(\d+) points -> 12 tokens", text).group(1))  # num_ray 6: 12 tokens, EOS for missing
     assert 3 <= points <= 6
-    for figure in ("sequence_view", "quantization", "num_ray", "shuffled_order"):
+    for figure in ("sequence_view", "quantization", "num_ray", "shuffled_order", "iou_histogram", "failures",
+                   "breakdown"):
         _assert_figure(run_dir / f"{figure}.png")
 
-    # 02's analysis rasterises the saved polygons against the annotation masks: the mean of those IoUs is
-    # the engine's mIoU, computed from its own RLEs.
-    experiment = load_params(params)
-    metrics = engine.evaluate(experiment, f"{result['run_dir']}/best.pt", ("val",))["splits"]["val"]["raw"]
-    annotations = _annotations(tiny_data_root)["val"]
-    ious = notebook.expression_ious(notebook.read_predictions(experiment, "val", "raw"), annotations, "mask")
+    # 02's analysis scores the saved records: the mean of their IoUs is the evaluation's mIoU.
+    metrics = json.loads((run_dir / "metrics.json").read_text())["splits"]["val"]["raw"]
+    ious = reports.expression_ious(reports.read_predictions(load_params(params), "val", "raw"), "mask")
     assert len(ious) == metrics["num_expressions"]
     assert 100 * ious.mean() == pytest.approx(metrics["miou"], abs=1e-6)
 
@@ -268,7 +198,7 @@ def test_training_notebook_runs_two_gloo_processes_through_torchrun(tiny_params,
     assert "-m torch.distributed.run --nproc_per_node 2 --standalone -m seqtr_lib train" in text
     assert "best validation score" in text  # streamed from the ranks into the cell
     assert (run_dir / "best.pt").is_file()
-    assert [r["epoch"] for r in notebook.read_log(run_dir) if r["type"] == "epoch"] == [0]
+    assert [r["epoch"] for r in reports.read_log(run_dir) if r["type"] == "epoch"] == [0]
     _assert_figure(run_dir / "curves.png")
 
 
@@ -345,16 +275,3 @@ def test_every_papermill_command_of_the_readme_runs_verbatim(tmp_path):
     outputs = sorted((project / "outputs").glob("*.ipynb"))
     assert outputs and all(not _executed(path)[1] for path in outputs)
 
-
-def test_an_annotation_file_is_parsed_once_per_version(tmp_path, monkeypatch):
-    path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"train": [{"expressions": ["the red circle"]}]}))
-    parsed = []
-    read = notebook.read_annotations
-    monkeypatch.setattr(notebook, "read_annotations", lambda p: parsed.append(p) or read(p))
-    first = notebook.annotations_of(path)
-    assert notebook.annotations_of(path) is first and len(parsed) == 1
-    path.write_text(json.dumps({"train": [{"expressions": ["the red circle"]}, {"expressions": ["a star"]}]}))
-    assert len(notebook.annotations_of(path)["train"]) == 2 and len(parsed) == 2  # the new version
-    with pytest.raises(FileNotFoundError, match="make-synthetic"):
-        notebook.annotations_of(tmp_path / "missing.json")

@@ -54,7 +54,7 @@ def test_imported_weights_reproduce_the_original_codes_outputs(outputs, task, or
         generated = model.generate(images, pad_mask, ids)[f"{task}_tokens"]
     original = expected["generated"][:, : generated.shape[1]]  # mask: the original decodes 2N + 1 steps
     for ours, theirs in zip(generated, original):
-        ends = (theirs == model.num_bin).nonzero()
+        ends = (theirs == model.layout.eos).nonzero()
         length = int(ends[0]) if len(ends) else len(theirs)
         assert torch.equal(ours[:length], theirs[:length])
 
@@ -125,7 +125,7 @@ def test_import_export_import_is_the_identity(tmp_path):
 
 
 def test_the_cli_imports_a_release_that_evaluate_and_the_grounder_open(tmp_path, tiny_data_root):
-    from seqtr_lib import engine
+    from seqtr_lib import evaluation
     from seqtr_lib.predict import Grounder
 
     params = write_params(tmp_path / "params.yaml", tiny_data_root, tmp_path / "out")
@@ -137,7 +137,7 @@ def test_the_cli_imports_a_release_that_evaluate_and_the_grounder_open(tmp_path,
     main(["import-seqtr", "--checkpoint", str(path), "--params", str(params),
           "--token-to-ix", str(tmp_path / "token_to_ix.pkl")])
     out = experiment.run_dir / "seqtr_release.pt"
-    metrics = engine.evaluate(experiment, out, splits=("val",))["splits"]["val"]["raw"]
+    metrics = evaluation.evaluate(experiment, out, splits=("val",))["splits"]["val"]["raw"]
     assert metrics["num_expressions"] > 0 and 0 <= metrics["acc@0.5"] <= 100
     image = next((tiny_data_root / "images" / "synthetic").glob("*.jpg"))
     assert Grounder.from_checkpoint(out, device="cpu").predict(image, "the red circle").box.shape == (4,)

@@ -10,40 +10,20 @@ from hypothesis import strategies as st
 
 from seqtr_lib.sequence import (
     NUM_BIN,
-    box_to_tokens,
     dequantize,
-    eos_token,
     mask_to_rle,
     polygon_to_rle,
     quantize,
     rle_to_mask,
     sample_mask_vertices,
     shuffle_point_order,
-    tokens_to_box,
-    tokens_to_rle,
-    tokens_to_vertices,
-    vertices_to_tokens,
 )
 
-EOS = eos_token(NUM_BIN)
+EOS = NUM_BIN
 MISSING = [-1.0, -1.0]
 
 
 # --- quantize / dequantize -------------------------------------------------------------------
-
-
-def test_box_tokens_are_floor_of_coordinate_over_padded_side_times_num_bin():
-    # pad (480, 640): x1 10/640*1000 = 15.625 -> 15, y1 20/480*1000 = 41.67 -> 41,
-    # x2 300/640*1000 = 468.75 -> 468, y2 400/480*1000 = 833.33 -> 833.
-    assert box_to_tokens([10, 20, 300, 400], (480, 640)).tolist() == [15, 41, 468, 833]
-    # 639/640*1000 = 998.44 -> 998, 479/480*1000 = 997.92 -> 997.
-    assert box_to_tokens([0, 0, 639, 479], (480, 640)).tolist() == [0, 0, 998, 997]
-    # Non-square bins: pad (100, 200): x 50/200*1000 = 250, y 50/100*1000 = 500.
-    assert box_to_tokens([50, 50, 50, 50], (100, 200)).tolist() == [250, 500, 250, 500]
-
-
-def test_box_tokens_are_int64():
-    assert box_to_tokens([10, 20, 300, 400], (480, 640)).dtype == np.int64
 
 
 def test_coordinate_equal_to_padded_side_maps_to_last_bin_not_eos():
@@ -53,18 +33,9 @@ def test_coordinate_equal_to_padded_side_maps_to_last_bin_not_eos():
     assert EOS not in quantize(np.array([[640.0, 480.0, 640.0, 0.0]]), 640, 480)
 
 
-def test_absolute_mapping_divides_both_axes_by_image_size():
-    # 320/640*1000 = 500, 100/640*1000 = 156.25 -> 156, whatever the padded size.
-    tokens = quantize([320.0, 100.0], 1000, 50, mapping="absolute", image_size=640)
-    assert tokens.tolist() == [500, 156]
-    # 500*640/1000 = 320, 156*640/1000 = 99.84.
-    coords = dequantize(tokens, 1000, 50, mapping="absolute", image_size=640)
-    np.testing.assert_allclose(coords, [320.0, 99.84], rtol=1e-6)
-
-
 def test_dequantize_maps_a_token_to_its_bin_lower_edge():
     # 15*640/1000 = 9.6, 41*480/1000 = 19.68, 468*640/1000 = 299.52, 833*480/1000 = 399.84.
-    box = tokens_to_box([15, 41, 468, 833], (480, 640))
+    box = dequantize(np.array([15, 41, 468, 833]), 640, 480)
     assert box.dtype == np.float32
     np.testing.assert_allclose(box, [9.6, 19.68, 299.52, 399.84], rtol=1e-6)
 
@@ -92,11 +63,9 @@ def test_torch_tensors_come_back_as_torch_tensors():
     assert quantize(torch.tensor([640.0, 480.0]), 640, 480).tolist() == [999, 999]
 
 
-def test_odd_coordinate_count_and_unknown_mapping_are_rejected():
+def test_odd_coordinate_count_is_rejected():
     with pytest.raises(ValueError, match="interleaved"):
         quantize([1.0, 2.0, 3.0], 640, 480)
-    with pytest.raises(ValueError, match="mapping"):
-        quantize([1.0, 2.0], 640, 480, mapping="normalized")
 
 
 @settings(max_examples=60, deadline=None)
@@ -268,39 +237,6 @@ def test_every_vertex_lies_on_the_mask_boundary(
 # --- vertices <-> tokens ---------------------------------------------------------------------
 
 
-def test_vertices_become_interleaved_tokens_with_eos_for_missing_points():
-    # pad (100, 200): x 10 -> 10/200*1000 = 50, 30 -> 150; y 10 -> 100, 40 -> 400.
-    vertices = np.array([[10.0, 30.0, -1.0], [10.0, 40.0, -1.0]], dtype=np.float32)
-    tokens = vertices_to_tokens(vertices, (100, 200))
-    assert tokens.dtype == np.int64
-    assert tokens.tolist() == [50, 100, 150, 400, EOS, EOS]
-    batch = vertices_to_tokens(np.stack([vertices, vertices]), (100, 200))
-    assert batch.shape == (2, 6) and batch[1].tolist() == tokens.tolist()
-
-
-def test_tokens_to_vertices_cuts_at_first_eos_and_drops_an_odd_token():
-    # pad (100, 200): x = t / 5, y = t / 10.
-    expected = [[10.0, 10.0], [30.0, 40.0]]
-    for tail in ([EOS, 500, 500], [700], []):
-        tokens = [50, 100, 150, 400] + tail
-        vertices = tokens_to_vertices(tokens, (100, 200))
-        assert vertices.dtype == np.float32
-        np.testing.assert_allclose(vertices, expected)
-    assert tokens_to_vertices([EOS, 50, 100], (100, 200)).shape == (0, 2)
-    from_torch = tokens_to_vertices(torch.tensor([50, 100, EOS]), (100, 200))
-    np.testing.assert_allclose(from_torch, [[10.0, 10.0]])
-
-
-def test_mask_vertices_survive_the_token_round_trip_within_one_bin():
-    mask = filled_square(48, 7, 40)
-    pad_shape = (64, 80)
-    vertices = sample_mask_vertices(mask, 12, pad_shape=pad_shape)
-    decoded = tokens_to_vertices(vertices_to_tokens(vertices, pad_shape), pad_shape)
-    assert decoded.shape == (12, 2)
-    error = vertices.T - decoded
-    assert np.all(error >= 0) and np.all(error <= np.array([80, 64]) / NUM_BIN + 1e-4)
-
-
 # --- point order shuffling -------------------------------------------------------------------
 
 
@@ -431,45 +367,6 @@ def test_one_point_polygon_adds_nothing_and_an_odd_polygon_is_rejected():
     assert int(mask_utils.area(polygon_to_rle([], 20, 20))) == 0
     with pytest.raises(ValueError, match="polygon 1"):
         polygon_to_rle([[2, 2, 9, 2, 9, 9], [1, 2, 3]], 20, 20)
-
-
-# pad (100, 200): x = t / 5, y = t / 10; tokens 50, 100, 150, 400 span x 10..30, y 10..40.
-TWO_POINTS = [50, 100, 150, 400]
-
-
-@pytest.mark.parametrize(
-    "tokens",
-    [[], [EOS], [50, 100], [50, 100, EOS, 150, 400, 500, 500], [50, 100, 150]],
-    ids=["nothing", "eos_only", "one_point", "one_point_before_eos", "one_point_and_odd_token"],
-)
-def test_fewer_than_two_points_decode_to_an_empty_mask(tokens):
-    rle = tokens_to_rle(tokens, (100, 200))
-    assert rle["size"] == [100, 200]
-    assert int(mask_utils.area(rle)) == 0
-
-
-@pytest.mark.parametrize(
-    "tokens",
-    [
-        TWO_POINTS,
-        TWO_POINTS + [EOS, 500, 900, 700, 100],
-        TWO_POINTS + [500],
-        TWO_POINTS + [500, EOS],
-    ],
-    ids=["two_points", "points_after_eos_ignored", "odd_token_dropped", "odd_token_before_eos"],
-)
-def test_exactly_two_points_decode_to_their_box(tokens):
-    assert int(mask_utils.area(tokens_to_rle(tokens, (100, 200)))) == 20 * 30
-
-
-def test_three_or_more_points_decode_to_the_polygon():
-    # Triangle (10, 10), (50, 10), (10, 50): shoelace area 800.
-    tokens = torch.tensor([50, 100, 250, 100, 50, 500, EOS, EOS])
-    rle = tokens_to_rle(tokens, (100, 200))
-    polygon = [10, 10, 50, 10, 10, 50]
-    assert abs(int(mask_utils.area(rle)) - 800) <= perimeter(polygon)
-    same_polygon = polygon_to_rle([polygon], 100, 200)
-    np.testing.assert_array_equal(rle_to_mask(rle), rle_to_mask(same_polygon))
 
 
 def test_mask_rle_round_trip_is_exact_with_bytes_or_str_counts():

@@ -19,8 +19,9 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from seqtr_lib.data.synthetic import COLORS, HELD_OUT_PAIRS, annotation_path, generate_dataset, split_sizes
-from seqtr_lib.viz import contact_sheet
+from seqtr_lib.data.datasets import annotation_path
+from seqtr_lib.data.synthetic import COLORS, HELD_OUT_PAIRS, generate_dataset, split_sizes
+from seqtr_lib.samples import contact_sheet
 
 # pycocotools' decode trips a numpy 2 deprecation warning on every call; it is not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -130,7 +131,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(data_root) -> dict[str, list[dict]]:
-    return json.loads(annotation_path(data_root).read_text())
+    return json.loads(annotation_path(data_root, "synthetic").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_another_seed_gives_other_scenes(data_root, tmp_path):
     generate_dataset(tmp_path, num_images=NUM_IMAGES, seed=SEED + 1, image_size=IMAGE_SIZE, workers=1,
                      progress=False)
     first, second = file_bytes(data_root), file_bytes(tmp_path)
-    json_name = str(annotation_path(".").relative_to("."))
+    json_name = str(annotation_path(".", "synthetic").relative_to("."))
     assert first[json_name] != second[json_name]
     assert sum(first[name] != second[name] for name in first) == len(first)
 
@@ -292,7 +293,7 @@ def test_bad_arguments_are_refused_with_their_name(tmp_path, argument, value):
     arguments = {"num_images": 8, "image_size": 64, "workers": 1, "progress": False, argument: value}
     with pytest.raises(ValueError, match=argument):
         generate_dataset(tmp_path, **arguments)
-    assert not annotation_path(tmp_path).exists()
+    assert not annotation_path(tmp_path, "synthetic").exists()
 
 
 def test_contact_sheet_writes_a_png_grid(data_root, tmp_path):

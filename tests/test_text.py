@@ -21,7 +21,6 @@ from seqtr_lib.text import (
     Vocabulary,
     clean_expression,
     load_token_to_ix,
-    load_word_emb_npz,
     load_word_vectors,
 )
 
@@ -313,26 +312,3 @@ def test_token_to_ix_that_is_not_a_word_to_id_table_is_refused(tmp_path, table, 
     with pytest.raises(ValueError, match=r"token_to_ix\.pkl: .*" + message):
         load_token_to_ix(_write_pickle(tmp_path, table))
 
-
-def test_word_emb_npz_loads_its_single_array_whatever_the_key(tmp_path):
-    embedding = np.arange(12, dtype=np.float64).reshape(4, 3)
-    for key in ("word_emb", "embeddings"):
-        np.savez(tmp_path / f"{key}.npz", **{key: embedding})
-        loaded = load_word_emb_npz(tmp_path / f"{key}.npz")
-        assert loaded.dtype == np.float32
-        np.testing.assert_array_equal(loaded, embedding)
-
-
-def test_word_emb_npz_with_several_arrays_or_objects_is_refused(tmp_path):
-    np.savez(tmp_path / "two.npz", a=np.zeros((2, 3)), b=np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"two\.npz: expected exactly one array.*'a', 'b'"):
-        load_word_emb_npz(tmp_path / "two.npz")
-    np.savez(tmp_path / "objects.npz", word_emb=np.array([{"a": 1}, None], dtype=object))
-    with pytest.raises(ValueError, match=r"objects\.npz: cannot read array 'word_emb'"):
-        load_word_emb_npz(tmp_path / "objects.npz")
-    np.savez(tmp_path / "flat.npz", word_emb=np.zeros(5))
-    with pytest.raises(ValueError, match=r"flat\.npz: .*expected a 2-D float array"):
-        load_word_emb_npz(tmp_path / "flat.npz")
-    np.save(tmp_path / "single.npy", np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"single\.npy: is a single \.npy array"):
-        load_word_emb_npz(tmp_path / "single.npy")

@@ -11,9 +11,10 @@ import pytest
 
 from conftest import ROOT
 from seqtr_lib.cli import main
-from seqtr_lib.data.refer import BadImageError, ImageTooLarge, header_size, read_image
+from seqtr_lib.images import (MAX_IMAGE_PIXELS, BadImageError, ImageTooLarge, check_header, decode_image_bytes,
+                              header_size, read_image)
 from seqtr_lib.notebook import parameter_list
-from seqtr_lib.predict import MAX_IMAGE_PIXELS, Grounder, decode_image_bytes
+from seqtr_lib.predict import Grounder
 
 RELEASED = ROOT / "weights" / "synthetic_det.pt"
 
@@ -86,6 +87,35 @@ def test_images_above_the_pixel_limit_are_refused_from_their_header(tmp_path, ca
     with pytest.raises(ImageTooLarge, match="40 x 31 pixels"):
         small.predict(np.zeros((31, 40, 3), np.uint8), "the red circle")
     assert small.predict(np.zeros((30, 30, 3), np.uint8), "the red circle").box.shape == (4,)
+
+
+def test_one_header_check_serves_files_and_bytes(tmp_path):
+    path = tmp_path / "wide.png"
+    path.write_bytes(_png_header_only(400, 300))
+    message = r"wide.png is 400 x 300 pixels \(0 MP\), above the limit of 0 MP"
+    for source in (path, str(path), path.read_bytes()):
+        with pytest.raises(ImageTooLarge, match=message):
+            check_header(source, 400 * 300 - 1, "wide.png")
+        check_header(source, 400 * 300, "wide.png")  # at the limit: allowed
+        check_header(source, None, "wide.png")  # no limit
+    check_header(b"no image at all", 1, "junk")  # an unreadable header passes: the decoder reports it
+    check_header(tmp_path / "absent.png", 1, "absent")
+
+
+def test_a_checkpoint_holding_pickled_code_is_refused_naming_it(tmp_path):
+    import argparse
+
+    import torch
+
+    from seqtr_lib.checkpoint import UnreadableCheckpoint, load
+
+    code = tmp_path / "code.pt"
+    torch.save({"format": 1, "arguments": argparse.Namespace(run="anything")}, code)
+    with pytest.raises(UnreadableCheckpoint, match=r"code.pt: refused: it holds pickled objects .*"
+                                                   r"\(first: argparse.Namespace\)"):
+        load(code)
+    with pytest.raises(FileNotFoundError, match=r"seqtr checkpoint .*absent.pt does not exist"):
+        load(tmp_path / "absent.pt")
 
 
 def test_model_summary_needs_no_dataset(tmp_path, capsys):

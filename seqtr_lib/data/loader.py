@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from seqtr_lib.sequence import NUM_BIN, box_to_tokens, shuffle_point_order, vertices_to_tokens
+from seqtr_lib.codec import SequenceCodec
+from seqtr_lib.sequence import shuffle_point_order
 
 if TYPE_CHECKING:
     from seqtr_lib.config import Experiment
@@ -29,39 +30,24 @@ class Collate:
 
     Returns a dict:
 
-    - ``images``: float32 (B, 3, Hb, Wb), raw 0-255 RGB, zero-padded; (Hb, Wb) is the largest
-      ``pad_shape`` of the batch (each a multiple of 32). ``image_dtype=torch.uint8`` gives the same
-      values as uint8: a quarter of the bytes through shared and pinned memory (benchmarks/bench_data.py
-      measures the difference); convert with ``.float()`` on the device;
+    - ``images``: uint8 (B, 3, Hb, Wb), raw 0-255 RGB, zero-padded; (Hb, Wb) is the largest
+      ``pad_shape`` of the batch (each a multiple of 32). uint8 is a quarter of float32's bytes through
+      shared and pinned memory (benchmarks/bench_data.py measures the difference); ``.float()`` on the device;
     - ``pad_mask``: bool (B, Hb, Wb), True outside each sample's ``img_shape`` region;
     - ``expression_ids``: int64 (B, max_token);
-    - ``box_tokens`` (task box/multi): int64 (B, 4), x1, y1, x2, y2 quantized with the sample's own
-      pad_shape (relative mapping) or image_size (absolute);
-    - ``mask_tokens`` (task mask/multi): int64 (B, 2 * num_ray), x1, y1, ..., EOS for missing points;
-      ``shuffle_fraction`` of the batch gets one shared permutation of its point order first;
+    - ``<part>_tokens`` for each part of the codec's sequence, encoded by the codec (with the sample's
+      own pad_shape, or image_size for the absolute mapping): ``box_tokens`` int64 (B, 4) x1, y1, x2, y2;
+      ``mask_tokens`` int64 (B, 2 * num_ray) x1, y1, ..., EOS for missing points, after
+      ``shuffle_fraction`` of the batch got one shared permutation of its point order;
     - ``target_box``: float32 (B, 4), the target's tight box x1, y1, x2, y2 in pixels of ``images``, when
       the samples carry one (ReferDataset's do; the target-cell departures of `seqtr_lib.model.seqtr` read it);
     - ``metas``: list of the samples' meta dicts (plain values);
     - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
     """
 
-    def __init__(
-        self,
-        task: str,
-        num_ray: int,
-        num_bin: int = NUM_BIN,
-        shuffle_fraction: float = 0.0,
-        mapping: str = "relative",
-        image_size: int = 640,
-        image_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        self.task, self.num_ray, self.num_bin = task, num_ray, num_bin
-        self.shuffle_fraction, self.mapping, self.image_size = shuffle_fraction, mapping, image_size
-        self.image_dtype = image_dtype
-
-    def _token_extent(self, meta: dict[str, Any]) -> tuple[int, int]:
-        """The (height, width) that coordinates are divided by before quantization."""
-        return meta["pad_shape"] if self.mapping == "relative" else (self.image_size, self.image_size)
+    def __init__(self, codec: SequenceCodec, shuffle_fraction: float = 0.0,
+                 image_dtype: torch.dtype = torch.uint8) -> None:
+        self.codec, self.shuffle_fraction, self.image_dtype = codec, shuffle_fraction, image_dtype
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None]
@@ -88,17 +74,17 @@ class Collate:
         }
         if kept and all("target_box" in s for s in kept):
             batch["target_box"] = torch.from_numpy(np.stack([s["target_box"] for s in kept]))
-        if self.task in ("box", "multi"):
-            tokens = [box_to_tokens(s["box"], self._token_extent(s["meta"]), self.num_bin) for s in kept]
-            batch["box_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, 4))
-        if self.task in ("mask", "multi"):
-            vertices = np.stack([s["vertices"] for s in kept]).reshape(size, 2, self.num_ray)
+        layout = self.codec.layout
+        if "box" in layout.parts:
+            tokens = [self.codec.encode_box(s["box"], s["meta"]["pad_shape"]) for s in kept]
+            batch["box_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, layout.length("box")))
+        if "mask" in layout.parts:
+            vertices = np.stack([s["vertices"] for s in kept]).reshape(size, 2, layout.num_ray)
             if self.shuffle_fraction > 0 and size:
                 rng = np.random.default_rng([k for s in kept for k in s["rng_key"]])
                 vertices = shuffle_point_order(vertices, self.shuffle_fraction, rng)
-            tokens = [vertices_to_tokens(v, self._token_extent(s["meta"]), self.num_bin)
-                      for v, s in zip(vertices, kept)]
-            batch["mask_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, 2 * self.num_ray))
+            tokens = [self.codec.encode_vertices(v, s["meta"]["pad_shape"]) for v, s in zip(vertices, kept)]
+            batch["mask_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, layout.length("mask")))
         return batch
 
 
@@ -186,7 +172,7 @@ def build_loader(
     training: bool,
     seed: int | None = None,
     epoch: int = 0,
-    image_dtype: torch.dtype = torch.float32,
+    image_dtype: torch.dtype = torch.uint8,
 ) -> DataLoader:
     """The DataLoader for a ReferDataset: shuffled and sharded for training, sharded in order for evaluation.
 
@@ -195,7 +181,7 @@ def build_loader(
     sample once over all ranks. ``image_dtype`` is the Collate option. Build one loader per epoch:
     workers are not persistent, and the epoch seeds their draws.
     """
-    data, model = experiment.data, experiment.model
+    data = experiment.data
     seed = experiment.train.seed if seed is None else seed
     rank, world_size = _rank_and_world_size()
     if training:
@@ -204,8 +190,8 @@ def build_loader(
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     batch_sampler = EpochBatchSampler(sampler, data.batch_size if training else data.eval_batch_size, epoch=epoch)
-    collate = Collate(model.task, model.num_ray, model.num_bin, data.shuffle_fraction if training else 0.0,
-                      model.mapping, data.image_size, image_dtype)
+    collate = Collate(SequenceCodec.from_experiment(experiment), data.shuffle_fraction if training else 0.0,
+                      image_dtype)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

@@ -1,82 +1,35 @@
-"""The instances.json datasets of SeqTR: one table of per-dataset facts and one Dataset class.
+"""Reading instances.json datasets: annotation files, masks, and one Dataset class of ready samples.
 
-This module only imports the standard library and numpy at load time (config.py reads the table, and
-the command line must start instantly); OpenCV, torch and the transforms load on first use.
+The per-dataset facts and path rules live in `seqtr_lib.data.datasets`, image decoding in `seqtr_lib.images`.
+This module loads only the standard library, numpy and the config at import time; OpenCV, torch and the
+transforms load on first use.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from seqtr_lib.config import TASK_PARTS, Experiment
+from seqtr_lib.data.datasets import DATASETS, MIXED_SOURCES, annotation_path, image_path
+from seqtr_lib.images import BadImageError, read_image
 from seqtr_lib.text import Vocabulary
-
-if TYPE_CHECKING:
-    from seqtr_lib.config import Experiment
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ImageFolder:
-    """Where one image source lives under ``data_root/images`` and how its files are named."""
-
-    folder: str
-    pattern: str  # formatted with the annotation's image_id
-
-    def path_for(self, image_id: int) -> str:
-        return f"{self.folder}/{self.pattern % image_id}"
-
-
-COCO = ImageFolder("mscoco/train2014", "COCO_train2014_%012d.jpg")
-SAIAPRTC12 = ImageFolder("saiaprtc12", "%d.jpg")
-FLICKR30K = ImageFolder("flickr30k", "%d.jpg")
-VISUAL_GENOME = ImageFolder("visual-genome", "%d.jpg")
-SYNTHETIC = ImageFolder("synthetic", "%d.jpg")
-
-# The mixed pre-training set routes each annotation by its "data_source" field.
-MIXED_SOURCES = {"coco": COCO, "flickr": FLICKR30K, "vg": VISUAL_GENOME, "saiaprtc12": SAIAPRTC12}
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Facts that differ between datasets; everything else is shared code."""
-
-    splits: tuple[str, ...]
-    max_token: int
-    images: ImageFolder | None  # None: routed per annotation by data_source (mixed)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "refcoco-unc": DatasetInfo(("train", "val", "testA", "testB"), 15, COCO),
-    "refcocoplus-unc": DatasetInfo(("train", "val", "testA", "testB"), 15, COCO),
-    "refcocog-umd": DatasetInfo(("train", "val", "test"), 20, COCO),
-    "refcocog-google": DatasetInfo(("train", "val"), 20, COCO),
-    "referitgame-berkeley": DatasetInfo(("train", "val", "test"), 20, SAIAPRTC12),
-    "flickr30k": DatasetInfo(("train", "val", "test"), 20, FLICKR30K),
-    "mixed": DatasetInfo(("train",), 40, None),
-    "synthetic": DatasetInfo(("train", "val", "testA", "testB"), 20, SYNTHETIC),
-}
-
-# The annotation fields each task reads; "expressions" and "image_id" are always needed.
-TASK_FIELDS = {"box": ("bbox",), "mask": ("mask",), "multi": ("bbox", "mask")}
+# The annotation field each part of a task's sequence is made from; "expressions" and "image_id" are always needed.
+PART_FIELD = {"box": "bbox", "mask": "mask"}
 # Fields the pipeline interprets; any other field (category, colour, ...) rides along in meta["extra"].
 KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source"})
 
 
 class AnnotationError(ValueError):
     """An annotation file or entry is malformed; the message names the file, split, index and fix."""
-
-
-class BadImageError(RuntimeError):
-    """An image file is missing or cannot be decoded; the message names the file."""
 
 
 def read_annotations(path: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -95,67 +48,6 @@ def read_annotations(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(document, dict) or not all(isinstance(v, list) for v in document.values()):
         raise AnnotationError(f"{path}: expected {{split: [annotation, ...]}} at the top level")
     return document
-
-
-def image_path(data_root: str | Path, dataset: str, annotation: dict[str, Any]) -> Path:
-    """Where an annotation's image lives: ``data_root/images/<folder>/<name>`` per the DATASETS table."""
-    folder = DATASETS[dataset].images or MIXED_SOURCES[annotation["data_source"]]
-    return Path(data_root) / "images" / folder.path_for(annotation["image_id"])
-
-
-# Larger images are refused before their pixels are decoded: a 12000 x 9000 JPEG needs about 7 GB on the way
-# to a 640 px network input. Grounder(max_pixels=...), the widget's grounder and `predict --max-pixels` raise it.
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-class ImageTooLarge(ValueError):
-    """An image has more pixels than the limit; the message names it, its size and how to allow it."""
-
-
-def check_image_size(width: int, height: int, max_pixels: int | None, name: str = "the image") -> None:
-    """Raise ImageTooLarge when width x height exceeds ``max_pixels`` (None: no limit)."""
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLarge(f"{name} is {width} x {height} pixels ({width * height / 1e6:.0f} MP), above the limit of "
-                            f"{max_pixels / 1e6:.0f} MP; downscale it, or raise the limit (Grounder(max_pixels=...), "
-                            "predict --max-pixels)")
-
-
-def header_size(source: str | Path | bytes) -> tuple[int, int] | None:
-    """(width, height) from an image file's header, without decoding its pixels; None when Pillow cannot tell."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
-                return opened.size
-    except Image.DecompressionBombError:  # Pillow's own cap: far above any sensible limit
-        return (2**31 - 1, 1)
-    except Exception:  # noqa: BLE001 - not readable by Pillow: the decoder that follows reports it
-        return None
-
-
-def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB with its EXIF orientation applied.
-
-    OpenCV's IMREAD_COLOR honours the EXIF orientation tag, expands grayscale to three channels,
-    drops an alpha channel and maps 16-bit samples to 8 bits (the high byte). Raises BadImageError, and
-    ImageTooLarge (read from the header, before decoding) above ``max_pixels``.
-    """
-    import cv2
-
-    if max_pixels is not None and (size := header_size(path)):
-        check_image_size(*size, max_pixels, str(path))
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise BadImageError(f"cannot read image {path}: {error.strerror or error}") from error
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise BadImageError(f"cannot decode image {path} ({data.size} bytes): corrupt or not an image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def decode_mask(mask: list | dict, height: int, width: int) -> tuple[np.ndarray, dict]:
@@ -286,11 +178,11 @@ class ReferDataset:
     ) -> None:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        if task not in TASK_FIELDS:
-            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_FIELDS)}")
+        if task not in TASK_PARTS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_PARTS)}")
         self.data_root = Path(data_root)
         self.dataset, self.split, self.task = dataset, split, task
-        self.annotation_file = Path(annotation_file or self.data_root / "annotations" / dataset / "instances.json")
+        self.annotation_file = Path(annotation_file or annotation_path(self.data_root, dataset))
         self.vocabulary = vocabulary
         self.training = training
         self.max_token = max_token or DATASETS[dataset].max_token
@@ -307,7 +199,7 @@ class ReferDataset:
             )
         annotations = document[split]
         for index, annotation in enumerate(annotations):
-            problem = _annotation_problem(annotation, TASK_FIELDS[task], dataset)
+            problem = _annotation_problem(annotation, tuple(PART_FIELD[part] for part in TASK_PARTS[task]), dataset)
             if problem:
                 raise AnnotationError(f"{self.annotation_file}, split '{split}', annotation {index} {problem}")
         outside = [i for i, a in enumerate(annotations) if _box_outside_image(a)]
@@ -371,7 +263,7 @@ class ReferDataset:
             box[0::2] = box[0::2].clip(0, width - 1)
             box[1::2] = box[1::2].clip(0, height - 1)
         mask = rle = None
-        if self.task != "box":
+        if "mask" in TASK_PARTS[self.task]:
             try:
                 mask, rle = decode_mask(annotation["mask"], height, width)
             except (ValueError, TypeError, KeyError) as error:
@@ -379,7 +271,8 @@ class ReferDataset:
                                       f"({path}): cannot decode its mask: {error}") from error
         gt_box = box if box is not None else _rle_box(rle, height, width)
 
-        image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box if self.task != "mask" else None, mask)
+        box_target = box if "box" in TASK_PARTS[self.task] else None
+        image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box_target, mask)
         if self.training and self.lsj:
             out = transforms.large_scale_jitter(image_tv, box_tv, mask_tv, rng, self.image_size, self.lsj_scale)
         else:

@@ -10,7 +10,8 @@ from small pools, so distractors share the target's colour or kind and every wor
 Splits: train / val / testA share one distribution; testB targets are colour-kind pairs
 (``HELD_OUT_PAIRS``) that never appear in the other splits' scenes.
 
-Layout written by `generate_dataset` (a ``data_root`` like the real datasets'):
+Layout written by `generate_dataset` (a ``data_root`` like the real datasets', by the rules of
+`seqtr_lib.data.datasets`):
 
     data_root/annotations/synthetic/instances.json   {"train": [ann, ...], "val", "testA", "testB"}
     data_root/images/synthetic/{image_id}.jpg
@@ -35,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.data.refer import SYNTHETIC
+from seqtr_lib.data.datasets import SYNTHETIC, annotation_path
 
 COLORS: dict[str, tuple[int, int, int]] = {  # RGB, far apart so that noise and JPEG cannot mix them up
     "red": (220, 40, 40),
@@ -398,19 +399,6 @@ def make_image(seed: int, index: int, image_size: int, split: str) -> tuple[np.n
                        f"attempts (seed={seed}, index={index}, image_size={image_size}, split={split})")
 
 
-def annotation_path(data_root: str | Path) -> Path:
-    return Path(data_root) / "annotations" / "synthetic" / "instances.json"
-
-
-def image_dir(data_root: str | Path) -> Path:
-    return Path(data_root) / "images" / SYNTHETIC.folder
-
-
-def image_path(data_root: str | Path, image_id: int) -> Path:
-    """The file the dataset reader (`refer.image_path`) will look for: one naming rule for both."""
-    return Path(data_root) / "images" / SYNTHETIC.path_for(image_id)
-
-
 def split_sizes(num_images: int) -> dict[str, int]:
     """Images per split: 10 % (at least one) each for val, testA and testB, the rest train."""
     held = max(1, round(0.1 * num_images))
@@ -424,7 +412,7 @@ def _write_image(task: tuple[int, int, int, str, str]) -> list[dict]:
                                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError(f"cv2 could not encode image {index} as JPEG")
-    image_path(data_root, index).write_bytes(encoded.tobytes())
+    SYNTHETIC.path(data_root, index).write_bytes(encoded.tobytes())  # where the readers look (datasets.py)
     return annotations
 
 
@@ -451,9 +439,9 @@ def generate_dataset(out_dir: str | Path, num_images: int = 2000, seed: int = 0,
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
     start = time.perf_counter()
-    json_path = annotation_path(out_dir)
+    json_path = annotation_path(out_dir, "synthetic")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    image_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    SYNTHETIC.directory(out_dir).mkdir(parents=True, exist_ok=True)
     # A run that dies half-way must not leave an old instances.json describing overwritten images.
     json_path.unlink(missing_ok=True)
 
@@ -481,5 +469,5 @@ def generate_dataset(out_dir: str | Path, num_images: int = 2000, seed: int = 0,
     counts = {name: {"images": splits.count(name), "objects": len(annotations),
                      "expressions": sum(len(a["expressions"]) for a in annotations)}
               for name, annotations in dataset.items()}
-    return {"annotation_file": str(json_path), "image_dir": str(image_dir(out_dir)),
+    return {"annotation_file": str(json_path), "image_dir": str(SYNTHETIC.directory(out_dir)),
             "seconds": round(time.perf_counter() - start, 2), "splits": counts}

@@ -1,15 +1,9 @@
 """SeqTR: image + expression -> a box or a mask contour as a sequence of coordinate tokens.
 
-Sequences (N = num_ray; token ids as in `seqtr_lib.sequence`: 0..num_bin-1 coordinates, num_bin EOS):
-
-    task   decoder inputs                                        targets                          length
-    box    [zero, x1, y1, x2, y2]                                [x1, y1, x2, y2, EOS]            5
-    mask   [zero, px1, py1, ..., pxN, pyN]                       [px1, ..., pyN, EOS]             2N + 1
-    multi  [task_box, x1, .., y2, task_mask, px1, .., pyN]       [x1, .., y2, EOS, px1, .., EOS]  2N + 6
-
-``zero`` is a zero vector and ``task_box`` / ``task_mask`` the two rows of a learned task embedding;
-every other input is the embedding of the previous target token. The decoder has one learned
-position per input.
+The sequence layout (parts, lengths, targets) is `seqtr_lib.codec.TokenLayout`'s. The first input of
+a single-part sequence is a zero vector; in a multi-task sequence each part starts with its row of a
+learned task embedding. Every other input is the embedding of the previous target token, and the
+decoder has one learned position per input.
 
 Two opt-in departures help a model that starts from scratch (README, "departures"): a target-cell
 score per memory cell, trained to pick the cell holding the target's centre (``target_cell_loss``), and
@@ -32,17 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqtr_lib.config import TASKS, ModelConfig
+from seqtr_lib.codec import TokenLayout
+from seqtr_lib.config import ModelConfig
 from seqtr_lib.model.darknet import DarkNet53, freeze, load_darknet_weights
 from seqtr_lib.model.fusion import SimpleFusion, padding_zeroed
 from seqtr_lib.model.language import LanguageEncoder
 from seqtr_lib.model.transformer import Decoder, DecoderCache, Encoder, downsample_padding, sine_position_2d
-from seqtr_lib.sequence import eos_token, token_vocab_size
 from seqtr_lib.text import Vocabulary, load_word_vectors
 
 logger = logging.getLogger(__name__)
 
-BOX_LENGTH = 4  # x1, y1, x2, y2
 STRATEGIES = ("greedy", "top_p")
 
 
@@ -58,14 +51,6 @@ def target_cells(target_box: torch.Tensor, stride: int, grid_width: int) -> torc
     column = (centre_x / stride).floor().long().clamp(0, grid_width - 1)
     row = (centre_y / stride).floor().long().clamp(min=0)
     return row * grid_width + column
-
-
-def decoder_length(task: str, num_ray: int) -> int:
-    """Number of decoder positions (inputs) of a task's sequence: 5, 2N + 1 or 2N + 6."""
-    lengths = {"box": BOX_LENGTH + 1, "mask": 2 * num_ray + 1, "multi": BOX_LENGTH + 1 + 2 * num_ray + 1}
-    if task not in lengths:
-        raise ValueError(f"task {task!r} is unknown; use one of {', '.join(TASKS)}")
-    return lengths[task]
 
 
 class Memory(NamedTuple):
@@ -140,9 +125,7 @@ class SeqTR(nn.Module):
         fusion: SimpleFusion,
         encoder: Encoder,
         decoder: Decoder,
-        task: str,
-        num_bin: int,
-        num_ray: int,
+        layout: TokenLayout,
         cell_scorer: nn.Linear | None = None,
         query_projection: nn.Linear | None = None,
         input_token_noise: float = 0.0,
@@ -150,21 +133,19 @@ class SeqTR(nn.Module):
         super().__init__()
         if query_projection is not None and cell_scorer is None:
             raise ValueError("query selection picks the best-scoring cell at inference: it needs a cell_scorer")
-        if decoder.max_length != decoder_length(task, num_ray):
+        if decoder.max_length != layout.decoder_length:
             raise ValueError(
-                f"the decoder has {decoder.max_length} positions but task {task!r} with num_ray {num_ray} needs "
-                f"{decoder_length(task, num_ray)}; build it with decoder_length(task, num_ray)"
+                f"the decoder has {decoder.max_length} positions but task {layout.task!r} with num_ray "
+                f"{layout.num_ray} needs {layout.decoder_length}; build it with TokenLayout.decoder_length"
             )
-        self.task = task
-        self.num_bin = num_bin
-        self.num_ray = num_ray
+        self.layout = layout
         self.backbone = backbone
         self.language = language
         self.fusion = fusion
         self.encoder = encoder
         self.decoder = decoder
         d_model = decoder.norm.normalized_shape[0]
-        vocab_size = token_vocab_size(num_bin)
+        vocab_size = layout.vocab_size
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         # The released code has three linear layers (d -> d -> d -> V), ReLU between them.
         self.predictor = nn.Sequential(
@@ -172,7 +153,8 @@ class SeqTR(nn.Module):
             nn.Linear(d_model, d_model), nn.ReLU(),
             nn.Linear(d_model, vocab_size),
         )
-        self.task_embedding = nn.Embedding(2, d_model) if task == "multi" else None
+        parts = len(layout.parts)
+        self.task_embedding = nn.Embedding(parts, d_model) if parts > 1 else None
         self.cell_scorer = cell_scorer  # d_model -> 1: how likely a memory cell holds the target's centre
         self.query_projection = query_projection  # d_model -> d_model, applied to memory + position of a cell
         self.input_token_noise = input_token_noise
@@ -204,7 +186,7 @@ class SeqTR(nn.Module):
         return self.cell_scorer(memory.features)[..., 0].float().masked_fill(memory.padding, -math.inf)
 
     def _start(self, memory: Memory, selected_cells: torch.Tensor | None = None) -> torch.Tensor:
-        """First decoder input (B, 1, D): the box task embedding (multi-task) or a zero vector.
+        """First decoder input (B, 1, D): the first part's task embedding (multi-task) or a zero vector.
 
         With query selection, plus the projected memory and position of ``selected_cells`` (int64 (B,);
         None: the best-scoring cell of each sample).
@@ -227,13 +209,15 @@ class SeqTR(nn.Module):
         """Embeddings of teacher-forced input tokens; in training, ``input_token_noise`` of the coordinate
         tokens (never EOS) are first replaced by uniformly random coordinates."""
         if self.training and self.input_token_noise > 0:
-            replace = (torch.rand(tokens.shape, device=tokens.device) < self.input_token_noise) & (tokens < self.num_bin)
-            tokens = torch.where(replace, torch.randint_like(tokens, self.num_bin), tokens)
+            num_bin = self.layout.num_bin
+            replace = (torch.rand(tokens.shape, device=tokens.device) < self.input_token_noise) & (tokens < num_bin)
+            tokens = torch.where(replace, torch.randint_like(tokens, num_bin), tokens)
         return self.token_embedding(tokens)
 
-    def _task_mask(self, batch: int) -> torch.Tensor:
+    def _part_start(self, index: int, batch: int) -> torch.Tensor:
+        """The first input (B, 1, D) of a multi-task sequence's part ``index`` > 0: its task embedding row."""
         assert self.task_embedding is not None
-        return self.task_embedding.weight[1].expand(batch, 1, -1)
+        return self.task_embedding.weight[index].expand(batch, 1, -1)
 
     def forward(
         self,
@@ -250,8 +234,7 @@ class SeqTR(nn.Module):
         Inputs as `encode`, plus box_tokens int64 (B, 4) [x1, y1, x2, y2] (tasks box, multi) and
         mask_tokens int64 (B, 2N) [x1, y1, ...], EOS for missing vertices (tasks mask, multi).
         Returns ``box_logits`` (B, 5, V) and/or ``mask_logits`` (B, 2N + 1, V), V = num_bin + 1;
-        position t predicts target t of the module docstring's table (multi-task: the first 5 and
-        the last 2N + 1 positions of the joint sequence).
+        position t predicts target t of the part (`seqtr_lib.codec` has the layout).
 
         With a cell scorer, also ``cell_logits`` (B, S); given target_box float (B, 4) (the target's
         tight box in pixels of ``images``), also ``target_cells`` (B,), which query selection
@@ -266,25 +249,19 @@ class SeqTR(nn.Module):
             if target_box is not None:
                 stride = self.fusion.stride
                 extra["target_cells"] = target_cells(target_box, stride, math.ceil(images.shape[-1] / stride))
-        inputs = [self._start(memory, extra.get("target_cells"))]
-        if self.task in ("box", "multi"):
-            inputs.append(self._teacher_inputs(_checked(box_tokens, "box_tokens", (batch, BOX_LENGTH), self.task)))
-        if self.task == "multi":
-            inputs.append(self._task_mask(batch))
-        if self.task in ("mask", "multi"):
-            shape = (batch, 2 * self.num_ray)
-            inputs.append(self._teacher_inputs(_checked(mask_tokens, "mask_tokens", shape, self.task)))
+        teacher = {"box": box_tokens, "mask": mask_tokens}
+        inputs = []
+        for index, part in enumerate(self.layout.parts):
+            inputs.append(self._part_start(index, batch) if index else self._start(memory, extra.get("target_cells")))
+            tokens = _checked(teacher[part], f"{part}_tokens", (batch, self.layout.length(part)), self.layout.task)
+            inputs.append(self._teacher_inputs(tokens))
         weights: list[torch.Tensor] | None = [] if return_attention else None
         hidden = self.decoder(torch.cat(inputs, dim=1), memory.features, memory.position, memory.padding,
                               cross_attention=weights)
         if weights is not None:
             extra["cross_attention"] = torch.stack(weights, dim=1)
         logits = self.predictor(hidden)  # (B, T, V)
-        if self.task == "box":
-            return {"box_logits": logits, **extra}
-        if self.task == "mask":
-            return {"mask_logits": logits, **extra}
-        return {"box_logits": logits[:, : BOX_LENGTH + 1], "mask_logits": logits[:, BOX_LENGTH + 1 :], **extra}
+        return {**{f"{part}_logits": part_logits for part, part_logits in self.layout.split(logits).items()}, **extra}
 
     @torch.no_grad()
     def generate(
@@ -329,29 +306,20 @@ class SeqTR(nn.Module):
         With ``return_attention``, also ``box_attention`` / ``mask_attention`` float (B, L, nh, steps, S):
         the cross-attention of the query that emitted each token (zero after a sequence's EOS).
         """
-        task = task or self.task
-        allowed = ("box", "mask", "multi") if self.task == "multi" else (self.task,)
-        if task not in allowed:
-            raise ValueError(f"this model was built for task {self.task!r}; it can generate {', '.join(allowed)}, "
-                             f"not {task!r}")
+        parts = self.layout.parts_to_generate(task)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
         batch = memory.features.shape[0]
         decoding = _Decoding(self, memory, self._start(memory), use_cache, return_attention)
         results: dict[str, torch.Tensor] = {}
-        if self.task in ("box", "multi"):
-            tokens, scores, attention = self._decode(decoding, BOX_LENGTH, False, strategy, top_p, generator)
-            results.update(box_tokens=tokens, box_scores=scores)
+        for index, part in enumerate(parts):
+            if index:
+                decoding.append(self._part_start(index, batch))
+            tokens, scores, attention = self._decode(decoding, self.layout.length(part), self.layout.stops_at_eos(part),
+                                                     strategy, top_p, generator)
+            results.update({f"{part}_tokens": tokens, f"{part}_scores": scores})
             if attention is not None:
-                results["box_attention"] = attention
-        if task == "box":
-            return results
-        if self.task == "multi":
-            decoding.append(self._task_mask(batch))
-        tokens, scores, attention = self._decode(decoding, 2 * self.num_ray, True, strategy, top_p, generator)
-        results.update(mask_tokens=tokens, mask_scores=scores)
-        if attention is not None:
-            results["mask_attention"] = attention
+                results[f"{part}_attention"] = attention
         return results
 
     def _decode(
@@ -371,7 +339,7 @@ class SeqTR(nn.Module):
         """
         batch = decoding.inputs.shape[0]
         device = decoding.inputs.device
-        eos = eos_token(self.num_bin)
+        eos = self.layout.eos
         tokens = torch.full((batch, steps), eos, dtype=torch.int64, device=device)
         scores = torch.zeros(batch, steps, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -429,11 +397,12 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
     fusion = SimpleFusion(backbone.out_channels, language.out_channels, config.d_model, config.memory_stride)
     layer = (config.d_model, config.num_heads, config.ffn_dim, config.dropout)
     encoder = Encoder(*layer, config.num_encoder_layers)
-    decoder = Decoder(*layer, config.num_decoder_layers, decoder_length(config.task, config.num_ray))
+    layout = TokenLayout(config.task, config.num_bin, config.num_ray)
+    decoder = Decoder(*layer, config.num_decoder_layers, layout.decoder_length)
     cell_scorer = nn.Linear(config.d_model, 1) if config.target_cell_loss > 0 else None
     query_projection = nn.Linear(config.d_model, config.d_model) if config.query_selection else None
-    return SeqTR(backbone, language, fusion, encoder, decoder, config.task, config.num_bin, config.num_ray,
-                 cell_scorer, query_projection, config.input_token_noise)
+    return SeqTR(backbone, language, fusion, encoder, decoder, layout, cell_scorer, query_projection,
+                 config.input_token_noise)
 
 
 def without_weight_files(config: ModelConfig) -> ModelConfig:

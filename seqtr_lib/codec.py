@@ -1,0 +1,213 @@
+"""The token format of SeqTR, in one place: sequence layout, targets and their weights, pixels <-> tokens.
+
+Vocabulary: ids ``0 .. num_bin - 1`` are quantized coordinates, ``num_bin`` is EOS, so the decoder
+predicts ``num_bin + 1`` classes. A sequence is made of parts: a ``box`` part is x1, y1, x2, y2 and a
+``mask`` part N = num_ray contour points, x and y interleaved. Each part starts with its own first
+input (a zero vector, or a row of the learned task embedding in multi-task sequences) and its targets
+end with EOS:
+
+    task   parts       decoder inputs                                      targets                          length
+    box    box         [start, x1, y1, x2, y2]                             [x1, y1, x2, y2, EOS]            5
+    mask   mask        [start, px1, py1, ..., pxN, pyN]                    [px1, ..., pyN, EOS]             2N + 1
+    multi  box, mask   [start_box, x1, .., y2, start_mask, px1, .., pyN]   [x1, .., y2, EOS, px1, .., EOS]  2N + 6
+
+Every input after a start is the embedding of the previous target. A box is always four tokens (EOS is
+excluded when generating it); a mask stops at its first EOS, and a missing contour point is two EOS
+targets. Loss weights: 1.5 on a box's x1, 0.1 on every EOS target of a mask, 1 elsewhere.
+
+Quantization (`seqtr_lib.sequence.quantize`) divides x and y by an extent: the sample's padded size
+(``relative`` mapping, the paper's) or the network input size in both directions (``absolute``).
+`TokenLayout` is what the model needs (no pixels); `SequenceCodec` adds the mapping for the data
+pipeline, evaluation and the Grounder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from seqtr_lib.config import TASK_PARTS
+from seqtr_lib.sequence import dequantize, polygon_to_rle, quantize
+
+if TYPE_CHECKING:
+    from seqtr_lib.config import Experiment
+
+BOX_X1_WEIGHT = 1.5  # the first box coordinate; the other box targets weigh 1
+MASK_EOS_WEIGHT = 0.1  # mask targets that are EOS (missing points and the final EOS)
+_BOX_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which parts a task's sequence holds, their lengths, targets and loss weights."""
+
+    task: str
+    num_bin: int
+    num_ray: int
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_PARTS:
+            raise ValueError(f"task {self.task!r} is unknown; use one of {', '.join(TASK_PARTS)}")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return TASK_PARTS[self.task]
+
+    @property
+    def eos(self) -> int:
+        return self.num_bin
+
+    @property
+    def vocab_size(self) -> int:
+        """Decoder output classes: the coordinate bins plus EOS."""
+        return self.num_bin + 1
+
+    def length(self, part: str) -> int:
+        """Coordinate tokens of a part: 4 for a box, 2 * num_ray for a mask."""
+        return _BOX_TOKENS if part == "box" else 2 * self.num_ray
+
+    def stops_at_eos(self, part: str) -> bool:
+        """Whether generation may emit EOS (and stop) in this part; a box always has four coordinates."""
+        return part == "mask"
+
+    @property
+    def decoder_length(self) -> int:
+        """Decoder positions of the whole sequence: 5, 2N + 1 or 2N + 6."""
+        return sum(self.length(part) + 1 for part in self.parts)
+
+    def parts_to_generate(self, task: str | None = None) -> tuple[str, ...]:
+        """The parts decoded for a request: a multi-task model decodes its box alone, or box then mask."""
+        task = task or self.task
+        allowed = (*TASK_PARTS, ) if self.task == "multi" else (self.task,)
+        if task not in allowed:
+            raise ValueError(f"this model was built for task {self.task!r}; it can generate {', '.join(allowed)}, "
+                             f"not {task!r}")
+        if self.task == "multi" and task == "box":
+            return ("box",)
+        return self.parts
+
+    def split(self, per_position: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, decoder_length, ...) -> ``{part: (B, length(part) + 1, ...)}``, in sequence order."""
+        chunks = per_position.split([self.length(part) + 1 for part in self.parts], dim=1)
+        return dict(zip(self.parts, chunks))
+
+    def targets(self, part: str, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A part's tokens (B, length) -> targets (B, length + 1) ending with EOS, and their loss weights."""
+        targets = torch.cat([tokens, torch.full_like(tokens[:, :1], self.eos)], dim=1)
+        weights = torch.ones(targets.shape, device=targets.device)
+        if part == "box":
+            weights[:, 0] = BOX_X1_WEIGHT
+        else:
+            weights[targets == self.eos] = MASK_EOS_WEIGHT
+        return targets, weights
+
+    def num_emitted(self, tokens: Any) -> int:
+        """Coordinate tokens (T,) before the first EOS."""
+        eos_at = np.flatnonzero(_numpy(tokens).reshape(-1) == self.eos)
+        return int(eos_at[0]) if len(eos_at) else _numpy(tokens).size
+
+    def valid_points(self, tokens: Any) -> np.ndarray:
+        """Mask tokens -> (K, 2) int64 x, y tokens before the first EOS (an odd trailing token dropped)."""
+        tokens = _numpy(tokens).astype(np.int64).reshape(-1)[: self.num_emitted(tokens)]
+        return tokens[: len(tokens) // 2 * 2].reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class SequenceCodec:
+    """Pixels <-> tokens for one experiment: the layout plus the coordinate mapping.
+
+    ``relative`` divides coordinates by each sample's padded size (pad_h, pad_w); ``absolute`` by
+    ``image_size`` in both directions, the same for encoding and decoding.
+    """
+
+    layout: TokenLayout
+    mapping: str = "relative"
+    image_size: int = 640
+
+    def __post_init__(self) -> None:
+        if self.mapping not in ("relative", "absolute"):
+            raise ValueError(f"coordinate mapping {self.mapping!r} is unknown; use 'relative' or 'absolute'")
+
+    @classmethod
+    def from_experiment(cls, experiment: Experiment) -> SequenceCodec:
+        model = experiment.model
+        return cls(TokenLayout(model.task, model.num_bin, model.num_ray), model.mapping, experiment.data.image_size)
+
+    def extent(self, pad_shape: tuple[int, int]) -> tuple[int, int]:
+        """The (height, width) that pixel coordinates of a sample with this pad_shape are divided by."""
+        return tuple(pad_shape) if self.mapping == "relative" else (self.image_size, self.image_size)
+
+    def encode_box(self, box_xyxy: Any, pad_shape: tuple[int, int]) -> np.ndarray:
+        """Box x1, y1, x2, y2 in pixels of the padded input -> int64 (4,) tokens."""
+        box = np.asarray(box_xyxy, dtype=np.float64)
+        if box.shape != (4,):
+            raise ValueError(f"a box is 4 values x1, y1, x2, y2, got shape {box.shape}")
+        height, width = self.extent(pad_shape)
+        return quantize(box, width, height, self.layout.num_bin)
+
+    def encode_vertices(self, vertices: np.ndarray, pad_shape: tuple[int, int]) -> np.ndarray:
+        """Contour vertices (2, N) (x row, y row; -1 = missing) -> int64 (2N,) tokens, EOS pairs for missing."""
+        vertices = np.asarray(vertices)
+        if vertices.ndim != 2 or vertices.shape[0] != 2:
+            raise ValueError(f"vertices must be (2, N) (x row, y row), got {vertices.shape}")
+        points = vertices.T  # (N, 2)
+        height, width = self.extent(pad_shape)
+        tokens = quantize(points, width, height, self.layout.num_bin)
+        tokens[(points < 0).any(axis=1)] = self.layout.eos
+        return tokens.reshape(-1)
+
+    def box_pixels(self, tokens: Any, pad_shape: tuple[int, int]) -> np.ndarray:
+        """Four box tokens -> float32 (4,) x1, y1, x2, y2 in pixels of the padded input (bin lower edges)."""
+        values = _numpy(tokens)
+        if values.shape != (_BOX_TOKENS,):
+            raise ValueError(f"a box is 4 tokens x1, y1, x2, y2, got shape {values.shape}")
+        height, width = self.extent(pad_shape)
+        return dequantize(values, width, height, self.layout.num_bin)
+
+    def polygon_pixels(self, tokens: Any, pad_shape: tuple[int, int]) -> np.ndarray:
+        """Mask tokens -> float32 (K, 2) points in pixels of the padded input, cut at the first EOS."""
+        height, width = self.extent(pad_shape)
+        return dequantize(self.layout.valid_points(tokens).astype(np.float64), width, height,
+                          self.layout.num_bin).astype(np.float32)
+
+    def box_in_original(self, tokens: Any, meta: dict[str, Any]) -> np.ndarray:
+        """Box tokens -> float32 (4,) x1, y1, x2, y2 in the original image's pixels, clipped to it."""
+        sx, sy = meta["scale_factor"]
+        box = self.box_pixels(tokens, meta["pad_shape"]) / np.array([sx, sy, sx, sy], dtype=np.float32)
+        ori_h, ori_w = meta["ori_shape"]
+        return np.clip(box, 0, [ori_w, ori_h, ori_w, ori_h]).astype(np.float32)
+
+    def polygon_in_original(self, tokens: Any, meta: dict[str, Any]) -> np.ndarray:
+        """Mask tokens -> float32 (K, 2) polygon vertices in the original image's pixels, in emission order."""
+        sx, sy = meta["scale_factor"]
+        return (self.polygon_pixels(tokens, meta["pad_shape"]) / np.array([sx, sy], dtype=np.float32)).astype(np.float32)
+
+    def decode(self, generated: dict[str, np.ndarray], index: int, meta: dict[str, Any]) -> dict[str, Any]:
+        """Sample ``index`` of `SeqTR.generate`'s numpy output -> ``pred_box`` (list of 4) and/or
+        ``pred_polygon`` (flat list) and ``pred_rle`` (at the original size), as evaluation records hold them."""
+        decoded: dict[str, Any] = {}
+        if "box_tokens" in generated:
+            decoded["pred_box"] = self.box_in_original(generated["box_tokens"][index], meta).tolist()
+        if "mask_tokens" in generated:
+            polygon = self.polygon_in_original(generated["mask_tokens"][index], meta)
+            decoded["pred_polygon"] = polygon.reshape(-1).tolist()
+            decoded["pred_rle"] = polygon_rle(polygon, meta["ori_shape"])
+        return decoded
+
+
+def polygon_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
+    """A predicted polygon (K, 2) -> RLE of ``shape`` (height, width): fewer than 2 points give an empty
+    mask, exactly 2 the box they span, more the polygon (the reference's rules)."""
+    height, width = shape
+    if len(points) < 2:
+        return polygon_to_rle([], height, width)
+    return polygon_to_rle([np.asarray(points).reshape(-1).tolist()], height, width)
+
+
+def _numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)

@@ -1,0 +1,106 @@
+"""What a run wrote, read back and summarised: its training log, its metrics, its per-expression predictions.
+
+- `read_log`: the records of ``log.jsonl`` (notebook 01's curves, benchmarks);
+- `metrics_table`: ``evaluation.evaluate``'s results as aligned text;
+- `read_predictions`, `expression_ious`, `category_breakdown`, `breakdown_table`: notebook 02's analysis of
+  the per-expression records ``evaluation.evaluate`` saves under ``predictions/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqtr_lib.config import Experiment
+from seqtr_lib.text import clean_expression
+
+# Groups of expression lengths for the breakdown: (label, most words in the group).
+LENGTH_BUCKETS = (("up to 3 words", 3), ("4-6 words", 6), ("7-9 words", 9), ("10+ words", 10**9))
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/log.jsonl`` (``type`` "step" or "epoch"); a torn last line is ignored."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training log {path}; rank 0 writes it (on a multi-node run, look on the "
+                                "first node) once training has logged its first steps")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the writer may be mid-line while a live view reads
+            continue
+    return records
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """evaluation.evaluate's results as aligned text: one row per split and weights, metrics in percent."""
+    rows = [(split, weights, metrics) for split, per_split in results["splits"].items()
+            for weights, metrics in per_split.items()]
+    columns = [k for k in rows[0][2] if k not in ("num_expressions", "skipped_images")] if rows else []
+    lines = [f"{'split':<8}{'weights':<14}" + "".join(f"{c:>13}" for c in columns) + f"{'expressions':>13}"]
+    for split, weights, metrics in rows:
+        lines.append(f"{split:<8}{weights:<14}" + "".join(f"{metrics[c]:>13.2f}" for c in columns)
+                     + f"{metrics['num_expressions']:>13}")
+    return "\n".join(lines)
+
+
+def read_predictions(experiment: Experiment, split: str, weights: str = "ema") -> list[dict[str, Any]]:
+    """The per-expression records evaluation.evaluate wrote for a split and weight set."""
+    path = experiment.run_dir / "predictions" / f"{split}_{weights}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no predictions {path}: evaluate split {split!r} first (weights are 'raw', "
+                                "'ema' when the checkpoint has EMA weights, and '<weights>_shuffled')")
+    return json.loads(path.read_text())
+
+
+def expression_ious(records: Sequence[dict[str, Any]], task: str) -> np.ndarray:
+    """Each record's IoU with its ground truth as the evaluation scored it, float64 (N,).
+
+    Task box or multi: the ``box_iou`` the records carry; task mask: their ``mask_iou``. The mean is the
+    evaluation's Acc/mIoU basis.
+    """
+    key = "mask_iou" if task == "mask" else "box_iou"
+    if any(key not in record for record in records):
+        raise KeyError(f"these prediction records have no {key}; evaluate the split again (python -m seqtr_lib "
+                       "evaluate, or notebook 02) to write records that carry it")
+    return np.array([record[key] for record in records], dtype=np.float64)
+
+
+def _length_bucket(expression: str) -> str:
+    words = len(clean_expression(expression))
+    return next(label for label, most in LENGTH_BUCKETS if words <= most)
+
+
+def category_breakdown(records: Sequence[dict[str, Any]], ious: np.ndarray,
+                       annotation: Callable[[int], Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean IoU and Acc@0.5 (percent) by expression length and, where annotated, by expression type.
+
+    ``annotation(ann_index)`` is a record's annotation entry (e.g. ``ReferDataset.annotation``). The
+    synthetic set records each expression's type (attribute, size, position, relation) in its field
+    ``expression_types``. Returns {grouping: {group: {"n", "miou", "acc@0.5"}}}.
+    """
+    groups: dict[str, dict[str, list[float]]] = {"expression length": {}}
+    for record, iou in zip(records, ious):
+        groups["expression length"].setdefault(_length_bucket(record["expression"]), []).append(float(iou))
+        types = annotation(record["ann_index"]).get("expression_types")
+        if types:
+            groups.setdefault("expression type", {}).setdefault(types[record["expression_index"]], []).append(float(iou))
+    order = {label: i for i, (label, _) in enumerate(LENGTH_BUCKETS)}
+    return {grouping: {name: {"n": len(values), "miou": 100 * float(np.mean(values)),
+                              "acc@0.5": 100 * float(np.mean(np.asarray(values) >= 0.5))}
+                       for name, values in sorted(members.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))}
+            for grouping, members in groups.items()}
+
+
+def breakdown_table(breakdown: dict[str, dict[str, dict[str, float]]]) -> str:
+    """category_breakdown as aligned text."""
+    lines = []
+    for grouping, members in breakdown.items():
+        lines.append(f"{grouping:<20}{'n':>7}{'mIoU':>9}{'Acc@0.5':>10}")
+        lines += [f"  {name:<18}{v['n']:>7}{v['miou']:>9.2f}{v['acc@0.5']:>10.2f}" for name, v in members.items()]
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""Dataset samples for the notebooks' pictures: an object with its image, box, mask and expression, the
+training target it becomes, galleries of samples and of failed predictions, attention examples.
+
+Samples are read through the split's ReferDataset, which indexes annotations without re-parsing the file;
+`split_dataset` builds one per experiment, split and version of the annotation file, since cells ask for
+samples one at a time and a RefCOCO file takes seconds to parse. Drawing is `seqtr_lib.viz`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from seqtr_lib.config import DataConfig, Experiment
+from seqtr_lib.data.refer import ReferDataset, build_dataset, decode_mask
+from seqtr_lib.data.transforms import pad_shape_for
+from seqtr_lib.images import read_image
+from seqtr_lib.metrics import box_iou, mask_ious
+from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
+from seqtr_lib.viz import draw_comparison, grid_figure
+
+# Samples are read by annotation, never encoded: the vocabulary's words do not matter, and building the
+# real one would parse the annotation file a second time.
+_NO_WORDS = Vocabulary(list(SPECIAL_TOKENS))
+_DATASETS: dict[tuple[Experiment, str, tuple[int, int] | None], ReferDataset] = {}
+_KEEP_DATASETS = 4  # splits kept at once: 03 reads one, 02 one or two
+
+
+@dataclass
+class Sample:
+    """One annotated object of a split with its image, in original pixels."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    annotation: dict[str, Any]
+    expression: str
+    box: np.ndarray  # (4,) x1, y1, x2, y2
+    mask: np.ndarray | None  # (H, W) uint8, None when the annotation has no mask
+
+
+def split_dataset(experiment: Experiment, split: str) -> ReferDataset:
+    """The ReferDataset of a split, one item per annotated object, built once per version of its file.
+
+    Built with ``training=True`` only for its length, the number of objects (an evaluation dataset
+    counts (object, expression) pairs); samples are read with ``annotation`` and ``image_path``, so no
+    augmentation runs. A regenerated file (00's ``regenerate``) gives a new dataset.
+    """
+    stat = experiment.annotation_path.stat() if experiment.annotation_path.is_file() else None
+    version = (stat.st_mtime_ns, stat.st_size) if stat else None
+    key = (experiment, split, version)
+    if key not in _DATASETS:
+        if len(_DATASETS) >= _KEEP_DATASETS:
+            del _DATASETS[next(iter(_DATASETS))]  # the oldest
+        # A missing file raises here, naming the fix, and nothing is kept.
+        _DATASETS[key] = build_dataset(experiment, split, _NO_WORDS, training=True)
+    return _DATASETS[key]
+
+
+def load_sample(experiment: Experiment, split: str, index: int, expression_index: int = 0) -> Sample:
+    """Annotation ``index`` of ``split`` with its image, box, mask and one of its expressions (modulo their number)."""
+    dataset = split_dataset(experiment, split)
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"sample_index {index} is outside split {split!r} of {experiment.annotation_path} "
+                         f"(0 .. {len(dataset) - 1})")
+    annotation = dataset.annotation(index)
+    image = read_image(dataset.image_path(annotation))
+    x, y, w, h = annotation["bbox"]
+    mask = decode_mask(annotation["mask"], *image.shape[:2])[0] if "mask" in annotation else None
+    expressions = annotation["expressions"]
+    return Sample(image, annotation, expressions[expression_index % len(expressions)],
+                  np.array([x, y, x + w, y + h], dtype=np.float32), mask)
+
+
+def padded(mask: np.ndarray, pad_shape: tuple[int, int]) -> np.ndarray:
+    """A (H, W) mask zero-padded at the bottom and right to pad_shape."""
+    return np.pad(mask, ((0, pad_shape[0] - mask.shape[0]), (0, pad_shape[1] - mask.shape[1])))
+
+
+def target_sequence(experiment: Experiment, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """The training target of a sample at its original resolution: points (K, 2) and tokens.
+
+    Box task: the two corners and 4 tokens; mask and multi-task: the sampled contour vertices
+    (``model.num_ray``, ``data.center_sampling``) and 2 * num_ray tokens (EOS for missing points).
+    Training does the same after resizing the long side to ``data.image_size`` (tokens relative to the
+    padded size here, whatever ``model.mapping``: the absolute mapping refers to the network input).
+    """
+    from seqtr_lib.codec import SequenceCodec, TokenLayout
+    from seqtr_lib.sequence import sample_mask_vertices
+
+    model = experiment.model
+    codec = SequenceCodec(TokenLayout(model.task, model.num_bin, model.num_ray))
+    pad_shape = pad_shape_for(sample.image.shape[:2])
+    if "mask" not in codec.layout.parts:
+        return sample.box.reshape(2, 2), codec.encode_box(sample.box, pad_shape)
+    if sample.mask is None:
+        raise ValueError(f"annotation {sample.annotation.get('image_id')} has no mask, but task "
+                         f"{experiment.model.task!r} needs one")
+    vertices = sample_mask_vertices(padded(sample.mask, pad_shape), experiment.model.num_ray, pad_shape,
+                                    experiment.data.center_sampling)
+    return vertices.T[(vertices >= 0).all(axis=0)], codec.encode_vertices(vertices, pad_shape)
+
+
+def prediction_iou(sample: Sample, prediction: Any) -> float:
+    """IoU of a `predict.Prediction` with the sample's annotation: boxes for a box, masks for a mask."""
+    if prediction.task == "box":
+        return float(box_iou(prediction.box[None], sample.box[None])[0])
+    if sample.mask is None:
+        raise ValueError(f"annotation {sample.annotation.get('image_id')} has no mask to compare a mask with")
+    from seqtr_lib.sequence import mask_to_rle
+
+    return float(mask_ious([mask_to_rle(prediction.mask)], [mask_to_rle(sample.mask)])[0][0])
+
+
+def attention_examples(experiment: Experiment, grounder: Any, split: str = "val",
+                       count: int = 12) -> list[tuple[Sample, Any, float]]:
+    """The first ``count`` samples of a split (all, if it has fewer) predicted with their attention maps,
+    best IoU first: [(sample, prediction, iou)]."""
+    examples = []
+    for index in range(min(count, len(split_dataset(experiment, split)))):
+        sample = load_sample(experiment, split, index)
+        prediction = grounder.predict(sample.image, sample.expression, return_attention=True)
+        examples.append((sample, prediction, prediction_iou(sample, prediction)))
+    return sorted(examples, key=lambda example: -example[2])
+
+
+def _polygons(annotation: dict[str, Any]) -> list | None:
+    """The annotation's mask polygons, None for an RLE mask or none (drawn as outlines, not rasterised)."""
+    return annotation["mask"] if isinstance(annotation.get("mask"), list) else None
+
+
+def sample_gallery(experiment: Experiment, split: str = "train", num_samples: int = 12, seed: int = 0) -> Figure:
+    """A grid of random objects of a split with box, mask polygons and one expression each."""
+    count = len(split_dataset(experiment, split))
+    if count == 0:
+        raise ValueError(f"split {split!r} of {experiment.annotation_path} has no annotations")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(count, size=min(num_samples, count), replace=False)
+    figure, axes = grid_figure(len(picks))
+    for ax, pick in zip(axes, picks):
+        sample = load_sample(experiment, split, int(pick), int(rng.integers(1000)))
+        draw_comparison(ax, sample.image, sample.box, _polygons(sample.annotation), title=sample.expression)
+    return figure
+
+
+def failure_gallery(experiment: Experiment, split: str, records: Sequence[dict[str, Any]], ious: np.ndarray,
+                    count: int = 8) -> Figure:
+    """The ``count`` objects whose worst expression has the lowest IoU, worst first.
+
+    One panel per object (its expressions often fail together); ground truth green, prediction red.
+    """
+    task = experiment.model.task
+    worst, shown = [], set()
+    for i in np.argsort(ious, kind="stable"):
+        if records[i]["ann_index"] not in shown and len(worst) < count:
+            worst.append(i)
+            shown.add(records[i]["ann_index"])
+    figure, axes = grid_figure(len(worst))
+    for ax, i in zip(axes, worst):
+        record = records[i]
+        sample = load_sample(experiment, split, record["ann_index"], record["expression_index"])
+        polygon = record.get("pred_polygon")
+        draw_comparison(ax, sample.image, sample.box if task != "mask" else None,
+                        _polygons(sample.annotation) if task != "box" else None, record.get("pred_box"),
+                        np.reshape(polygon, (-1, 2)) if polygon is not None and task != "box" else None,
+                        title=f"IoU {ious[i]:.2f}: {record['expression']}")
+    return figure
+
+
+def contact_sheet(data_root: str | Path, split: str = "train", out_path: str | Path = "outputs/synthetic_samples.png",
+                  num_samples: int = 12, seed: int = 0) -> Path:
+    """Write `sample_gallery` of the synthetic set under ``data_root`` as a PNG; return its path.
+
+    The command line's ``contact-sheet``: it needs a data root only, no params file.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1; got {num_samples}")
+    experiment = Experiment(data=DataConfig(dataset="synthetic", data_root=str(data_root)))
+    figure = sample_gallery(experiment, split, num_samples, seed)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_path, dpi=100)
+    return out_path
