@@ -110,7 +110,7 @@ def measure(name: str, task: str, batch: int, args: argparse.Namespace, device: 
             memory = model.encode(*inputs)
         cached = median_seconds(lambda: model.generate_from_memory(memory, use_cache=True), args.repeats, device)
         recompute = median_seconds(lambda: model.generate_from_memory(memory, use_cache=False), args.repeats, device)
-    steps = model.layout.length(task)
+    steps = sum(model.layout.length(part) for part in model.layout.parts_to_generate(task))
     return {
         "model": name, "image_size": image_size, "task": task, "batch": batch, "steps": steps,
         "memory_tokens": memory.features.shape[1],

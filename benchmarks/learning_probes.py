@@ -41,6 +41,7 @@ from torchvision.ops import box_iou
 
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib import distributed
+from seqtr_lib.codec import SequenceCodec, TokenLayout
 from seqtr_lib.config import load_params
 from seqtr_lib.engine import Trainer
 from seqtr_lib.model.seqtr import SeqTR, build_model
@@ -57,6 +58,7 @@ def toy_scenes(count: int, objects: int, num_bin: int, vocabulary: Vocabulary, s
     """Images uint8 (N, 3, 128, 128), expression ids, box tokens (N, 4), the target's box in pixels (N, 4)
     and its stride-32 cell (N,)."""
     rng = np.random.default_rng(seed)
+    codec = SequenceCodec(TokenLayout("box", num_bin, num_ray=3))
     images = torch.zeros(count, 3, SIZE, SIZE, dtype=torch.uint8)
     tokens = torch.zeros(count, 4, dtype=torch.int64)
     cells = torch.zeros(count, dtype=torch.int64)
@@ -70,7 +72,7 @@ def toy_scenes(count: int, objects: int, num_bin: int, vocabulary: Vocabulary, s
             images[i, :, y : y + h, x : x + w] = torch.tensor(COLOURS[names[colour]], dtype=torch.uint8)[:, None, None]
         # the loop's last rectangle is the target
         boxes[i] = torch.tensor([x, y, x + w - 1, y + h - 1], dtype=torch.float32)
-        tokens[i] = torch.tensor([x, y, x + w - 1, y + h - 1]) * num_bin // SIZE
+        tokens[i] = torch.from_numpy(codec.encode_box(boxes[i].numpy(), (SIZE, SIZE)))
         cells[i] = int((y + h / 2) // 32) * (SIZE // 32) + int((x + w / 2) // 32)
         expressions[i] = torch.from_numpy(vocabulary.encode(f"the {names[colour]} square", 15))
     return {"images": images, "expression_ids": expressions, "box_tokens": tokens, "target_box": boxes, "cells": cells}
@@ -116,7 +118,7 @@ def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_we
                 logits = model(batch["images"].float(), no_padding, batch["expression_ids"],
                                box_tokens=batch["box_tokens"])["box_logits"]
             model.train()
-            targets = torch.cat([batch["box_tokens"], torch.full((BATCH, 1), num_bin)], dim=1)
+            targets, _ = model.layout.targets("box", batch["box_tokens"])
             token_ce.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(0))
     model.eval()
     held = slice(2000, None)

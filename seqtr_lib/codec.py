@@ -67,11 +67,11 @@ class TokenLayout:
 
     def length(self, part: str) -> int:
         """Coordinate tokens of a part: 4 for a box, 2 * num_ray for a mask."""
-        return _BOX_TOKENS if part == "box" else 2 * self.num_ray
+        return {"box": _BOX_TOKENS, "mask": 2 * self.num_ray}[_known(part)]
 
     def stops_at_eos(self, part: str) -> bool:
         """Whether generation may emit EOS (and stop) in this part; a box always has four coordinates."""
-        return part == "mask"
+        return _known(part) == "mask"
 
     @property
     def decoder_length(self) -> int:
@@ -98,7 +98,7 @@ class TokenLayout:
         """A part's tokens (B, length) -> targets (B, length + 1) ending with EOS, and their loss weights."""
         targets = torch.cat([tokens, torch.full_like(tokens[:, :1], self.eos)], dim=1)
         weights = torch.ones(targets.shape, device=targets.device)
-        if part == "box":
+        if _known(part) == "box":
             weights[:, 0] = BOX_X1_WEIGHT
         else:
             weights[targets == self.eos] = MASK_EOS_WEIGHT
@@ -200,11 +200,14 @@ class SequenceCodec:
 
 def polygon_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
     """A predicted polygon (K, 2) -> RLE of ``shape`` (height, width): fewer than 2 points give an empty
-    mask, exactly 2 the box they span, more the polygon (the reference's rules)."""
-    height, width = shape
-    if len(points) < 2:
-        return polygon_to_rle([], height, width)
-    return polygon_to_rle([np.asarray(points).reshape(-1).tolist()], height, width)
+    mask, exactly 2 the box they span, more the polygon (the reference's rules, `polygon_to_rle`'s)."""
+    return polygon_to_rle([np.asarray(points).reshape(-1).tolist()], *shape)
+
+
+def _known(part: str) -> str:
+    if part not in ("box", "mask"):
+        raise ValueError(f"part {part!r} is unknown; a sequence is made of 'box' and 'mask' parts")
+    return part
 
 
 def _numpy(values: Any) -> np.ndarray:

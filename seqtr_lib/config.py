@@ -60,7 +60,7 @@ class ModelConfig:
     num_decoder_layers: int = 3
     ffn_dim: int = 1024
     dropout: float = 0.1
-    # Departures for training from scratch (off in every paper params file; README, "departures"):
+    # Departures for training from scratch (off in every paper params file; docs/method.md, section 9):
     memory_stride: int = 32  # 32 (paper) or 16: fuse at stride 16, so the memory has 4x the cells
     target_cell_loss: float = 0.0  # weight of a cross-entropy that picks the memory cell holding the target's centre
     query_selection: bool = False  # first decoder input = selected cell's memory + position (needs target_cell_loss)
@@ -190,7 +190,8 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "params", upgrade_mo
 
 
 def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
-    """Plain nested values (lists, not tuples) for YAML, JSON and checkpoints."""
+    """Plain nested values (lists, not tuples) for YAML, JSON and checkpoints; ``data.synthetic`` only for the
+    synthetic dataset (a real dataset's config does not carry it)."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
@@ -199,7 +200,10 @@ def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return plain(dataclasses.asdict(experiment))
+    values = plain(dataclasses.asdict(experiment))
+    if experiment.data.dataset != "synthetic":
+        del values["data"]["synthetic"]
+    return values
 
 
 def validate(experiment: Experiment) -> None:
@@ -228,6 +232,8 @@ def validate(experiment: Experiment) -> None:
         ("data.batch_size", d.batch_size >= 1, "must be at least 1"),
         ("data.eval_batch_size", d.eval_batch_size >= 1, "must be at least 1"),
         ("data.num_workers", d.num_workers >= 0, "must be 0 or more"),
+        ("data.synthetic", d.dataset == "synthetic" or d.synthetic == SyntheticConfig(),
+         f"applies to dataset synthetic only, not {d.dataset}; remove it"),
         ("data.synthetic.num_images", d.synthetic.num_images >= 4, "must be at least 4 (one image for each split)"),
         ("data.synthetic.image_size", d.synthetic.image_size >= 64,
          "must be at least 64 pixels (smaller shapes are unreadable)"),

@@ -54,6 +54,11 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def world_size() -> int:
+    """The number of processes (1 when alone)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def is_main_process() -> bool:
     """Rank 0, or the only process; the one that prints progress and writes files."""
     return rank() == 0

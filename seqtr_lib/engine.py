@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
+from seqtr_lib.codec import TokenLayout
 from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
@@ -122,11 +123,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_inputs(batch: dict[str, Any], with_target_box: bool) -> dict[str, Any]:
+def _model_inputs(batch: dict[str, Any], layout: TokenLayout, with_target_box: bool) -> dict[str, Any]:
     inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
-    for key in ("box_tokens", "mask_tokens"):
-        if key in batch:
-            inputs[key] = batch[key]
+    inputs.update({f"{part}_tokens": batch[f"{part}_tokens"] for part in layout.parts})
     if with_target_box:  # only models with the target-cell departures take it
         inputs["target_box"] = batch["target_box"]
     return inputs
@@ -158,7 +157,7 @@ class Trainer:
             self._check_same_model(resume, t.resume)
             self.vocabulary = Vocabulary.from_list(resume["vocabulary"])
         else:
-            self.vocabulary = vocabulary or load_vocabulary(experiment)
+            self.vocabulary = load_vocabulary(experiment) if vocabulary is None else vocabulary
         seed_everything(t.seed)
         model = build_model(experiment.model, self.vocabulary)
         if t.finetune_from:
@@ -305,7 +304,7 @@ class Trainer:
         t = self.experiment.train
         batch = move_batch(batch, self.device, t.channels_last)
         with autocast(self.device, t.amp):
-            outputs = self.forward_model(**_model_inputs(batch, self.model.cell_scorer is not None))
+            outputs = self.forward_model(**_model_inputs(batch, self.model.layout, self.model.cell_scorer is not None))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         losses = sequence_loss(outputs, batch, self.model.layout, self.experiment.model.target_cell_loss)
         loss = losses["loss"]

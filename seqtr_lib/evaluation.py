@@ -45,6 +45,10 @@ def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool)
     return moved
 
 
+# The model keys the codec decodes with (the architecture always comes from the checkpoint itself).
+TOKEN_FORMAT_KEYS = ("task", "num_bin", "num_ray", "mapping")
+
+
 @torch.inference_mode()
 def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
                    device: torch.device, limit: int | None = None,
@@ -130,12 +134,13 @@ def metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Experiment, Vocabulary, dict[str, SeqTR]]:
     """Rebuild the model(s) stored in a checkpoint: ``{"raw": model, "ema": model}`` (ema when present)."""
-    payload, vocabulary, models = _load_models(path, device)
-    return experiment_from_dict(payload["config"], source=str(path)), vocabulary, models
+    _, experiment, vocabulary, models = _load_models(path, device)
+    return experiment, vocabulary, models
 
 
-def _load_models(path: str | Path, device: torch.device | str) -> tuple[dict[str, Any], Vocabulary, dict[str, SeqTR]]:
-    """The checkpoint's payload (read once), its vocabulary and its models."""
+def _load_models(path: str | Path, device: torch.device | str
+                 ) -> tuple[dict[str, Any], Experiment, Vocabulary, dict[str, SeqTR]]:
+    """The checkpoint's payload (read once), its experiment, vocabulary and models."""
     payload = ckpt.load(path)
     experiment = experiment_from_dict(payload["config"], source=str(path))
     vocabulary = Vocabulary.from_list(payload["vocabulary"])
@@ -145,34 +150,44 @@ def _load_models(path: str | Path, device: torch.device | str) -> tuple[dict[str
             model = build_model(without_weight_files(experiment.model), vocabulary)
             model.load_state_dict(payload[key])
             models[name] = model.to(device).eval()
-    return payload, vocabulary, models
+    return payload, experiment, vocabulary, models
 
 
 def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
              save_predictions: bool = True, shuffle_ablation: bool = False, strategy: str = "greedy",
-             top_p: float = 0.9) -> dict[str, Any]:
+             top_p: float = 0.9, limit: int | None = None) -> dict[str, Any]:
     """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
 
     With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
     (keys ``raw_shuffled``/``ema_shuffled``): a model that reads the words must fall far below its score.
+    ``limit`` scores only the first expressions of each split (whole batches, in file order).
     Predictions go to ``<run_dir>/predictions/<split>_<weights>.json``: the records without their RLEs, each
     with its ``box_iou`` / ``mask_iou``.
     """
     context = distributed.setup(experiment.train.device)
     try:
-        payload, vocabulary, models = _load_models(checkpoint_path, context.device)
+        payload, trained, vocabulary, models = _load_models(checkpoint_path, context.device)
+        # The params read the data and decode the tokens: their token format must be the stored model's.
+        differences = [f"model.{key}: {getattr(trained.model, key)!r} -> {getattr(experiment.model, key)!r}"
+                       for key in TOKEN_FORMAT_KEYS if getattr(trained.model, key) != getattr(experiment.model, key)]
+        if differences:
+            raise ValueError(f"checkpoint {checkpoint_path} writes another token format than the params describe "
+                             f"(checkpoint -> params: {'; '.join(differences)}); evaluate it with the params it was "
+                             "trained with")
         splits = splits or tuple(s for s in DATASETS[experiment.data.dataset].splits if s != "train")
         results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
                                    "epoch": payload["epoch"], "splits": {}}
         if strategy != "greedy":
             results.update(strategy=strategy, top_p=top_p)
+        if limit:
+            results["limit"] = limit
         for split in splits:
             per_split: dict[str, Any] = {}
             for name, model in models.items():
                 for shuffled in (False, True) if shuffle_ablation else (False,):
                     key = f"{name}_shuffled" if shuffled else name
                     outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
-                                             shuffle_expressions=shuffled, strategy=strategy, top_p=top_p)
+                                             limit=limit, shuffle_expressions=shuffled, strategy=strategy, top_p=top_p)
                     per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
                                       "skipped_images": outcome["skipped_images"]}
                     if save_predictions and context.is_main:

@@ -115,11 +115,6 @@ def summarize_mask_ious(
     return metrics
 
 
-def mask_metrics(pred_rles: Sequence[dict], gt_rles: Sequence[dict]) -> dict[str, float]:
-    """mIoU, oIoU and precision@0.5..0.9 (percent) of predicted masks against ground truth (RLEs)."""
-    return summarize_mask_ious(*mask_ious(pred_rles, gt_rles))
-
-
 def _as_float_array(values: np.ndarray | torch.Tensor | Sequence[float], what: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()

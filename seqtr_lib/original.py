@@ -39,7 +39,6 @@ _ATTENTION = {"self_attention": "self_attn", "cross_attention": "multihead_attn"
 _PROJECTIONS = ("query", "key", "value")  # row blocks 0, 1, 2 of in_proj_weight / in_proj_bias
 _FEED_FORWARD = {"0": "linear1", "3": "linear2"}
 TRANSFORMER = "head.transformer"
-IGNORED_ENTRIES = ("optimizer", "scheduler", "lr", "epoch", "d_acc", "miou", "best_d_acc", "best_miou", "amp")
 
 
 class OriginalCheckpointError(ValueError):

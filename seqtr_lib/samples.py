@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from seqtr_lib.config import DataConfig, Experiment
-from seqtr_lib.data.refer import ReferDataset, build_dataset, decode_mask
+from seqtr_lib.data.refer import ReferDataset, build_dataset, decode_mask, ground_truth_box
 from seqtr_lib.data.transforms import pad_shape_for
 from seqtr_lib.images import read_image
 from seqtr_lib.metrics import box_iou, mask_ious
@@ -68,11 +68,11 @@ def load_sample(experiment: Experiment, split: str, index: int, expression_index
                          f"(0 .. {len(dataset) - 1})")
     annotation = dataset.annotation(index)
     image = read_image(dataset.image_path(annotation))
-    x, y, w, h = annotation["bbox"]
-    mask = decode_mask(annotation["mask"], *image.shape[:2])[0] if "mask" in annotation else None
+    height, width = image.shape[:2]
+    mask, rle = decode_mask(annotation["mask"], height, width) if "mask" in annotation else (None, None)
+    box = ground_truth_box(annotation, height, width, rle).astype(np.float32)  # the box evaluation scores against
     expressions = annotation["expressions"]
-    return Sample(image, annotation, expressions[expression_index % len(expressions)],
-                  np.array([x, y, x + w, y + h], dtype=np.float32), mask)
+    return Sample(image, annotation, expressions[expression_index % len(expressions)], box, mask)
 
 
 def padded(mask: np.ndarray, pad_shape: tuple[int, int]) -> np.ndarray:

@@ -183,14 +183,22 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
 
 
+def compressed_rle(rle: dict) -> dict:
+    """An RLE dict with uncompressed (list), str or bytes counts -> the compressed form with bytes counts."""
+    import pycocotools.mask as mask_utils
+
+    height, width = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
 def rle_to_mask(rle: dict) -> np.ndarray:
     """pycocotools RLE dict (bytes, str or uncompressed list counts) -> (H, W) uint8 mask."""
     import pycocotools.mask as mask_utils
 
-    if isinstance(rle["counts"], list):
-        height, width = rle["size"]
-        rle = mask_utils.frPyObjects(rle, height, width)
-    return mask_utils.decode(rle).astype(np.uint8)
+    return mask_utils.decode(compressed_rle(rle)).astype(np.uint8)
 
 
 def _empty_rle(height: int, width: int) -> dict:

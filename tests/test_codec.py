@@ -177,3 +177,25 @@ def test_three_or_more_points_decode_to_the_polygon():
     rle = _rle(torch.tensor([50, 100, 250, 100, 50, 500, EOS, EOS]))
     same_polygon = polygon_to_rle([[10, 10, 50, 10, 10, 50]], 100, 200)
     np.testing.assert_array_equal(rle_to_mask(rle), rle_to_mask(same_polygon))
+
+
+@pytest.mark.parametrize("mapping, extent", [("relative", (64, 96)), ("absolute", (96, 96))])
+def test_both_mappings_encode_and_decode_a_non_square_image_by_hand(mapping, extent):
+    """A 200 x 100 image at image_size 96: scale 0.48, a 96 x 48 input padded to 96 x 64 (img_shape differs
+    from pad_shape). Relative tokens divide by the padded size (96 wide, 64 high), absolute ones by 96 both ways."""
+    codec = SequenceCodec(TokenLayout("multi", num_bin=96, num_ray=3), mapping, image_size=96)
+    meta = {"ori_shape": (100, 200), "img_shape": (48, 96), "pad_shape": (64, 96), "scale_factor": (0.48, 0.48)}
+    assert codec.extent(meta["pad_shape"]) == extent
+    height, width = extent
+    # The box 50, 25, 150, 75 of the original is 24, 12, 72, 36 in input pixels; 96 bins over width / height.
+    box_tokens = [24 * 96 // width, 12 * 96 // height, 72 * 96 // width, 36 * 96 // height]
+    assert box_tokens == ([24, 18, 72, 54] if mapping == "relative" else [24, 12, 72, 36])
+    np.testing.assert_array_equal(codec.encode_box([24, 12, 72, 36], meta["pad_shape"]), box_tokens)
+    np.testing.assert_allclose(codec.box_in_original(box_tokens, meta), [50, 25, 150, 75], atol=1e-4)
+    # A triangle (24, 12), (72, 12), (72, 36) of the input, and its original pixels.
+    vertices = np.array([[24, 72, 72], [12, 12, 36]], dtype=np.float32)  # x row, y row
+    mask_tokens = codec.encode_vertices(vertices, meta["pad_shape"])
+    assert mask_tokens.tolist() == [box_tokens[0], box_tokens[1], box_tokens[2], box_tokens[1], box_tokens[2],
+                                    box_tokens[3]]
+    np.testing.assert_allclose(codec.polygon_in_original(mask_tokens, meta), [[50, 25], [150, 25], [150, 75]],
+                               atol=1e-4)

@@ -208,10 +208,18 @@ def test_a_moved_key_names_its_new_place_in_overrides_and_files(tmp_path, old, n
 
 
 def test_a_config_stored_before_the_move_is_upgraded():
-    stored = experiment_to_dict(load_params(None, ["data.dataset=refcoco-unc"]))
+    stored = experiment_to_dict(load_params(None))
     del stored["data"]["synthetic"]
     stored["data"].update(synthetic_images=40, synthetic_image_size=128, synthetic_seed=3)
     experiment = experiment_from_dict(stored, source="old.pt")
     assert experiment.data.synthetic == SyntheticConfig(num_images=40, image_size=128, seed=3)
-    assert experiment.data.dataset == "refcoco-unc"
+    assert experiment.data.dataset == "synthetic"
     assert "synthetic_images" in stored["data"]  # the caller's dict is left as it was
+
+
+def test_a_real_datasets_config_carries_no_synthetic_options():
+    real = load_params(None, ["data.dataset=refcoco-unc"])
+    assert "synthetic" not in experiment_to_dict(real)["data"]
+    assert experiment_to_dict(load_params(None))["data"]["synthetic"]["num_images"] == 2000
+    with pytest.raises(ConfigError, match="data.synthetic .*applies to dataset synthetic only, not refcoco-unc"):
+        load_params(None, ["data.dataset=refcoco-unc", "data.synthetic.num_images=6000"])

@@ -173,3 +173,15 @@ def test_grounder_samples_reproducibly_and_a_vanishing_nucleus_is_greedy(trained
     # The most likely token always stays in the nucleus; with a mass of 1e-9 it is the only one.
     nucleus_of_one = grounder.predict(image, "the red circle", strategy="top_p", top_p=1e-9, seed=5)
     np.testing.assert_array_equal(nucleus_of_one.tokens, greedy.tokens)
+
+
+@pytest.mark.slow
+def test_evaluation_refuses_params_whose_token_format_differs_from_the_checkpoint(trained):
+    import dataclasses
+
+    from seqtr_lib.evaluation import evaluate
+
+    _, experiment = trained
+    other = dataclasses.replace(experiment, model=dataclasses.replace(experiment.model, num_bin=32))
+    with pytest.raises(ValueError, match=r"another token format .*model.num_bin: \d+ -> 32"):
+        evaluate(other, experiment.run_dir / "best.pt", ("val",))

@@ -236,9 +236,12 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
              if r["expression"] != annotations["val"][r["ann_index"]]["expressions"][r["expression_index"]]]
     assert len(moved) > len(shuffled) // 2  # most samples were grounded with another sample's words
     run_cli("-m", "seqtr_lib", "evaluate", "--params", str(params), "--checkpoint", str(run_dir / "best.pt"),
-            "--splits", "val", "--strategy", "top_p", "--top-p", "0.5")
+            "--splits", "val", "--strategy", "top_p", "--top-p", "0.5", "--limit", "2")
     sampled = json.loads((run_dir / "metrics.json").read_text())
-    assert (sampled["strategy"], sampled["top_p"]) == ("top_p", 0.5) and "mask/miou" in sampled["splits"]["val"]["raw"]
+    assert (sampled["strategy"], sampled["top_p"], sampled["limit"]) == ("top_p", 0.5, 2)
+    assert "mask/miou" in sampled["splits"]["val"]["raw"]
+    assert 2 <= sampled["splits"]["val"]["raw"]["num_expressions"] <= 8  # whole batches of eval_batch_size 8
+    assert sampled["splits"]["val"]["raw"]["num_expressions"] < ablation["raw"]["num_expressions"]
     sample = annotations["val"][0]
     image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
     out = tmp_path / "overlay.png"
@@ -274,27 +277,6 @@ def test_ground_truth_tokens_decode_back_to_the_original_pixels(tiny_data_root, 
             polygon = codec.polygon_in_original(batch["mask_tokens"][i].numpy(), meta)
             iou, _, _ = mask_ious([polygon_rle(polygon, meta["ori_shape"])], [meta["gt_mask_rle"]])
             assert iou[0] > 0.6, (i, iou)  # 24 contour points of a shape at 96 px
-
-
-@pytest.mark.parametrize("mapping, extent", [("relative", (32, 64)), ("absolute", (64, 64))])
-def test_tokens_decode_with_the_mapping_they_were_quantized_with_on_a_non_square_image(mapping, extent):
-    """A 200 x 100 image at image_size 64: scale 0.32, 64 x 32 pixels, padded to 64 x 32. Relative tokens
-    divide by the padded size (64 wide, 32 high), absolute ones by image_size in both directions."""
-    from seqtr_lib.codec import SequenceCodec, TokenLayout
-
-    codec = SequenceCodec(TokenLayout("mask", num_bin=64, num_ray=3), mapping, image_size=64)
-    meta = {"ori_shape": (100, 200), "img_shape": (32, 64), "pad_shape": (32, 64), "scale_factor": (0.32, 0.32)}
-    height, width = extent
-    # The box 50, 25, 150, 75 is 16, 8, 48, 24 in input pixels; 64 bins over `width` / `height` pixels.
-    tokens = np.array([16 * 64 // width, 8 * 64 // height, 48 * 64 // width, 24 * 64 // height])
-    assert codec.extent(meta["pad_shape"]) == extent
-    np.testing.assert_array_equal(codec.encode_box([16, 8, 48, 24], meta["pad_shape"]), tokens)
-    np.testing.assert_allclose(codec.box_in_original(tokens, meta), [50, 25, 150, 75], atol=1e-4)
-    triangle = np.array([16 * 64 // width, 8 * 64 // height, 48 * 64 // width, 8 * 64 // height,
-                         48 * 64 // width, 24 * 64 // height])
-    np.testing.assert_allclose(codec.polygon_in_original(triangle, meta), [[50, 25], [150, 25], [150, 75]], atol=1e-4)
-    vertices = np.array([[16, 48, 48], [8, 8, 24]], dtype=np.float32)  # x row, y row
-    np.testing.assert_array_equal(codec.encode_vertices(vertices, meta["pad_shape"]), triangle)
 
 
 def test_exported_weights_are_half_precision_ema_and_ground_like_the_checkpoint(tiny_data_root, tmp_path):

@@ -17,7 +17,6 @@ from seqtr_lib.metrics import (
     box_iou,
     box_metrics,
     mask_ious,
-    mask_metrics,
     summarize_box_ious,
     summarize_mask_ious,
 )
@@ -63,18 +62,6 @@ def test_without_smoothing_the_loss_is_weighted_cross_entropy_over_batch_times_t
     plain = F.cross_entropy(logits.reshape(6, 5), targets.reshape(6), reduction="none") * weights.reshape(6)
     loss = label_smooth_cross_entropy(logits, targets, weights, neg_factor=0.0)
     torch.testing.assert_close(loss, plain.sum() / 6)
-
-
-def test_box_targets_end_with_eos_and_weigh_x1_one_and_a_half():
-    targets, weights = TokenLayout("box", num_bin=5, num_ray=3).targets("box", torch.tensor([[3, 1, 4, 2]]))
-    assert targets.tolist() == [[3, 1, 4, 2, 5]]
-    assert weights.tolist() == [[1.5, 1.0, 1.0, 1.0, 1.0]]
-
-
-def test_mask_targets_weigh_every_eos_one_tenth():
-    targets, weights = TokenLayout("mask", num_bin=5, num_ray=3).targets("mask", torch.tensor([[3, 1, 4, 2, 5, 5]]))
-    assert targets.tolist() == [[3, 1, 4, 2, 5, 5, 5]]
-    torch.testing.assert_close(weights, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1]]))
 
 
 def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
@@ -173,7 +160,7 @@ def test_mask_ious_agree_with_pycocotools_iou():
 
 
 def test_mask_metrics_equal_hand_computed_values():
-    metrics = mask_metrics([p for p, *_ in MASK_PAIRS], [g for _, g, *_ in MASK_PAIRS])
+    metrics = summarize_mask_ious(*mask_ious([p for p, *_ in MASK_PAIRS], [g for _, g, *_ in MASK_PAIRS]))
     assert metrics["miou"] == pytest.approx(100 * (4 / 6 + 1) / 5)
     assert metrics["oiou"] == pytest.approx(100 * 13 / 28)
     assert metrics["prec@0.5"] == pytest.approx(40.0)  # 0.667 and 1.0

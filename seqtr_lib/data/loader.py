@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from seqtr_lib import distributed
 from seqtr_lib.codec import SequenceCodec
 from seqtr_lib.sequence import shuffle_point_order
 
@@ -160,12 +160,6 @@ class _WorkerInit:
         np.random.seed(worker_seed % 2**32)
 
 
-def _rank_and_world_size() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def build_loader(
     dataset: ReferDataset,
     experiment: Experiment,
@@ -183,7 +177,7 @@ def build_loader(
     """
     data = experiment.data
     seed = experiment.train.seed if seed is None else seed
-    rank, world_size = _rank_and_world_size()
+    rank, world_size = distributed.rank(), distributed.world_size()
     if training:
         sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                                    seed=seed)

@@ -52,9 +52,7 @@ def read_annotations(path: str | Path) -> dict[str, list[dict[str, Any]]]:
 
 def decode_mask(mask: list | dict, height: int, width: int) -> tuple[np.ndarray, dict]:
     """An annotation's ``mask`` (polygons or RLE) -> ((H, W) uint8 mask, compressed RLE with bytes counts)."""
-    import pycocotools.mask as mask_utils
-
-    from seqtr_lib.sequence import polygon_to_rle, rle_to_mask
+    from seqtr_lib.sequence import compressed_rle, polygon_to_rle, rle_to_mask
 
     if isinstance(mask, list):
         rle = polygon_to_rle(mask, height, width)
@@ -62,11 +60,7 @@ def decode_mask(mask: list | dict, height: int, width: int) -> tuple[np.ndarray,
         size = [int(v) for v in mask["size"]]
         if size != [height, width]:
             raise AnnotationError(f"RLE mask size {size} differs from the image size [{height}, {width}]")
-        counts = mask["counts"]
-        if isinstance(counts, list):
-            rle = mask_utils.frPyObjects(mask, height, width)
-        else:
-            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+        rle = compressed_rle(mask)
     return rle_to_mask(rle), rle
 
 
@@ -255,13 +249,7 @@ class ReferDataset:
         from seqtr_lib.sequence import sample_mask_vertices
 
         height, width = image.shape[:2]
-        box = None
-        if "bbox" in annotation:
-            x, y, w, h = annotation["bbox"]
-            box = np.array([x, y, x + w, y + h], dtype=np.float64)
-            # The reference clips to the last pixel, [0, W-1] x [0, H-1], before any resize.
-            box[0::2] = box[0::2].clip(0, width - 1)
-            box[1::2] = box[1::2].clip(0, height - 1)
+        box = box_corners(annotation["bbox"], height, width) if "bbox" in annotation else None
         mask = rle = None
         if "mask" in TASK_PARTS[self.task]:
             try:
@@ -269,7 +257,7 @@ class ReferDataset:
             except (ValueError, TypeError, KeyError) as error:
                 raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index} "
                                       f"({path}): cannot decode its mask: {error}") from error
-        gt_box = box if box is not None else _rle_box(rle, height, width)
+        gt_box = box if box is not None else ground_truth_box(annotation, height, width, rle)
 
         box_target = box if "box" in TASK_PARTS[self.task] else None
         image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box_target, mask)
@@ -315,12 +303,24 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([columns[0], rows[0], columns[-1], rows[-1]], dtype=np.float32)
 
 
-def _rle_box(rle: dict, height: int, width: int) -> np.ndarray:
-    """The tight XYXY box of an RLE mask, clipped like annotation boxes (zeros for an empty mask)."""
+def box_corners(bbox: Any, height: int, width: int) -> np.ndarray:
+    """An [x, y, w, h] box -> float64 [x1, y1, x2, y2] clipped to the last pixel, [0, W-1] x [0, H-1], as the
+    reference clips annotation boxes before any resize."""
+    x, y, w, h = (float(v) for v in bbox)
+    box = np.array([x, y, x + w, y + h], dtype=np.float64)
+    box[0::2] = box[0::2].clip(0, width - 1)
+    box[1::2] = box[1::2].clip(0, height - 1)
+    return box
+
+
+def ground_truth_box(annotation: dict[str, Any], height: int, width: int, rle: dict | None = None) -> np.ndarray:
+    """The target's box in original pixels (`box_corners`): its bbox, or the tight box of its mask ``rle``
+    (zeros for an empty mask) when it has none."""
+    if "bbox" in annotation:
+        return box_corners(annotation["bbox"], height, width)
     import pycocotools.mask as mask_utils
 
-    x, y, w, h = mask_utils.toBbox(rle)
-    return np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)], dtype=np.float64)
+    return box_corners(mask_utils.toBbox(rle), height, width)
 
 
 def load_vocabulary(experiment: Experiment) -> Vocabulary:

@@ -5,7 +5,7 @@ a single-part sequence is a zero vector; in a multi-task sequence each part star
 learned task embedding. Every other input is the embedding of the previous target token, and the
 decoder has one learned position per input.
 
-Two opt-in departures help a model that starts from scratch (README, "departures"): a target-cell
+Two opt-in departures help a model that starts from scratch (docs/method.md, section 9): a target-cell
 score per memory cell, trained to pick the cell holding the target's centre (``target_cell_loss``), and
 query selection, which adds a projection of the selected cell's memory and position to the first
 decoder input (the true cell under teacher forcing, the best-scoring cell when generating).
