@@ -8,7 +8,8 @@
 #     CURVE_VARIANTS="plain cells_s16" CURVE_BUDGET_S=480 bash benchmarks/gpu_curves.sh
 #
 # Writes learning_curve_<variant>.json (rewritten after every epoch) and <variant>.log to
-# ${OUT:-benchmarks/results}/curves. Generates the synthetic set into data/ when it is missing.
+# ${OUT:-benchmarks/results}/curves. Generates the variants' 2,000-image synthetic set into
+# data/synthetic_2000 when it is missing (once, before the variants start side by side).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,8 +25,8 @@ VARIANTS="${CURVE_VARIANTS:-plain cells_s16_noise cells_s16_mask cells_s16_mask_
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 
 mkdir -p "$RESULTS"
-if [[ ! -f data/annotations/synthetic/instances.json ]]; then
-    "$PYTHON" -m seqtr_lib make-synthetic --out data --workers 8 || exit 1
+if [[ ! -f data/synthetic_2000/annotations/synthetic/instances.json ]]; then
+    "$PYTHON" -m seqtr_lib make-synthetic --out data/synthetic_2000 --num-images 2000 --workers 8 || exit 1
 fi
 # Validation, the first epoch and the last can overrun the training budget: stop a straggler well after.
 LIMIT_S=$((BUDGET_S + 120))

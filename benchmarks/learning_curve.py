@@ -28,9 +28,10 @@ import torch
 from bench_data import cpu_model  # benchmarks/ is on sys.path when this script runs
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import experiment_to_dict, load_params
+from seqtr_lib.config import TASK_PARTS, experiment_to_dict, load_params
+from seqtr_lib.dataset_check import prepare_synthetic
 from seqtr_lib.engine import Trainer
-from seqtr_lib.metrics import headline_score
+from seqtr_lib.metrics import HEADLINE_METRIC, headline_metrics
 
 RESULTS = Path("docs/results")
 # A shared schedule for comparisons: warm-up, then a constant rate (no decay inside any budget).
@@ -42,10 +43,13 @@ def _model(memory_stride: int, width: float, cell_loss: bool, selection: bool) -
     off; a variant adds its own after these)."""
     return [f"model.memory_stride={memory_stride}", f"model.darknet_width={width}",
             f"model.target_cell_loss={1.0 if cell_loss else 0.0}", f"model.query_selection={str(selection).lower()}",
-            "model.input_token_noise=0.0"]
+            "model.input_token_noise=0.0", *SET_2000]
 
 
 DET, MASK = "params/synthetic_det.yaml", "params/synthetic_mask.yaml"
+# The variants were compared on the earlier 2,000-image set; they keep it, so their curves stay reproducible.
+SET_2000 = ["data.synthetic.num_images=2000", "data.data_root=data/synthetic_2000"]
+SET_6000 = ["data.synthetic.num_images=6000", "data.data_root=data"]
 # name: (params file, overrides, what it tests)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "plain": (DET, _model(32, 0.25, False, False),
@@ -54,7 +58,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "cells_s32": (DET, _model(32, 0.25, True, True), "target-cell loss + query selection on the stride-32 memory"),
     "cell_loss_s16": (DET, _model(16, 0.125, True, False), "stride-16 memory + target-cell loss, zero first query"),
     "cells_s16": (DET, _model(16, 0.125, True, True), "stride-16 memory + target-cell loss + query selection"),
-    "cells_s16_6k": (DET, [*_model(16, 0.125, True, True), "data.synthetic.num_images=6000", "data.data_root=data/6k"],
+    "cells_s16_6k": (DET, [*_model(16, 0.125, True, True), *SET_6000],
                      "cells_s16 on 6,000 synthetic images (4,200 for training) instead of 2,000"),
     "plain_mask": (MASK, _model(32, 0.25, False, False), "mask task: the paper's recipe"),
     "cells_s16_mask": (MASK, _model(16, 0.125, True, True),
@@ -99,12 +103,12 @@ def machine() -> dict[str, Any]:
 
 
 def _metric(task: str) -> str:
-    return "acc@0.5" if task == "box" else "miou"
+    """The curve's metric: the headline metric of the task's last part (a multi-task curve shows the mask)."""
+    return HEADLINE_METRIC[TASK_PARTS[task][-1]]
 
 
 def _curve_score(metrics: dict[str, float], task: str) -> float:
-    """The curve's score: box Acc@0.5, or the mask mIoU (of a multi-task model too)."""
-    return metrics["mask/miou"] if task == "multi" else headline_score(metrics, task)
+    return metrics[headline_metrics(task)[-1]]
 
 
 def _point(record: dict[str, Any], totals: dict[str, float], task: str) -> dict[str, Any]:
@@ -123,6 +127,7 @@ def run_variant(name: str, budget_s: float, val_limit: int, data_root: str | Non
     settings = [*SCHEDULE, *overrides, f"train.val_limit={val_limit}", "output_dir=outputs/learning_curves",
                 f"name={name}", *([f"data.data_root={data_root}"] if data_root else []), *extra]
     experiment = load_params(params, settings)
+    print(f"{name}: {prepare_synthetic(experiment)}", flush=True)
     result: dict[str, Any] = {
         "variant": name, "description": description, "params": params, "overrides": settings,
         "metric": _metric(experiment.model.task),
@@ -206,7 +211,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per variant")
     parser.add_argument("--max-epochs", type=int, default=None, help="also stop after this many epochs")
     parser.add_argument("--val-limit", type=int, default=800, help="val expressions scored after each epoch")
-    parser.add_argument("--data-root", default=None, help="default: the params file's (data/)")
+    parser.add_argument("--data-root", default=None, help="default: the variant's (data/synthetic_2000 or data/)")
     parser.add_argument("--set", action="append", default=[], help="extra override for every variant")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--plot-only", action="store_true")

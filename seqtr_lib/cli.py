@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("make-synthetic", help="generate the synthetic 'shapes' grounding dataset")
     p.add_argument("--out", default="data", help="data root to write annotations/ and images/ into")
-    p.add_argument("--num-images", type=int, default=2000)
+    p.add_argument("--num-images", type=int, default=6000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")

@@ -4,7 +4,7 @@ A params file has four sections, each a dataclass below::
 
     name: synthetic_det          # experiment name; results go to <output_dir>/<name>/
     model: {task: box, ...}      # ModelConfig
-    data: {dataset: synthetic, ..., synthetic: {num_images: 2000, ...}}   # DataConfig, SyntheticConfig
+    data: {dataset: synthetic, ..., synthetic: {num_images: 6000, ...}}   # DataConfig, SyntheticConfig
     train: {epochs: 30, ...}
 
 A nested key is overridden with its dotted name: ``--set data.synthetic.num_images=6000``.
@@ -71,7 +71,7 @@ class ModelConfig:
 class SyntheticConfig:
     """The generated "shapes" set (`seqtr_lib.data.synthetic`); read only when data.dataset is synthetic."""
 
-    num_images: int = 2000  # images over all four splits
+    num_images: int = 6000  # images over all four splits
     image_size: int = 256  # side of the square images, in pixels
     seed: int = 0  # the set is a deterministic function of (num_images, image_size, seed)
 

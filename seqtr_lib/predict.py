@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from seqtr_lib.codec import SequenceCodec
 from seqtr_lib.config import Experiment
+from seqtr_lib.data.loader import pad_images
 from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
 from seqtr_lib.evaluation import load_trained
 from seqtr_lib.images import MAX_IMAGE_PIXELS, to_rgb_uint8
@@ -34,11 +35,7 @@ def prepare_inference_image(rgb: np.ndarray, image_size: int) -> tuple[torch.Ten
     image, _, _ = to_tv_tensors(rgb, None, None)
     transformed = resize_long_side(image, image_size=image_size)
     geometry = transformed.geometry
-    height, width = geometry.img_shape
-    images = torch.zeros(1, 3, *geometry.pad_shape)
-    images[0, :, :height, :width] = transformed.image.as_subclass(torch.Tensor)
-    pad_mask = torch.ones(1, *geometry.pad_shape, dtype=torch.bool)
-    pad_mask[0, :height, :width] = False
+    images, pad_mask = pad_images([transformed.image], geometry.pad_shape, torch.float32)
     meta = {"ori_shape": geometry.ori_shape, "img_shape": geometry.img_shape, "pad_shape": geometry.pad_shape,
             "scale_factor": geometry.scale_factor}
     return images, pad_mask, meta

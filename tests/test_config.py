@@ -220,6 +220,6 @@ def test_a_config_stored_before_the_move_is_upgraded():
 def test_a_real_datasets_config_carries_no_synthetic_options():
     real = load_params(None, ["data.dataset=refcoco-unc"])
     assert "synthetic" not in experiment_to_dict(real)["data"]
-    assert experiment_to_dict(load_params(None))["data"]["synthetic"]["num_images"] == 2000
+    assert experiment_to_dict(load_params(None))["data"]["synthetic"]["num_images"] == 6000
     with pytest.raises(ConfigError, match="data.synthetic .*applies to dataset synthetic only, not refcoco-unc"):
         load_params(None, ["data.dataset=refcoco-unc", "data.synthetic.num_images=6000"])

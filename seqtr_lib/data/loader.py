@@ -52,18 +52,9 @@ class Collate:
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None]
         size = len(kept)
-        pad_h = max((s["meta"]["pad_shape"][0] for s in kept), default=0)
-        pad_w = max((s["meta"]["pad_shape"][1] for s in kept), default=0)
-        images = _batch_tensor((size, 3, pad_h, pad_w), self.image_dtype)
-        pad_mask = _batch_tensor((size, pad_h, pad_w), torch.bool)
-        for i, sample in enumerate(kept):
-            height, width = sample["meta"]["img_shape"]
-            images[i, :, :height, :width] = sample["image"].as_subclass(torch.Tensor)
-            # Only the padding is zeroed: a zero-filled batch would write every pixel twice.
-            images[i, :, height:] = 0
-            images[i, :, :height, width:] = 0
-            pad_mask[i] = True
-            pad_mask[i, :height, :width] = False
+        pad_shape = (max((s["meta"]["pad_shape"][0] for s in kept), default=0),
+                     max((s["meta"]["pad_shape"][1] for s in kept), default=0))
+        images, pad_mask = pad_images([s["image"] for s in kept], pad_shape, self.image_dtype)
         ids = [s["expression_ids"] for s in kept]
         batch: dict[str, Any] = {
             "images": images,
@@ -86,6 +77,23 @@ class Collate:
             tokens = [self.codec.encode_vertices(v, s["meta"]["pad_shape"]) for v, s in zip(vertices, kept)]
             batch["mask_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, layout.length("mask")))
         return batch
+
+
+def pad_images(images: Sequence[torch.Tensor], pad_shape: tuple[int, int],
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (3, h, w) -> one (B, 3, H, W) batch of ``dtype``, zero below and right of each image, and its
+    pad mask (B, H, W), True on padding."""
+    images_out = _batch_tensor((len(images), 3, *pad_shape), dtype)
+    pad_mask = _batch_tensor((len(images), *pad_shape), torch.bool)
+    for i, image in enumerate(images):
+        height, width = image.shape[-2:]
+        images_out[i, :, :height, :width] = image.as_subclass(torch.Tensor)
+        # Only the padding is zeroed: a zero-filled batch would write every pixel twice.
+        images_out[i, :, height:] = 0
+        images_out[i, :, :height, width:] = 0
+        pad_mask[i] = True
+        pad_mask[i, :height, :width] = False
+    return images_out, pad_mask
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -420,7 +420,7 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # the pool already uses the cores
 
 
-def generate_dataset(out_dir: str | Path, num_images: int = 2000, seed: int = 0, image_size: int = 256,
+def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0, image_size: int = 256,
                      workers: int | None = None, progress: bool = True) -> dict:
     """Write the synthetic dataset under ``out_dir`` (a data_root); return its summary.
 
