@@ -222,4 +222,4 @@ def test_a_real_datasets_config_carries_no_synthetic_options():
     assert "synthetic" not in experiment_to_dict(real)["data"]
     assert experiment_to_dict(load_params(None))["data"]["synthetic"]["num_images"] == 6000
     with pytest.raises(ConfigError, match="data.synthetic .*applies to dataset synthetic only, not refcoco-unc"):
-        load_params(None, ["data.dataset=refcoco-unc", "data.synthetic.num_images=6000"])
+        load_params(None, ["data.dataset=refcoco-unc", "data.synthetic.num_images=5000"])
