@@ -7,7 +7,7 @@ A params file has four sections, each a dataclass below::
     data: {dataset: synthetic, ..., synthetic: {num_images: 6000, ...}}   # DataConfig, SyntheticConfig
     train: {epochs: 30, ...}
 
-A nested key is overridden with its dotted name: ``--set data.synthetic.num_images=6000``.
+A nested key is overridden with its dotted name: ``--set data.synthetic.num_images=2000``.
 
 Everything is validated when loaded, before any heavy work: unknown keys (with the closest valid key
 suggested, or where a renamed key went), wrong types, out-of-range values and missing files each fail with
