@@ -6,7 +6,9 @@ steps; mask: 2N = 36 steps with num_ray 18) and batch size, with the same random
     encode_s            backbone + expression encoder + fusion + transformer encoder
     decode_cached_s     `generate_from_memory(..., use_cache=True)`
     decode_recompute_s  `generate_from_memory(..., use_cache=False)`
+    decode_graph_s      `GraphDecoder(model).generate_from_memory(...)`: static shapes, CUDA graphs on a GPU
     speedup             decode_recompute_s / decode_cached_s
+    graph_speedup       decode_cached_s / decode_graph_s (graph_tokens_equal: the same tokens as cached)
     decode_share        decode_cached_s / (encode_s + decode_cached_s), the decoder's part of inference
 
 Each figure is the median of ``--repeats`` runs after one warm-up run. The EOS logit is suppressed so
@@ -38,6 +40,7 @@ import torch
 
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import ModelConfig
+from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import Memory, SeqTR, build_model
 from seqtr_lib.text import PAD_ID, Vocabulary
 
@@ -110,13 +113,17 @@ def measure(name: str, task: str, batch: int, args: argparse.Namespace, device: 
             memory = model.encode(*inputs)
         cached = median_seconds(lambda: model.generate_from_memory(memory, use_cache=True), args.repeats, device)
         recompute = median_seconds(lambda: model.generate_from_memory(memory, use_cache=False), args.repeats, device)
+        graph_decoder = GraphDecoder(model)  # the warm-up call of median_seconds captures the graphs
+        graphed = median_seconds(lambda: graph_decoder.generate_from_memory(memory), args.repeats, device)
+        expected, got = model.generate_from_memory(memory), graph_decoder.generate_from_memory(memory)
+        tokens_equal = all(torch.equal(expected[key], got[key]) for key in expected if key.endswith("_tokens"))
     steps = sum(model.layout.length(part) for part in model.layout.parts_to_generate(task))
     return {
         "model": name, "image_size": image_size, "task": task, "batch": batch, "steps": steps,
         "memory_tokens": memory.features.shape[1],
         "encode_s": encode_s, "encode_extrapolated": extrapolated,
-        "decode_cached_s": cached, "decode_recompute_s": recompute,
-        "speedup": recompute / cached,
+        "decode_cached_s": cached, "decode_recompute_s": recompute, "decode_graph_s": graphed,
+        "speedup": recompute / cached, "graph_speedup": cached / graphed, "graph_tokens_equal": tokens_equal,
         "decode_share": cached / (encode_s + cached),
         "cached_ms_per_step": 1000 * cached / steps,
     }

@@ -15,6 +15,14 @@ Check the script itself on a CPU in seconds::
 
     python benchmarks/bench_train.py --device cpu --tiny --out /tmp/bench_train.json
 
+With ``--real-data DATA_ROOT`` each configuration is also trained end to end from the synthetic set in
+DATA_ROOT (written there at ``--image-size`` when absent) through the real loader, LSJ included: once with
+the transforms in the loader workers (``host``) and once with ``data.device_transforms`` (``device``, the
+workers send JPEG bytes). Each gets ``real_loader_ratio`` = its samples/s over the data-on-device figure::
+
+    python benchmarks/bench_train.py --batch-sizes 128 --compile on --real-data /tmp/synthetic640 \
+        --out docs/results/bench_train_real_h100.json
+
 The JSON is rewritten (atomically) after every configuration, so a run stopped by a time limit keeps
 what it measured. Exit status 1 if a configuration failed other than by running out of memory.
 """
@@ -38,8 +46,9 @@ import torch
 
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import Experiment, ModelConfig, TrainConfig
+from seqtr_lib.config import DataConfig, Experiment, ModelConfig, TrainConfig
 from seqtr_lib.engine import Trainer
+from seqtr_lib.evaluation import prefetched
 from seqtr_lib.model.seqtr import build_model, count_parameters
 from seqtr_lib.text import PAD_ID, Vocabulary
 
@@ -128,6 +137,66 @@ def _timed_steps(trainer: Trainer, batches: list[dict[str, torch.Tensor]], devic
             "warmup_s": round(warmup_s, 2), "final_loss": round(final_loss, 4)}
 
 
+def measure_real_data(model_config: ModelConfig, recipe: TrainConfig, data: DataConfig, device: torch.device,
+                      warmup_steps: int, steps: int, seed: int) -> dict[str, Any]:
+    """Train a fresh model from ``data`` through the real loader (workers, collate, transfer, and with
+    data.device_transforms the decoding on the device) with the engine's step; samples/s over the timed steps.
+
+    The loader's worker start-up falls in the untimed warm-up steps. Needs warmup_steps + steps batches
+    from one epoch of the training split.
+    """
+    from seqtr_lib.data.loader import build_loader
+    from seqtr_lib.data.refer import build_dataset, load_vocabulary
+
+    with tempfile.TemporaryDirectory() as run_root:
+        experiment = Experiment(name="bench_train_real", output_dir=run_root, model=model_config, data=data,
+                                train=dataclasses.replace(recipe, seed=seed))
+        vocabulary = load_vocabulary(experiment)
+        trainer = Trainer(experiment, distributed.Context(0, 1, 0, device), vocabulary)
+        train_set = build_dataset(experiment, "train", vocabulary, training=True)
+        loader = build_loader(train_set, experiment, training=True)
+        if len(loader) < warmup_steps + steps:
+            raise ValueError(f"{data.data_root} has {len(loader)} training batches of {data.batch_size}; the "
+                             f"benchmark needs {warmup_steps + steps}: generate more images (--real-images)")
+        trainer.forward_model.train()
+        samples, loss = 0, torch.zeros(())
+        for index, batch in prefetched(enumerate(loader), device, recipe.channels_last):
+            if index == warmup_steps:
+                synchronize(device)
+                started = time.perf_counter()
+            if index >= warmup_steps:
+                samples += len(batch["metas"])
+            loss = trainer.step(batch)["loss"].detach()
+            if index + 1 == warmup_steps + steps:
+                break
+        synchronize(device)
+        elapsed = time.perf_counter() - started
+    final_loss = float(loss)
+    if not math.isfinite(final_loss):
+        raise FloatingPointError(f"the loss is {final_loss} after {warmup_steps + steps} steps")
+    return {"samples_per_s": round(samples / elapsed, 2), "step_ms": round(1000 * elapsed / steps, 2),
+            "final_loss": round(final_loss, 4)}
+
+
+def real_data_config(args: argparse.Namespace, batch_size: int, device_transforms: bool) -> DataConfig:
+    """The paper's training data pipeline (LSJ at --image-size) over the synthetic set of --real-data."""
+    return DataConfig(dataset="synthetic", data_root=str(args.real_data), image_size=args.image_size, lsj=True,
+                      batch_size=batch_size, num_workers=args.workers, device_transforms=device_transforms,
+                      max_token=args.max_token)
+
+
+def ensure_real_data(args: argparse.Namespace) -> None:
+    """Write the synthetic set at --image-size into --real-data unless one is there."""
+    from seqtr_lib.data.datasets import annotation_path
+    from seqtr_lib.data.synthetic import generate_dataset
+
+    if annotation_path(Path(args.real_data), "synthetic").is_file():
+        return
+    print(f"writing {args.real_images} synthetic images of {args.image_size} px to {args.real_data} ...", flush=True)
+    generate_dataset(args.real_data, num_images=args.real_images, seed=args.seed, image_size=args.image_size,
+                     workers=args.workers or None, progress=False)
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     # torch.compile can wrap an allocation failure in its own exception type.
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
@@ -158,6 +227,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20; tiny: 2)")
     parser.add_argument("--num-batches", type=int, default=2, help="distinct batches held in memory, cycled")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real-data", type=Path, default=None, metavar="DATA_ROOT",
+                        help="also train end to end from the synthetic set there (written when absent), "
+                             "with host-side and device-side transforms")
+    parser.add_argument("--real-images", type=int, default=2000, help="images to write for --real-data")
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
+                        help="loader workers for --real-data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_train.json"))
     args = parser.parse_args(argv)
     defaults = {"batch_sizes": "2", "compile": "off", "image_size": 64, "warmup_steps": 1, "steps": 2} if args.tiny \
@@ -196,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             "cudnn_benchmark": args.cudnn_benchmark, "ema": args.ema, "warmup_steps": args.warmup_steps,
             "steps": args.steps, "num_batches": args.num_batches,
             "data": "synthetic, resident on the device", "model": dataclasses.asdict(model_config),
+            "real_data": None if args.real_data is None else {
+                "data_root": str(args.real_data), "lsj": True, "workers": args.workers,
+                "inputs": {"host": "decode, LSJ and padding in the loader workers",
+                           "device": "data.device_transforms: workers send JPEG bytes; decode, resize, crop "
+                                     "and pad on the device"}},
             "optimizer": {"name": "Adam", "lr": recipe.lr, "betas": list(recipe.betas), "eps": recipe.eps,
                           "amsgrad": recipe.amsgrad, "grad_clip": recipe.grad_clip},
         },
@@ -203,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": [],
     }
     failed = False
+    if args.real_data is not None:
+        ensure_real_data(args)
     generator = torch.Generator(device).manual_seed(args.seed)
     for batch_size in args.batch_sizes:
         batches = [synthetic_batch(batch_size, args.image_size, args.max_token, len(vocabulary), model_config,
@@ -226,6 +308,20 @@ def main(argv: list[str] | None = None) -> int:
                 if result["status"] == "error":
                     failed = True
                     traceback.print_exc()
+            if args.real_data is not None and result["status"] == "ok":
+                result["real_data"] = {}
+                for inputs in ("host", "device"):
+                    print(f"  real data, transforms on the {inputs} ...", flush=True)
+                    try:
+                        data = real_data_config(args, batch_size, device_transforms=inputs == "device")
+                        measured = measure_real_data(model_config, configuration, data, device, args.warmup_steps,
+                                                     args.steps, args.seed)
+                        measured["real_loader_ratio"] = round(measured["samples_per_s"] / result["samples_per_s"], 3)
+                        result["real_data"][inputs] = {"status": "ok", **measured}
+                    except Exception as error:
+                        failed = True
+                        traceback.print_exc()
+                        result["real_data"][inputs] = {"status": "error", "error": f"{type(error).__name__}: {error}"}
             if device.type == "cuda":
                 result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
             gc.collect()

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check on one H100/H200, in under 8 minutes: environment, CUDA tests, training throughput of the
-# full 640 px configuration (batch 64 and 128, bf16, channels_last, eager then torch.compile), and
-# decoding latency (benchmarks/bench_decode.py, when present).
+# full 640 px configuration (batch 64 and 128, bf16, channels_last, eager then torch.compile; compiled at
+# batch 128 also end to end from a 640 px synthetic set through the real loader, with host-side and with
+# device-side transforms), and decoding latency at batch 1 and 64 (cached against CUDA graphs).
 #
 # Run from anywhere on the GPU machine (torch there is python3's; nothing to install):
 #     bash benchmarks/gpu_check.sh                   # JSON and the log go to benchmarks/results/
 #     OUT=/some/dir bash benchmarks/gpu_check.sh     # ... or to $OUT
-# Writes gpu_check.log, bench_train_eager.json, bench_train_compile.json and bench_decode.json.
+# Writes gpu_check.log, bench_train_eager.json, bench_train_compile.json, bench_decode.json and bench_eval.json.
 #
 # A failing section is reported and the next one runs; the exit status is 1 if any section failed.
 # Sections that would not fit in the time left (GPU_CHECK_BUDGET_S, default 450 s) are skipped and
@@ -92,14 +93,22 @@ decode() {
         echo "$help"
         return 1
     fi
-    timeout --kill-after=10 "$limit" "$PYTHON" benchmarks/bench_decode.py --device cuda \
-        --out "$RESULTS/bench_decode.json"
+    timeout --kill-after=10 "$limit" "$PYTHON" benchmarks/bench_decode.py --device cuda --models full_640 \
+        --batch-sizes 1,64 --out "$RESULTS/bench_decode.json"
 }
 
-# Batch 128 first: it is the issue's target, and a compile cut short by the budget keeps its number.
+# Batch 128 first: it is the issue's target, and a compile cut short by the budget keeps its number. Its
+# real-data runs read a 640 px synthetic set written (once) to $REAL_DATA.
+REAL_DATA="${REAL_DATA:-/tmp/seqtr_synthetic_640}"
 train_compiled() {
-    timeout --kill-after=10 "$1" "$PYTHON" benchmarks/bench_train.py --device cuda --batch-sizes 128,64 \
-        --compile on --amp bf16 --channels-last --out "$RESULTS/bench_train_compile.json"
+    timeout --kill-after=10 "$1" "$PYTHON" benchmarks/bench_train.py --device cuda --batch-sizes 128 \
+        --compile on --amp bf16 --channels-last --real-data "$REAL_DATA" --real-images 2000 \
+        --out "$RESULTS/bench_train_compile.json"
+}
+
+evaluation() {
+    timeout --kill-after=10 "$1" "$PYTHON" benchmarks/bench_eval.py --device cuda --data-root "$REAL_DATA" \
+        --images 2000 --out "$RESULTS/bench_eval.json"
 }
 
 summary() {
@@ -126,6 +135,23 @@ for name in ("bench_train_eager.json", "bench_train_compile.json"):
         else:
             line += f"  {r.get('error', '')}"
         print(line)
+        for inputs, real in (r.get("real_data") or {}).items():
+            if real["status"] == "ok":
+                print(f"    real data, transforms on the {inputs:6s} {real['samples_per_s']:8.1f} samples/s  "
+                      f"ratio {real['real_loader_ratio']:.3f} (target 0.95)")
+            else:
+                print(f"    real data, transforms on the {inputs:6s} {real['error']}")
+path = Path(sys.argv[1]) / "bench_eval.json"
+if path.is_file():
+    for r in json.loads(path.read_text())["results"]:
+        print(f"evaluate {r['task']:4s} graphs {'on ' if r['cuda_graphs'] else 'off'}: {r['expressions_per_s']:8.1f} "
+              f"expressions/s ({r['expressions']} in {r['seconds']} s)")
+path = Path(sys.argv[1]) / "bench_decode.json"
+if path.is_file():
+    for r in json.loads(path.read_text())["results"]:
+        print(f"decode {r['model']} {r['task']:4s} batch {r['batch']:3d}: cached {1000 * r['decode_cached_s']:7.2f} ms, "
+              f"graphs {1000 * r['decode_graph_s']:7.2f} ms, x{r['graph_speedup']:.2f}, "
+              f"tokens {'equal' if r['graph_tokens_equal'] else 'DIFFER'}")
 EOF
 }
 
@@ -149,6 +175,11 @@ main() {
         bounded_section "training throughput, torch.compile" train_compiled "$(remaining)"
     else
         SKIPPED+=("training throughput, torch.compile: only $(remaining) s left (needs 120)")
+    fi
+    if (($(remaining) >= 60)); then
+        bounded_section "evaluation throughput" evaluation "$(remaining)"
+    else
+        SKIPPED+=("evaluation throughput: only $(remaining) s left (needs 60)")
     fi
 
     echo

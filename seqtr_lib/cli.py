@@ -93,7 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     experiment = load_params(args.params, args.overrides)
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
     results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation,
-                       strategy=args.strategy, top_p=args.top_p, limit=args.limit or None)
+                       strategy=args.strategy, top_p=args.top_p, limit=args.limit or None,
+                       cuda_graphs=args.cuda_graphs)
     for split, per_weights in results["splits"].items():
         for weights, metrics in per_weights.items():
             shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate with expressions shuffled across samples (proof that words are used)")
     p.add_argument("--limit", type=int, default=0,
                    help="score only the first N expressions of each split (whole batches; default 0: all)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="greedy decoding replayed from CUDA graphs (the same tokens; faster on a GPU)")
     _add_strategy(p)
     p.set_defaults(run=cmd_evaluate)
 

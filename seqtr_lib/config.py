@@ -92,6 +92,7 @@ class DataConfig:
     eval_batch_size: int = 128
     num_workers: int = 4
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of failing
+    device_transforms: bool = False  # workers send JPEG bytes; decode, resize, crop and pad on the device
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic only
 
 

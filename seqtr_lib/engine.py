@@ -33,7 +33,7 @@ from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary
-from seqtr_lib.evaluation import autocast, evaluate_model, move_batch
+from seqtr_lib.evaluation import autocast, evaluate_model, move_batch, prefetched
 from seqtr_lib.metrics import headline_score
 from seqtr_lib.loss import sequence_loss
 from seqtr_lib.model.seqtr import SeqTR, build_model
@@ -59,24 +59,35 @@ class ModelEMA:
     """Exponential moving average of a model's weights and float buffers.
 
     The decay ramps up as min(decay, (step+1)/(step+10)) so early averages are not dominated by the
-    random initialisation (the reference's warm-up). Integer buffers are copied.
+    random initialisation (the reference's warm-up). Integer buffers are copied. The average follows
+    the tensors of the model given at construction: build it after moving the model to its device and
+    memory format.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay = decay
+        # Pairs of (average, source) tensors, bound once: one foreach lerp per step instead of a Python loop
+        # over the state dict (which cost about a tenth of a CPU training step). load_state_dict copies in
+        # place, so the pairs stay valid when a checkpoint is restored.
+        current = model.state_dict(keep_vars=True)
+        averaged = self.module.state_dict(keep_vars=True)
+        pairs = [(averaged[name].detach(), current[name].detach()) for name in averaged]
+        self._float_pairs = [p for p in pairs if p[0].dtype.is_floating_point]
+        self._other_pairs = [p for p in pairs if not p[0].dtype.is_floating_point]
+        if any(a.dtype != c.dtype for a, c in self._float_pairs):
+            raise ValueError("ModelEMA needs the model's floating-point tensors in one dtype with the average's")
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, step: int) -> None:
+        """Blend the current weights of the model given at construction into the average."""
         decay = min(self.decay, (step + 1) / (step + 10))
-        current = model.state_dict()
-        for name, averaged in self.module.state_dict().items():
-            value = current[name].detach()
-            if averaged.dtype.is_floating_point:
-                averaged.mul_(decay).add_(value.to(averaged.dtype), alpha=1 - decay)
-            else:
-                averaged.copy_(value)
+        if self._float_pairs:
+            averaged, current = zip(*self._float_pairs)
+            torch._foreach_lerp_(list(averaged), list(current), 1 - decay)
+        for averaged, value in self._other_pairs:
+            averaged.copy_(value)
 
 
 @dataclass
@@ -170,8 +181,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema else None
         parameters = [p for p in self.model.parameters() if p.requires_grad]
+        # The fused kernel updates every tensor in one call; torch's default on a CPU is a Python loop over
+        # the tensors, a tenth of a small model's step there. Same update rule.
         self.optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=t.betas, eps=t.eps, amsgrad=t.amsgrad,
-                                          weight_decay=t.weight_decay)
+                                          weight_decay=t.weight_decay, fused=self.device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_factor))
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" and self.device.type == "cuda" else None
@@ -265,7 +278,7 @@ class Trainer:
         samples, started = 0, time.perf_counter()
         bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{t.epochs}",
                    disable=not self.context.is_main, leave=False, dynamic_ncols=True)
-        for index, batch in self._batches(loader):
+        for index, batch in prefetched(self._batches(loader), self.device, t.channels_last):
             if index >= total:
                 break
             self.state.skipped_images += batch["num_skipped"]
@@ -274,7 +287,7 @@ class Trainer:
                 continue
             losses = self.step(batch)
             self.state.batches_done = index + 1
-            batch_size = batch["images"].shape[0] * self.context.world_size
+            batch_size = len(batch["metas"]) * self.context.world_size
             loss_value = float(distributed.all_reduce_mean(losses["loss"]))
             self.state.epoch_loss_sum += loss_value * batch_size
             self.state.epoch_samples += batch_size
@@ -320,14 +333,14 @@ class Trainer:
         else:
             loss.backward()
         if t.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         if self.ema is not None:
-            self.ema.update(self.model, self.state.step)
+            self.ema.update(self.state.step)
         self.state.step += 1
         return losses
 

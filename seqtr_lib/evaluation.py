@@ -8,6 +8,7 @@ size; the per-expression records feed the evaluation notebook (IoU histograms, f
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
+from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
 from seqtr_lib.text import Vocabulary
 
@@ -37,12 +39,57 @@ def autocast(device: torch.device, amp: str):
 
 
 def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    """Batch to the device; images travel as uint8 (a quarter of the bytes) and become floats there."""
-    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Batch to the device; images travel as uint8 (a quarter of the bytes) and become floats there.
+
+    A batch of encoded images (data.device_transforms) is decoded, resized, cropped and padded there.
+    """
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+             if k != "encoded_images"}
+    if "encoded_images" in batch:
+        from seqtr_lib.data.device_images import batch_images
+
+        moved["images"] = batch_images(batch["encoded_images"], batch["metas"], tuple(batch["pad_mask"].shape[-2:]),
+                                       device)
     moved["images"] = moved["images"].float()
     if channels_last:
         moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
     return moved
+
+
+def prefetched(pairs: Iterable[tuple[int, dict[str, Any]]], device: torch.device,
+               channels_last: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, batch) pairs with each batch moved to the device (`move_batch`) one step ahead.
+
+    On a CUDA device the next batch's copy (and, with data.device_transforms, its decoding and resizing)
+    is queued on a side stream before the current batch is handed out, so that it runs while the current
+    step computes; the step waits only for its own batch. Elsewhere the batches are moved in turn.
+    """
+    if device.type != "cuda":
+        for index, batch in pairs:
+            yield index, move_batch(batch, device, channels_last)
+        return
+    side = torch.cuda.Stream(device)
+    pending: tuple[int, dict[str, Any], torch.cuda.Event] | None = None
+    for index, batch in pairs:
+        with torch.cuda.stream(side):
+            moved = move_batch(batch, device, channels_last)
+            ready = torch.cuda.Event()
+            ready.record(side)
+        if pending is not None:
+            yield _on_current_stream(*pending, device)
+        pending = (index, moved, ready)
+    if pending is not None:
+        yield _on_current_stream(*pending, device)
+
+
+def _on_current_stream(index: int, batch: dict[str, Any], ready: torch.cuda.Event,
+                       device: torch.device) -> tuple[int, dict[str, Any]]:
+    current = torch.cuda.current_stream(device)
+    current.wait_event(ready)
+    for value in batch.values():
+        if torch.is_tensor(value):
+            value.record_stream(current)  # the allocator must not reuse its memory before the step is done
+    return index, batch
 
 
 # The model keys the codec decodes with (the architecture always comes from the checkpoint itself).
@@ -52,16 +99,21 @@ TOKEN_FORMAT_KEYS = ("task", "num_bin", "num_ray", "mapping")
 @torch.inference_mode()
 def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
                    device: torch.device, limit: int | None = None,
-                   shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9) -> dict[str, Any]:
+                   shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9,
+                   cuda_graphs: bool = False) -> dict[str, Any]:
     """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
 
     Metrics are computed at the original image size from the complete list of expressions, never as a
     mean of per-batch means. ``shuffle_expressions`` is the ablation that proves the words are used: each
     sample is grounded with the expression of another sample of its batch (a fixed random permutation).
     ``strategy`` "top_p" samples each token from the nucleus of mass ``top_p`` (seeded by train.seed and the
-    rank) instead of taking the most likely one.
+    rank) instead of taking the most likely one. ``cuda_graphs`` decodes greedily with
+    `seqtr_lib.model.graph_decoding.GraphDecoder` (the same tokens; CUDA graphs on a GPU).
     """
+    if cuda_graphs and strategy != "greedy":
+        raise ValueError("cuda_graphs decodes greedily; use strategy 'greedy' or turn cuda_graphs off")
     codec = SequenceCodec.from_experiment(experiment)  # what Collate quantized with
+    graph_decoder = GraphDecoder(model) if cuda_graphs else None
     sampling = None
     if strategy == "top_p":
         sampling = torch.Generator(device=device).manual_seed(experiment.train.seed + distributed.rank())
@@ -86,8 +138,12 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
                               for meta, j in zip(batch["metas"], order.tolist())]
         batch = move_batch(batch, device, experiment.train.channels_last)
         with autocast(device, experiment.train.amp):
-            generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"],
-                                       strategy=strategy, top_p=top_p, generator=sampling)
+            if graph_decoder is not None:
+                memory = model.encode(batch["images"], batch["pad_mask"], batch["expression_ids"])
+                generated = graph_decoder.generate_from_memory(memory)
+            else:
+                generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"],
+                                           strategy=strategy, top_p=top_p, generator=sampling)
         generated = {k: v.float().cpu().numpy() if k.endswith("scores") else v.cpu().numpy()
                      for k, v in generated.items()}
         for i, meta in enumerate(batch["metas"]):
@@ -155,7 +211,7 @@ def _load_models(path: str | Path, device: torch.device | str
 
 def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
              save_predictions: bool = True, shuffle_ablation: bool = False, strategy: str = "greedy",
-             top_p: float = 0.9, limit: int | None = None) -> dict[str, Any]:
+             top_p: float = 0.9, limit: int | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
     """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
 
     With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
@@ -187,7 +243,8 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
                 for shuffled in (False, True) if shuffle_ablation else (False,):
                     key = f"{name}_shuffled" if shuffled else name
                     outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
-                                             limit=limit, shuffle_expressions=shuffled, strategy=strategy, top_p=top_p)
+                                             limit=limit, shuffle_expressions=shuffled, strategy=strategy, top_p=top_p,
+                                             cuda_graphs=cuda_graphs)
                     per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
                                       "skipped_images": outcome["skipped_images"]}
                     if save_predictions and context.is_main:

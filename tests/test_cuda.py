@@ -18,6 +18,7 @@ from torch import nn
 from seqtr_lib.config import ModelConfig
 from seqtr_lib.engine import autocast
 from seqtr_lib.loss import sequence_loss
+from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.text import PAD_ID, Vocabulary
 
@@ -140,6 +141,63 @@ def test_cached_greedy_generation_on_cuda_equals_recomputing_the_prefix():
             else:
                 torch.testing.assert_close(cached[key], recomputed[key], rtol=1e-4, atol=1e-5,
                                            msg=lambda message: f"{task}: {key}: {message}")
+
+
+def test_cuda_graph_decoding_gives_the_tokens_of_the_cached_decoder():
+    batch = on(make_batch(batch=4, seed=1), CUDA)
+    inputs = (batch["images"], batch["pad_mask"], batch["expression_ids"])
+    for task in ("box", "mask", "multi"):
+        model = tiny_model(task, seed=2).to(CUDA)
+        decoder = GraphDecoder(model)
+        with ieee_float32(), torch.no_grad():
+            memory = model.encode(*inputs)
+            cached = model.generate_from_memory(memory)
+            for _ in range(2):  # the second call replays the graphs captured by the first
+                graphed = decoder.generate_from_memory(memory)
+                for key in cached:
+                    if key.endswith("tokens"):
+                        assert torch.equal(graphed[key], cached[key]), f"{task}: {key} differ"
+                    else:
+                        torch.testing.assert_close(graphed[key], cached[key], rtol=1e-4, atol=1e-5)
+        assert decoder._states and all(state.graphs for state in decoder._states.values())
+
+
+def test_device_images_decode_on_cuda_within_a_level_or_two_of_the_cpu():
+    import numpy as np
+    from PIL import Image
+
+    from seqtr_lib.data.device_images import batch_images, read_encoded_image
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        rng = np.random.default_rng(0)
+        path = Path(folder) / "x.jpg"
+        smooth = (rng.random((12, 16, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # 96 x 128 blocks
+        Image.fromarray(smooth).save(path, quality=95)
+        payload, _ = read_encoded_image(path)
+        meta = {"image_path": str(path), "ori_shape": (96, 128), "img_shape": (60, 80), "pad_shape": (64, 96),
+                "scale_factor": (0.8, 0.8), "crop": (12, 10)}  # resized to 77 x 102, then a 60 x 80 window
+        on_cpu = batch_images([payload], [meta], (64, 96), torch.device("cpu"))
+        on_cuda = batch_images([payload], [meta], (64, 96), CUDA).cpu()
+    difference = (on_cuda.int() - on_cpu.int()).abs()
+    assert difference.float().mean() < 1.0 and difference.max() <= 8
+
+
+def test_prefetched_batches_on_cuda_arrive_whole_and_in_order():
+    from seqtr_lib.evaluation import move_batch, prefetched
+
+    batches = [make_batch(batch=2, seed=seed) for seed in range(4)]
+    for batch in batches:
+        batch["images"] = batch["images"].to(torch.uint8)
+        batch["metas"] = [{}, {}]
+    got = list(prefetched(enumerate(batches), CUDA, channels_last=True))
+    assert [index for index, _ in got] == [0, 1, 2, 3]
+    for (_, moved), batch in zip(got, batches):
+        expected = move_batch(batch, CUDA, channels_last=True)
+        for key in ("images", "pad_mask", "expression_ids", "box_tokens"):
+            assert moved[key].is_cuda and torch.equal(moved[key], expected[key]), key
 
 
 def test_channels_last_model_and_images_give_the_logits_of_contiguous_ones():

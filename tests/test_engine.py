@@ -33,11 +33,29 @@ def test_ema_follows_the_reference_decay_ramp():
     ema = ModelEMA(model, decay=0.999)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model, step=0)  # decay min(0.999, 1/10) = 0.1 -> 0.1 * 0 + 0.9 * 1
+    ema.update(step=0)  # decay min(0.999, 1/10) = 0.1 -> 0.1 * 0 + 0.9 * 1
     assert ema.module.weight.item() == pytest.approx(0.9)
-    ema.update(model, step=20000)  # (step+1)/(step+10) > 0.999, so decay 0.999 -> 0.999 * 0.9 + 0.001
+    ema.update(step=20000)  # (step+1)/(step+10) > 0.999, so decay 0.999 -> 0.999 * 0.9 + 0.001
     assert ema.module.weight.item() == pytest.approx(0.999 * 0.9 + 0.001)
     assert not ema.module.weight.requires_grad
+
+
+def test_ema_averages_float_buffers_copies_counters_and_survives_a_restore():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.5)
+    with torch.no_grad():
+        model[1].running_mean.fill_(4.0)  # the average starts from 0
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(step=100)  # decay min(0.5, 101/110) = 0.5
+    assert ema.module[1].running_mean.tolist() == pytest.approx([2.0, 2.0])
+    assert ema.module[1].num_batches_tracked.item() == 7
+    # A checkpoint restore copies into the model in place: the EMA must keep following it.
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.bias"] = torch.full((2,), 10.0)
+    model.load_state_dict(state)
+    before = ema.module[0].bias.clone()
+    ema.update(step=100)
+    assert ema.module[0].bias.tolist() == pytest.approx((0.5 * before + 5.0).tolist())
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path):

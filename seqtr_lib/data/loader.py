@@ -43,21 +43,31 @@ class Collate:
       the samples carry one (ReferDataset's do; the target-cell departures of `seqtr_lib.model.seqtr` read it);
     - ``metas``: list of the samples' meta dicts (plain values);
     - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
+
+    With ``device_transforms`` (the samples carry encoded images, `seqtr_lib.data.device_images`) the batch
+    holds ``encoded_images``, the list of the samples' payloads, instead of ``images``;
+    `seqtr_lib.evaluation.move_batch` turns them into ``images`` on the device.
     """
 
     def __init__(self, codec: SequenceCodec, shuffle_fraction: float = 0.0,
-                 image_dtype: torch.dtype = torch.uint8) -> None:
+                 image_dtype: torch.dtype = torch.uint8, device_transforms: bool = False) -> None:
         self.codec, self.shuffle_fraction, self.image_dtype = codec, shuffle_fraction, image_dtype
+        self.device_transforms = device_transforms
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None]
         size = len(kept)
         pad_shape = (max((s["meta"]["pad_shape"][0] for s in kept), default=0),
                      max((s["meta"]["pad_shape"][1] for s in kept), default=0))
-        images, pad_mask = pad_images([s["image"] for s in kept], pad_shape, self.image_dtype)
+        images: dict[str, Any] = {}
+        if self.device_transforms:
+            images["encoded_images"] = [s["image"] for s in kept]
+            pad_mask = padding_masks([s["meta"]["img_shape"] for s in kept], pad_shape)
+        else:
+            images["images"], pad_mask = pad_images([s["image"] for s in kept], pad_shape, self.image_dtype)
         ids = [s["expression_ids"] for s in kept]
         batch: dict[str, Any] = {
-            "images": images,
+            **images,
             "pad_mask": pad_mask,
             "expression_ids": torch.from_numpy(np.stack(ids)) if ids else torch.zeros(0, 0, dtype=torch.int64),
             "metas": [s["meta"] for s in kept],
@@ -84,16 +94,23 @@ def pad_images(images: Sequence[torch.Tensor], pad_shape: tuple[int, int],
     """Images (3, h, w) -> one (B, 3, H, W) batch of ``dtype``, zero below and right of each image, and its
     pad mask (B, H, W), True on padding."""
     images_out = _batch_tensor((len(images), 3, *pad_shape), dtype)
-    pad_mask = _batch_tensor((len(images), *pad_shape), torch.bool)
     for i, image in enumerate(images):
         height, width = image.shape[-2:]
         images_out[i, :, :height, :width] = image.as_subclass(torch.Tensor)
         # Only the padding is zeroed: a zero-filled batch would write every pixel twice.
         images_out[i, :, height:] = 0
         images_out[i, :, :height, width:] = 0
-        pad_mask[i] = True
-        pad_mask[i, :height, :width] = False
+    pad_mask = padding_masks([tuple(image.shape[-2:]) for image in images], pad_shape)
     return images_out, pad_mask
+
+
+def padding_masks(img_shapes: Sequence[tuple[int, int]], pad_shape: tuple[int, int]) -> torch.Tensor:
+    """bool (B, H, W), True outside each (height, width) image region placed at the top-left."""
+    pad_mask = _batch_tensor((len(img_shapes), *pad_shape), torch.bool)
+    pad_mask.fill_(True)
+    for i, (height, width) in enumerate(img_shapes):
+        pad_mask[i, :height, :width] = False
+    return pad_mask
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -193,7 +210,7 @@ def build_loader(
         sampler = ShardSampler(len(dataset), rank, world_size)
     batch_sampler = EpochBatchSampler(sampler, data.batch_size if training else data.eval_batch_size, epoch=epoch)
     collate = Collate(SequenceCodec.from_experiment(experiment), data.shuffle_fraction if training else 0.0,
-                      image_dtype)
+                      image_dtype, data.device_transforms)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

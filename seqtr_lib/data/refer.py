@@ -136,7 +136,9 @@ class ReferDataset:
     ``dataset[index]`` draws for epoch 0; ``dataset[(epoch, index)]`` names the epoch, which is what the
     loader's batch sampler does. A sample is a dict:
 
-    - ``image``: tv_tensors.Image uint8 (3, h, w) RGB 0-255, the un-padded img_shape region;
+    - ``image``: tv_tensors.Image uint8 (3, h, w) RGB 0-255, the un-padded img_shape region; with
+      ``device_transforms``, the payload of `device_images.read_encoded_image` instead (the file's bytes,
+      or the decoded original pixels), transformed on the training device from the meta's geometry;
     - ``expression_ids``: int64 (max_token,), the encoded expression;
     - ``box`` (task box/multi): float32 (4,) x1, y1, x2, y2 in pixels of the transformed image;
     - ``vertices`` (task mask/multi): float32 (2, num_ray) mask contour points, -1 where missing;
@@ -168,6 +170,7 @@ class ReferDataset:
         num_ray: int = 18,
         center_sampling: bool = False,
         skip_bad_images: bool = False,
+        device_transforms: bool = False,
         seed: int = 0,
     ) -> None:
         if dataset not in DATASETS:
@@ -183,6 +186,7 @@ class ReferDataset:
         self.image_size, self.lsj, self.lsj_scale = image_size, lsj, tuple(lsj_scale)
         self.num_ray, self.center_sampling = num_ray, center_sampling
         self.skip_bad_images = skip_bad_images
+        self.device_transforms = device_transforms
         self.seed = seed
 
         document = read_annotations(self.annotation_file)
@@ -234,21 +238,33 @@ class ReferDataset:
         where = f"{self.dataset} split '{self.split}', annotation {ann_index}"
         path = self.image_path(annotation)
         try:
-            image = read_image(path)
+            if self.device_transforms:
+                from seqtr_lib.data.device_images import read_encoded_image
+
+                payload, ori_shape = read_encoded_image(path)
+            else:
+                image = read_image(path)
         except BadImageError as error:
             if not self.skip_bad_images:
                 raise BadImageError(f"{error} ({where}); fix or remove the file, or set data.skip_bad_images: "
                                     "true to skip and count such images") from None
             log.warning("skipping %s (%s)", error, where)
             return None
-        return self._sample(annotation, image, path, ann_index, expression_index, rng, (self.seed, epoch, index))
+        rng_key = (self.seed, epoch, index)
+        if not self.device_transforms:
+            return self._sample(annotation, image, path, ann_index, expression_index, rng, rng_key)
+        # The geometry and targets as on the host, without the pixels; the image travels as its file's bytes.
+        sample = self._sample(annotation, None, path, ann_index, expression_index, rng, rng_key, ori_shape)
+        sample["image"] = payload
+        return sample
 
-    def _sample(self, annotation: dict[str, Any], image: np.ndarray, path: Path, ann_index: int,
-                expression_index: int, rng: np.random.Generator, rng_key: tuple[int, int, int]) -> dict[str, Any]:
+    def _sample(self, annotation: dict[str, Any], image: np.ndarray | None, path: Path, ann_index: int,
+                expression_index: int, rng: np.random.Generator, rng_key: tuple[int, int, int],
+                ori_shape: tuple[int, int] | None = None) -> dict[str, Any]:
         from seqtr_lib.data import transforms
         from seqtr_lib.sequence import sample_mask_vertices
 
-        height, width = image.shape[:2]
+        height, width = image.shape[:2] if image is not None else ori_shape
         box = box_corners(annotation["bbox"], height, width) if "bbox" in annotation else None
         mask = rle = None
         if "mask" in TASK_PARTS[self.task]:
@@ -260,11 +276,12 @@ class ReferDataset:
         gt_box = box if box is not None else ground_truth_box(annotation, height, width, rle)
 
         box_target = box if "box" in TASK_PARTS[self.task] else None
-        image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box_target, mask)
+        image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box_target, mask, (height, width))
         if self.training and self.lsj:
-            out = transforms.large_scale_jitter(image_tv, box_tv, mask_tv, rng, self.image_size, self.lsj_scale)
+            out = transforms.large_scale_jitter(image_tv, box_tv, mask_tv, rng, self.image_size, self.lsj_scale,
+                                                (height, width))
         else:
-            out = transforms.resize_long_side(image_tv, box_tv, mask_tv, self.image_size)
+            out = transforms.resize_long_side(image_tv, box_tv, mask_tv, self.image_size, (height, width))
         expression = annotation["expressions"][expression_index]
         meta = {
             "image_id": annotation["image_id"],
@@ -372,5 +389,6 @@ def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, tr
         num_ray=model.num_ray,
         center_sampling=data.center_sampling,
         skip_bad_images=data.skip_bad_images,
+        device_transforms=data.device_transforms,
         seed=experiment.train.seed,
     )

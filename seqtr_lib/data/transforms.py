@@ -39,27 +39,36 @@ class Geometry:
     scale_factor: tuple[float, float]  # (sx, sy) = resized / original size
     crop: tuple[int, int] = (0, 0)  # (x, y) offset of the LSJ crop in the resized image
 
+    @property
+    def resized_shape(self) -> tuple[int, int]:
+        """(height, width) of the whole image after the resize, before any crop."""
+        (height, width), (sx, sy) = self.ori_shape, self.scale_factor
+        return round(height * sy), round(width * sx)
+
 
 @dataclass(frozen=True)
 class Transformed:
-    """An image with its target after a transform; ``box`` or ``mask`` is None when not requested."""
+    """An image with its target after a transform; ``image``, ``box`` or ``mask`` is None when not requested
+    (a None image: only the geometry and the targets, for data.device_transforms)."""
 
-    image: tv_tensors.Image
+    image: tv_tensors.Image | None
     box: tv_tensors.BoundingBoxes | None
     mask: tv_tensors.Mask | None
     geometry: Geometry
 
 
 def to_tv_tensors(
-    image: np.ndarray, box_xyxy: np.ndarray | None, mask: np.ndarray | None
-) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes | None, tv_tensors.Mask | None]:
+    image: np.ndarray | None, box_xyxy: np.ndarray | None, mask: np.ndarray | None,
+    ori_shape: tuple[int, int] | None = None,
+) -> tuple[tv_tensors.Image | None, tv_tensors.BoundingBoxes | None, tv_tensors.Mask | None]:
     """Wrap a decoded (H, W, 3) uint8 RGB image, an optional [4] XYXY box and (H, W) mask; no copies.
 
     The image keeps its height-width-channel memory layout (channels-last strides), the fast layout
-    for torch's uint8 resize kernels.
+    for torch's uint8 resize kernels. ``image`` None (data.device_transforms): the targets only, of an
+    image of ``ori_shape`` (height, width).
     """
-    height, width = image.shape[:2]
-    image_tv = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+    height, width = image.shape[:2] if image is not None else _image_shape(None, ori_shape)
+    image_tv = None if image is None else tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
     box_tv = None
     if box_xyxy is not None:
         box_tv = tv_tensors.BoundingBoxes(
@@ -82,14 +91,15 @@ def rescaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 
 
 def _resize(
-    image: tv_tensors.Image,
+    image: tv_tensors.Image | None,
     box: tv_tensors.BoundingBoxes | None,
     mask: tv_tensors.Mask | None,
     shape: tuple[int, int],
-) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes | None, tv_tensors.Mask | None]:
+) -> tuple[tv_tensors.Image | None, tv_tensors.BoundingBoxes | None, tv_tensors.Mask | None]:
     size = list(shape)
-    # Antialiased when shrinking (the reference's cv2 bilinear is not): LSJ zooms out to 0.3x.
-    image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if image is not None:
+        # Antialiased when shrinking (the reference's cv2 bilinear is not): LSJ zooms out to 0.3x.
+        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     if box is not None:
         box = F.resize(box, size)  # scales x by new_w / w and y by new_h / h exactly
     if mask is not None:
@@ -121,16 +131,27 @@ def _geometry(ori_shape: tuple[int, int], img_shape: tuple[int, int], resized: t
 
 
 def resize_long_side(
-    image: tv_tensors.Image,
+    image: tv_tensors.Image | None,
     box: tv_tensors.BoundingBoxes | None = None,
     mask: tv_tensors.Mask | None = None,
     image_size: int = 640,
+    ori_shape: tuple[int, int] | None = None,
 ) -> Transformed:
-    """Test-time transform: scale so the long side is ``image_size`` (keeping the aspect ratio)."""
-    ori_shape = tuple(image.shape[-2:])
+    """Test-time transform: scale so the long side is ``image_size`` (keeping the aspect ratio).
+
+    ``image`` None: only the geometry and the targets, for an image of ``ori_shape`` (height, width)."""
+    ori_shape = _image_shape(image, ori_shape)
     resized = rescaled_shape(ori_shape, image_size / max(ori_shape))
     image, box, mask = _resize(image, box, mask, resized)
     return Transformed(image, box, mask, _geometry(ori_shape, resized, resized))
+
+
+def _image_shape(image: tv_tensors.Image | None, ori_shape: tuple[int, int] | None) -> tuple[int, int]:
+    if image is not None:
+        return tuple(image.shape[-2:])  # type: ignore[return-value]
+    if ori_shape is None:
+        raise ValueError("a transform without an image needs the image's ori_shape (height, width)")
+    return tuple(ori_shape)  # type: ignore[return-value]
 
 
 def _box_visibility(box: np.ndarray, xs: np.ndarray, ys: np.ndarray, crop_w: int, crop_h: int) -> np.ndarray:
@@ -191,12 +212,13 @@ def search_crop(
 
 
 def large_scale_jitter(
-    image: tv_tensors.Image,
+    image: tv_tensors.Image | None,
     box: tv_tensors.BoundingBoxes | None,
     mask: tv_tensors.Mask | None,
     rng: np.random.Generator,
     image_size: int = 640,
     scale_range: tuple[float, float] = (0.3, 1.4),
+    ori_shape: tuple[int, int] | None = None,
 ) -> Transformed:
     """SeqTR's large-scale jitter: resize by U(scale_range) x image_size / max(H, W), crop if larger.
 
@@ -204,8 +226,10 @@ def large_scale_jitter(
     is enlarged and an ``image_size``-limited window (the size of the plain test-time resize) is cut
     out by :func:`search_crop`, chosen by the box if there is one, else by the mask, so the target
     stays mostly visible. The box is then clipped to [0, W-1] x [0, H-1] of the result.
+    ``image`` None: the same draws, geometry and targets for an image of ``ori_shape`` (height, width);
+    `seqtr_lib.data.device_images` then applies the geometry to the pixels on the GPU.
     """
-    ori_shape = tuple(image.shape[-2:])
+    ori_shape = _image_shape(image, ori_shape)
     jitter = rng.uniform(*scale_range)
     base_scale = image_size / max(ori_shape)
     resized = rescaled_shape(ori_shape, jitter * base_scale)
@@ -218,7 +242,8 @@ def large_scale_jitter(
         target_mask = None if mask is None else mask[0].numpy()
         crop = search_crop(resized, img_shape, rng, box=target_box, mask=target_mask)
         left, top = crop
-        image = F.crop(image, top, left, img_shape[0], img_shape[1])
+        if image is not None:
+            image = F.crop(image, top, left, img_shape[0], img_shape[1])
         if box is not None:
             box = F.crop(box, top, left, img_shape[0], img_shape[1])
         if mask is not None:

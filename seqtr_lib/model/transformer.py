@@ -165,6 +165,22 @@ class DecoderCache:
     length: int = 0
 
 
+@dataclass
+class StaticCache:
+    """Fixed-size key/value buffers of an incremental decode, written in place at a position held in a
+    device tensor, so that a decoding step has static shapes and addresses (a CUDA graph can replay it).
+
+    Per layer: ``self_keys``/``self_values`` (B, nh, max_length, hs), filled up to the current position;
+    ``memory_keys``/``memory_values`` (B, nh, S, hs); ``memory_attend`` bool (B, 1, 1, S).
+    """
+
+    self_keys: list[torch.Tensor]
+    self_values: list[torch.Tensor]
+    memory_keys: list[torch.Tensor]
+    memory_values: list[torch.Tensor]
+    memory_attend: torch.Tensor
+
+
 class DecoderLayer(nn.Module):
     """Post-norm decoder layer: causal self-attention, cross-attention to the memory, feed-forward.
 
@@ -205,17 +221,42 @@ class DecoderLayer(nn.Module):
             cache.self_keys, cache.self_values = keys, values
         x = self.norm1(x + self.dropout(self.self_attention.attend(with_position, keys, values, causal)))
 
-        if cache is not None and cache.memory_keys is not None:
+        if cache is None:
+            memory_keys, memory_values = self.cross_attention.project_keys(memory + memory_position, memory)
+        elif cache.memory_keys is not None:
             memory_keys, memory_values = cache.memory_keys, cache.memory_values
         else:
-            memory_keys, memory_values = self.cross_attention.project_keys(memory + memory_position, memory)
-            if cache is not None:  # contiguous once, rather than copied by every step's attention
-                memory_keys, memory_values = memory_keys.contiguous(), memory_values.contiguous()
-                cache.memory_keys, cache.memory_values = memory_keys, memory_values
+            memory_keys, memory_values = self.memory_keys(memory, memory_position)
+            cache.memory_keys, cache.memory_values = memory_keys, memory_values
+        return self._cross_and_feed_forward(x, position, memory_keys, memory_values, memory_attend, cross_attention)
+
+    def memory_keys(self, memory: torch.Tensor, memory_position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention keys and values of the memory, each (B, nh, S, hs), contiguous: projected once
+        per decode rather than copied by every step's attention."""
+        keys, values = self.cross_attention.project_keys(memory + memory_position, memory)
+        return keys.contiguous(), values.contiguous()
+
+    def _cross_and_feed_forward(self, x: torch.Tensor, position: torch.Tensor, memory_keys: torch.Tensor,
+                                memory_values: torch.Tensor, memory_attend: torch.Tensor,
+                                cross_attention: list[torch.Tensor] | None = None) -> torch.Tensor:
         attended = self.cross_attention.attend(x + position, memory_keys, memory_values, memory_attend,
                                                cross_attention)
         x = self.norm2(x + self.dropout(attended))
         return self.norm3(x + self.dropout(self.feed_forward(x)))
+
+    def step(self, x: torch.Tensor, position: torch.Tensor, index: torch.Tensor, self_attend: torch.Tensor,
+             cache: StaticCache, layer: int) -> torch.Tensor:
+        """`forward` for one new position with a StaticCache: x, position (B or 1, 1, D); index int64 (1,), the
+        position's slot; self_attend bool (1, max_length), the slots filled so far. Returns (B, 1, D)."""
+        with_position = x + position
+        keys, values = self.self_attention.project_keys(with_position, x)  # (B, nh, 1, hs)
+        cache.self_keys[layer].index_copy_(2, index, keys)
+        cache.self_values[layer].index_copy_(2, index, values)
+        attended = self.self_attention.attend(with_position, cache.self_keys[layer], cache.self_values[layer],
+                                              self_attend)
+        x = self.norm1(x + self.dropout(attended))
+        return self._cross_and_feed_forward(x, position, cache.memory_keys[layer], cache.memory_values[layer],
+                                            cache.memory_attend)
 
 
 class Decoder(nn.Module):
@@ -274,6 +315,29 @@ class Decoder(nn.Module):
             x = layer(x, position, memory, memory_position, memory_attend, causal, layer_cache, cross_attention)
         if cache is not None:
             cache.length = past + length
+        return self.norm(x)
+
+    def static_cache(self, memory: torch.Tensor, memory_position: torch.Tensor,
+                     memory_padding: torch.Tensor) -> StaticCache:
+        """Empty self-attention buffers for ``max_length`` positions and the memory's projected keys."""
+        batch = memory.shape[0]
+        attention = self.layers[0].self_attention
+        head_size = memory.shape[2] // attention.num_heads
+        shape = (batch, attention.num_heads, self.max_length, head_size)
+        projected = [layer.memory_keys(memory, memory_position) for layer in self.layers]
+        return StaticCache(self_keys=[memory.new_zeros(shape) for _ in self.layers],
+                           self_values=[memory.new_zeros(shape) for _ in self.layers],
+                           memory_keys=[keys for keys, _ in projected],
+                           memory_values=[values for _, values in projected],
+                           memory_attend=~memory_padding[:, None, None, :])
+
+    def step(self, x: torch.Tensor, index: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """Decode one position with a StaticCache: x (B, 1, D) its input embedding, index int64 (1,) its
+        position (a device tensor, so the step's shapes never change). Returns (B, 1, D), as `forward`."""
+        position = self.position(index)[None]  # (1, 1, D)
+        self_attend = torch.arange(self.max_length, device=x.device)[None, :] <= index  # (1, max_length)
+        for number, layer in enumerate(self.layers):
+            x = layer.step(x, position, index, self_attend, cache, number)
         return self.norm(x)
 
 
