@@ -24,18 +24,23 @@ import torch
 
 from bench_train import TINY_MODEL, device_name, synchronize  # benchmarks/ is on sys.path when this script runs
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import DataConfig, Experiment, ModelConfig, TrainConfig
-from seqtr_lib.data.datasets import annotation_path
+from seqtr_lib.config import DataConfig, Experiment, ModelConfig, SyntheticConfig, TrainConfig
+from seqtr_lib.dataset_check import prepare_synthetic
 from seqtr_lib.data.refer import load_vocabulary
 from seqtr_lib.evaluation import evaluate_model
 from seqtr_lib.model.seqtr import build_model
 
 
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The synthetic set of --data-root (--images images of --image-size px), read at --image-size."""
+    return DataConfig(dataset="synthetic", data_root=str(args.data_root), image_size=args.image_size,
+                      eval_batch_size=args.batch_size, num_workers=args.workers,
+                      synthetic=SyntheticConfig(num_images=args.images, image_size=args.image_size))
+
+
 def measure(task: str, cuda_graphs: bool, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     model_config = ModelConfig(task=task, **(TINY_MODEL if args.tiny else {}))
-    data = DataConfig(dataset="synthetic", data_root=str(args.data_root), image_size=args.image_size,
-                      eval_batch_size=args.batch_size, num_workers=args.workers)
-    experiment = Experiment(name="bench_eval", output_dir="/tmp", model=model_config, data=data,
+    experiment = Experiment(name="bench_eval", output_dir="/tmp", model=model_config, data=data_config(args),
                             train=TrainConfig(amp=args.amp if device.type == "cuda" else "none", channels_last=True))
     vocabulary = load_vocabulary(experiment)
     torch.manual_seed(0)
@@ -43,11 +48,12 @@ def measure(task: str, cuda_graphs: bool, args: argparse.Namespace, device: torc
     model = model.to(memory_format=torch.channels_last)
     with torch.no_grad():
         model.predictor[-1].bias[model.layout.eos] = -1e4  # every mask decode runs all its steps
-    run = dict(limit=args.limit or None, cuda_graphs=cuda_graphs)
+    # Warm-up: loader start-up, cuDNN's first calls and the graph captures stay out of the timing.
     evaluate_model(model, experiment, vocabulary, "val", device, limit=2 * args.batch_size, cuda_graphs=cuda_graphs)
     synchronize(device)
     started = time.perf_counter()
-    outcome = evaluate_model(model, experiment, vocabulary, "val", device, **run)
+    outcome = evaluate_model(model, experiment, vocabulary, "val", device, limit=args.limit or None,
+                             cuda_graphs=cuda_graphs)
     synchronize(device)
     seconds = time.perf_counter() - started
     return {"task": task, "cuda_graphs": cuda_graphs, "expressions": outcome["num_expressions"],
@@ -71,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args.image_size = args.image_size or (64 if args.tiny else 640)
     args.batch_size = args.batch_size or (4 if args.tiny else 128)
     device = torch.device(args.device)
-    if not annotation_path(args.data_root, "synthetic").is_file():
-        from seqtr_lib.data.synthetic import generate_dataset
-
-        print(f"writing {args.images} synthetic images of {args.image_size} px to {args.data_root} ...", flush=True)
-        generate_dataset(args.data_root, num_images=args.images, image_size=args.image_size,
-                         workers=args.workers, progress=False)
+    print(prepare_synthetic(Experiment(data=data_config(args)), workers=args.workers), flush=True)
     report: dict[str, Any] = {
         "benchmark": "bench_eval",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -46,7 +46,8 @@ import torch
 
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import DataConfig, Experiment, ModelConfig, TrainConfig
+from seqtr_lib.config import DataConfig, Experiment, ModelConfig, SyntheticConfig, TrainConfig
+from seqtr_lib.dataset_check import prepare_synthetic
 from seqtr_lib.engine import Trainer
 from seqtr_lib.evaluation import prefetched
 from seqtr_lib.model.seqtr import build_model, count_parameters
@@ -182,19 +183,8 @@ def real_data_config(args: argparse.Namespace, batch_size: int, device_transform
     """The paper's training data pipeline (LSJ at --image-size) over the synthetic set of --real-data."""
     return DataConfig(dataset="synthetic", data_root=str(args.real_data), image_size=args.image_size, lsj=True,
                       batch_size=batch_size, num_workers=args.workers, device_transforms=device_transforms,
-                      max_token=args.max_token)
-
-
-def ensure_real_data(args: argparse.Namespace) -> None:
-    """Write the synthetic set at --image-size into --real-data unless one is there."""
-    from seqtr_lib.data.datasets import annotation_path
-    from seqtr_lib.data.synthetic import generate_dataset
-
-    if annotation_path(Path(args.real_data), "synthetic").is_file():
-        return
-    print(f"writing {args.real_images} synthetic images of {args.image_size} px to {args.real_data} ...", flush=True)
-    generate_dataset(args.real_data, num_images=args.real_images, seed=args.seed, image_size=args.image_size,
-                     workers=args.workers or None, progress=False)
+                      max_token=args.max_token,
+                      synthetic=SyntheticConfig(num_images=args.real_images, image_size=args.image_size, seed=args.seed))
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -232,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with host-side and device-side transforms")
     parser.add_argument("--real-images", type=int, default=2000, help="images to write for --real-data")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
-                        help="loader workers for --real-data")
+                        help="loader workers for --real-data, and processes writing its set")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_train.json"))
     args = parser.parse_args(argv)
     defaults = {"batch_sizes": "2", "compile": "off", "image_size": 64, "warmup_steps": 1, "steps": 2} if args.tiny \
@@ -284,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     failed = False
     if args.real_data is not None:
-        ensure_real_data(args)
+        print(prepare_synthetic(Experiment(data=real_data_config(args, args.batch_sizes[0], False)),
+                                workers=args.workers), flush=True)
     generator = torch.Generator(device).manual_seed(args.seed)
     for batch_size in args.batch_sizes:
         batches = [synthetic_batch(batch_size, args.image_size, args.max_token, len(vocabulary), model_config,

@@ -23,11 +23,12 @@ def _synthetic_shape(annotation_file: Path) -> tuple[int, int]:
     return len({a["image_id"] for a in annotations}), (annotations[0]["width"] if annotations else 0)
 
 
-def prepare_synthetic(experiment: Experiment, regenerate: bool = False) -> str:
+def prepare_synthetic(experiment: Experiment, regenerate: bool = False, workers: int | None = None) -> str:
     """Generate the synthetic set the params describe under data.data_root, unless it is already there.
 
     A set of another size is never overwritten silently: that needs ``regenerate=True`` (the set is a
-    deterministic function of size, seed and image size, so nothing is lost).
+    deterministic function of size, seed and image size, so nothing is lost). ``workers``: generating
+    processes (`generate_dataset`'s default when None).
     """
     from seqtr_lib.data.synthetic import generate_dataset
 
@@ -40,7 +41,7 @@ def prepare_synthetic(experiment: Experiment, regenerate: bool = False) -> str:
             raise ValueError(f"{path} holds {found[0]} images of {found[1]} px but the params ask for {wanted[0]} "
                              f"of {wanted[1]} px; set regenerate = True to replace it, or choose another data_root")
         return f"kept the synthetic set in {data.data_root} ({found[0]} images of {found[1]} px)"
-    summary = generate_dataset(data.data_root, synthetic.num_images, synthetic.seed, synthetic.image_size)
+    summary = generate_dataset(data.data_root, synthetic.num_images, synthetic.seed, synthetic.image_size, workers)
     return f"generated {synthetic.num_images} images in {summary['seconds']:.0f} s under {data.data_root}"
 
 

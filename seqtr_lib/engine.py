@@ -68,24 +68,25 @@ class ModelEMA:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay = decay
-        # Pairs of (average, source) tensors, bound once: one foreach lerp per step instead of a Python loop
-        # over the state dict (which cost about a tenth of a CPU training step). load_state_dict copies in
-        # place, so the pairs stay valid when a checkpoint is restored.
+        # The average's and the model's tensors, bound once: one foreach lerp per step instead of a Python
+        # loop over the state dict (which cost about a tenth of a CPU training step). load_state_dict copies
+        # in place, so they stay valid when a checkpoint is restored.
         current = model.state_dict(keep_vars=True)
         averaged = self.module.state_dict(keep_vars=True)
-        pairs = [(averaged[name].detach(), current[name].detach()) for name in averaged]
-        self._float_pairs = [p for p in pairs if p[0].dtype.is_floating_point]
-        self._other_pairs = [p for p in pairs if not p[0].dtype.is_floating_point]
-        if any(a.dtype != c.dtype for a, c in self._float_pairs):
+        floats = [name for name in averaged if averaged[name].dtype.is_floating_point]
+        others = [name for name in averaged if not averaged[name].dtype.is_floating_point]
+        self._float_averages = [averaged[name].detach() for name in floats]
+        self._float_sources = [current[name].detach() for name in floats]
+        self._other_pairs = [(averaged[name].detach(), current[name].detach()) for name in others]
+        if any(a.dtype != c.dtype for a, c in zip(self._float_averages, self._float_sources)):
             raise ValueError("ModelEMA needs the model's floating-point tensors in one dtype with the average's")
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Blend the current weights of the model given at construction into the average."""
         decay = min(self.decay, (step + 1) / (step + 10))
-        if self._float_pairs:
-            averaged, current = zip(*self._float_pairs)
-            torch._foreach_lerp_(list(averaged), list(current), 1 - decay)
+        if self._float_averages:
+            torch._foreach_lerp_(self._float_averages, self._float_sources, 1 - decay)
         for averaged, value in self._other_pairs:
             averaged.copy_(value)
 

@@ -53,7 +53,8 @@ class GraphDecoder:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = _StepState(model, memory, use_graphs)
-        state.load(memory)
+        else:
+            state.load(memory)
         results: dict[str, torch.Tensor] = {}
         for number, part in enumerate(model.layout.parts_to_generate(task)):
             if number:
@@ -86,12 +87,8 @@ class _StepState:
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
 
     def load(self, memory: Memory) -> None:
-        """Start a decode of ``memory`` (the shape this state was built for)."""
-        for number, layer in enumerate(self.model.decoder.layers):
-            keys, values = layer.memory_keys(memory.features, memory.position)
-            self.cache.memory_keys[number].copy_(keys)
-            self.cache.memory_values[number].copy_(values)
-        self.cache.memory_attend.copy_(~memory.padding[:, None, None, :])
+        """Start a decode of another ``memory`` of the shape this state was built for."""
+        self.model.decoder.load_memory(self.cache, memory.features, memory.position, memory.padding)
         self.index.zero_()
 
     def advance(self) -> None:

@@ -319,17 +319,27 @@ class Decoder(nn.Module):
 
     def static_cache(self, memory: torch.Tensor, memory_position: torch.Tensor,
                      memory_padding: torch.Tensor) -> StaticCache:
-        """Empty self-attention buffers for ``max_length`` positions and the memory's projected keys."""
-        batch = memory.shape[0]
-        attention = self.layers[0].self_attention
-        head_size = memory.shape[2] // attention.num_heads
-        shape = (batch, attention.num_heads, self.max_length, head_size)
-        projected = [layer.memory_keys(memory, memory_position) for layer in self.layers]
-        return StaticCache(self_keys=[memory.new_zeros(shape) for _ in self.layers],
-                           self_values=[memory.new_zeros(shape) for _ in self.layers],
-                           memory_keys=[keys for keys, _ in projected],
-                           memory_values=[values for _, values in projected],
-                           memory_attend=~memory_padding[:, None, None, :])
+        """Empty self-attention buffers for ``max_length`` positions, holding the memory's keys (`load_memory`)."""
+        batch, cells, d_model = memory.shape
+        num_heads = self.layers[0].self_attention.num_heads
+        shape = (batch, num_heads, self.max_length, d_model // num_heads)
+        memory_shape = (batch, num_heads, cells, d_model // num_heads)
+        cache = StaticCache(self_keys=[memory.new_zeros(shape) for _ in self.layers],
+                            self_values=[memory.new_zeros(shape) for _ in self.layers],
+                            memory_keys=[memory.new_zeros(memory_shape) for _ in self.layers],
+                            memory_values=[memory.new_zeros(memory_shape) for _ in self.layers],
+                            memory_attend=memory_padding.new_zeros(batch, 1, 1, cells))
+        self.load_memory(cache, memory, memory_position, memory_padding)
+        return cache
+
+    def load_memory(self, cache: StaticCache, memory: torch.Tensor, memory_position: torch.Tensor,
+                    memory_padding: torch.Tensor) -> None:
+        """Write the cross-attention keys, values and padding of a memory of the cache's shape into it, in place."""
+        for layer, keys, values in zip(self.layers, cache.memory_keys, cache.memory_values):
+            projected_keys, projected_values = layer.cross_attention.project_keys(memory + memory_position, memory)
+            keys.copy_(projected_keys)
+            values.copy_(projected_values)
+        cache.memory_attend.copy_(~memory_padding[:, None, None, :])
 
     def step(self, x: torch.Tensor, index: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         """Decode one position with a StaticCache: x (B, 1, D) its input embedding, index int64 (1,) its
