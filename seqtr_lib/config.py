@@ -65,6 +65,7 @@ class ModelConfig:
     target_cell_loss: float = 0.0  # weight of a cross-entropy that picks the memory cell holding the target's centre
     query_selection: bool = False  # first decoder input = selected cell's memory + position (needs target_cell_loss)
     input_token_noise: float = 0.0  # share of teacher-forced coordinate inputs replaced by a random coordinate
+    scene_loss: float = 0.0  # weight of classifying every scene object's colour, kind and size (synthetic set only)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,9 @@ def validate(experiment: Experiment) -> None:
         ("model.memory_stride", m.memory_stride in MEMORY_STRIDES, "must be 32 (the paper) or 16"),
         ("model.target_cell_loss", m.target_cell_loss >= 0, "must be 0 (off) or positive"),
         ("model.input_token_noise", 0 <= m.input_token_noise < 1, "must be in [0, 1): the share of inputs replaced"),
+        ("model.scene_loss", m.scene_loss >= 0, "must be 0 (off) or positive"),
+        ("model.scene_loss", m.scene_loss == 0 or d.dataset == "synthetic",
+         "needs every object of an image labelled, which only the synthetic set's 'scene' field has; set it to 0"),
         ("model.query_selection", not m.query_selection or m.target_cell_loss > 0,
          "needs model.target_cell_loss > 0: the cell scores it selects by are trained by that loss"),
         ("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
-from seqtr_lib.codec import TokenLayout
 from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
@@ -135,11 +134,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_inputs(batch: dict[str, Any], layout: TokenLayout, with_target_box: bool) -> dict[str, Any]:
+def _model_inputs(batch: dict[str, Any], model: SeqTR) -> dict[str, Any]:
     inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
-    inputs.update({f"{part}_tokens": batch[f"{part}_tokens"] for part in layout.parts})
-    if with_target_box:  # only models with the target-cell departures take it
+    inputs.update({f"{part}_tokens": batch[f"{part}_tokens"] for part in model.layout.parts})
+    if model.cell_scorer is not None:  # only models with the target-cell departures take it
         inputs["target_box"] = batch["target_box"]
+    if model.scene_head is not None:
+        inputs["scene_centres"] = batch["scene_centres"]
     return inputs
 
 
@@ -318,9 +319,10 @@ class Trainer:
         t = self.experiment.train
         batch = move_batch(batch, self.device, t.channels_last)
         with autocast(self.device, t.amp):
-            outputs = self.forward_model(**_model_inputs(batch, self.model.layout, self.model.cell_scorer is not None))
+            outputs = self.forward_model(**_model_inputs(batch, self.model))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
-        losses = sequence_loss(outputs, batch, self.model.layout, self.experiment.model.target_cell_loss)
+        m = self.experiment.model
+        losses = sequence_loss(outputs, batch, self.model.layout, m.target_cell_loss, m.scene_loss)
         loss = losses["loss"]
         if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
             raise NonFiniteLossError(

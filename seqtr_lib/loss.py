@@ -38,11 +38,24 @@ def target_cell_loss(cell_logits: torch.Tensor, target_cells: torch.Tensor) -> t
     return F.cross_entropy(cell_logits.float(), target_cells)
 
 
+def scene_loss(scene_logits: torch.Tensor, scene_labels: torch.Tensor, class_counts: tuple[int, ...]) -> torch.Tensor:
+    """Mean over the attributes of the cross-entropy of classifying every labelled scene object.
+
+    scene_logits: (B, K, sum(class_counts)), the attributes' logits side by side; scene_labels: int64
+    (B, K, A), A = len(class_counts), -1 where padded (ignored). Computed in float32. Returns a scalar.
+    """
+    logits = scene_logits.float().flatten(0, 1).split(list(class_counts), dim=-1)
+    labels = scene_labels.flatten(0, 1)
+    return torch.stack([F.cross_entropy(part, labels[:, k], ignore_index=-1)
+                        for k, part in enumerate(logits)]).mean()
+
+
 def sequence_loss(
     outputs: dict[str, torch.Tensor],
     tokens: Mapping[str, torch.Tensor],
     layout: TokenLayout,
     target_cell_weight: float = 0.0,
+    scene_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Loss of a teacher-forced forward pass (`SeqTR.forward` output).
 
@@ -53,7 +66,10 @@ def sequence_loss(
     averages one loss over the joint sequence, without the mask EOS weight, and then never backpropagates it.)
 
     ``target_cell_weight`` > 0 (a departure, off in the paper) adds ``loss_cell``: that weight times
-    `target_cell_loss` of the outputs' ``cell_logits`` and ``target_cells``.
+    `target_cell_loss` of the outputs' ``cell_logits`` and ``target_cells``. ``scene_weight`` > 0 (a
+    departure for the synthetic set) adds ``loss_scene``: that weight times `scene_loss` of the outputs'
+    ``scene_logits`` and the tokens' ``scene_labels``, with the classes of
+    `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`.
     """
     losses: dict[str, torch.Tensor] = {}
     for part in layout.parts:
@@ -69,5 +85,13 @@ def sequence_loss(
             raise ValueError("target_cell_weight > 0 needs outputs from a model with a cell scorer, called with "
                              "target_box (keys 'cell_logits' and 'target_cells')")
         losses["loss_cell"] = target_cell_weight * target_cell_loss(outputs["cell_logits"], outputs["target_cells"])
+    if scene_weight > 0:
+        if "scene_logits" not in outputs or tokens.get("scene_labels") is None:
+            raise ValueError("scene_weight > 0 needs scene_logits (a model with a scene head, called with the "
+                             "batch's scene_centres) and the batch's scene_labels")
+        from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
+
+        counts = tuple(len(classes) for classes in SCENE_ATTRIBUTES.values())
+        losses["loss_scene"] = scene_weight * scene_loss(outputs["scene_logits"], tokens["scene_labels"], counts)
     losses["loss"] = sum(losses.values())  # type: ignore[assignment]
     return losses

@@ -100,7 +100,8 @@ def original_name(key: str) -> tuple[str, int | None]:
         return f"head.predictor.{int(index) // 2}.fc.{parameter}", None
     raise OriginalCheckpointError(
         f"{key}: the original SeqTR has no such parameter (departures such as model.target_cell_loss, "
-        "model.query_selection and model.memory_stride 16, and the multi-task embedding, cannot be exported)")
+        "model.query_selection, model.scene_loss and model.memory_stride 16, and the multi-task embedding, "
+        "cannot be exported)")
 
 
 def _block(tensor: torch.Tensor, block: int | None, blocks: int = len(_PROJECTIONS)) -> torch.Tensor:

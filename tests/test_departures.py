@@ -1,25 +1,30 @@
 """The opt-in departures for training from scratch: stride-16 memory, target-cell loss, query selection,
-input-token noise."""
+input-token noise, scene loss."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from seqtr_lib.codec import TokenLayout
 from seqtr_lib.config import ConfigError, ModelConfig, experiment_from_dict, load_params
-from seqtr_lib.loss import sequence_loss, target_cell_loss
+from seqtr_lib.data.loader import _padded_scenes
+from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, scene_targets
+from seqtr_lib.loss import scene_loss, sequence_loss, target_cell_loss
 from seqtr_lib.model.seqtr import build_model, target_cells
 from seqtr_lib.text import Vocabulary
 from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).parent / "data" / "paper_model_reference.pt"
-DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False, "input_token_noise": 0.0}
+DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False, "input_token_noise": 0.0,
+                  "scene_loss": 0.0}
 
 
 def _model(task: str = "box", **departures):
@@ -209,3 +214,97 @@ def test_batches_carry_the_target_box_in_input_pixels(tiny_data_root, tmp_path, 
         expected = torch.tensor([x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y])
         # The mask's tight box is found on the resized mask: within a pixel and a half of the scaled box.
         torch.testing.assert_close(batch["target_box"][i], expected, atol=1.5 if task == "mask" else 1e-3, rtol=0)
+
+
+def test_scene_targets_map_box_centres_into_the_transformed_image_and_name_classes_by_index():
+    scene = [{"color": "blue", "kind": "star", "size": "large", "bbox": [10, 20, 30, 40]},   # centre (25, 40)
+             {"color": "red", "kind": "circle", "size": "small", "bbox": [200, 0, 10, 10]}]  # centre (205, 5)
+    centres, labels = scene_targets(scene, scale_factor=(0.5, 0.5), crop=(0, 0), img_shape=(128, 128))
+    assert centres.tolist() == [[12.5, 20.0], [102.5, 2.5]]
+    # COLORS: red green blue yellow purple cyan; KINDS: circle square triangle star diamond; small medium large.
+    assert labels.tolist() == [[2, 3, 2], [0, 0, 0]]
+    # A crop at (20, 0) moves every centre 20 px left: the first (x = -7.5) leaves the image and is dropped.
+    centres, labels = scene_targets(scene, (0.5, 0.5), crop=(20, 0), img_shape=(100, 100))
+    assert centres.tolist() == [[82.5, 2.5]] and labels.tolist() == [[0, 0, 0]]
+    with pytest.raises(ValueError, match="scene object 1 has kind 'hexagon'"):
+        scene_targets([scene[0], {**scene[1], "kind": "hexagon"}], (1.0, 1.0), (0, 0), (256, 256))
+
+
+def test_collate_pads_scene_objects_with_ignored_labels():
+    samples = [{"scene_centres": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32),
+                "scene_labels": np.array([[0, 1, 2], [3, 4, 0]], np.int64)},
+               {"scene_centres": np.array([[5.0, 6.0]], np.float32), "scene_labels": np.array([[5, 2, 1]], np.int64)}]
+    centres, labels = _padded_scenes(samples)
+    assert centres.tolist() == [[[1, 2], [3, 4]], [[5, 6], [0, 0]]]
+    assert labels.tolist() == [[[0, 1, 2], [3, 4, 0]], [[5, 2, 1], [-1, -1, -1]]]
+
+
+def test_scene_loss_matches_hand_computed_cross_entropy_and_ignores_padding():
+    # Two attributes of 2 and 3 classes; one object and one padded slot.
+    logits = torch.tensor([[[0.0, math.log(3.0), 0.0, 0.0, math.log(2.0)], [9.0, -9.0, 9.0, 9.0, -9.0]]])
+    labels = torch.tensor([[[1, 2], [-1, -1]]])
+    first = -math.log(3 / 4)    # softmax([0, log 3]) picks class 1 with 3/4
+    second = -math.log(2 / 4)   # softmax([0, 0, log 2]) picks class 2 with 2/4
+    assert float(scene_loss(logits, labels, (2, 3))) == pytest.approx((first + second) / 2, abs=1e-6)
+
+
+def test_scene_logits_read_the_visual_map_at_each_centre_cell():
+    model = _model("box", memory_stride=16, scene_loss=1.0)
+    counts = [len(classes) for classes in SCENE_ATTRIBUTES.values()]
+    assert model.scene_head.out_features == sum(counts)
+    inputs = fixed_inputs("box")
+    _, visual = model._encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])  # (2, Cy, 4, 6)
+    centres = torch.tensor([[[40.0, 20.0], [95.0, 63.0]], [[0.0, 0.0], [16.0, 47.9]]])
+    # (x, y) -> cell (row, column) = (floor(y / 16), floor(x / 16)).
+    cells = [[(1, 2), (3, 5)], [(0, 0), (2, 1)]]
+    expected = torch.stack([torch.stack([model.scene_head(visual[b, :, r, c]) for r, c in row])
+                            for b, row in enumerate(cells)])
+    torch.testing.assert_close(model.scene_logits(visual, centres), expected)
+    outputs = model(**inputs, scene_centres=centres)
+    labels = torch.tensor([[[0, 1, 2], [5, 4, 0]], [[1, 1, 1], [-1, -1, -1]]])
+    losses = sequence_loss(outputs, {**inputs, "scene_labels": labels}, model.layout, scene_weight=0.5)
+    values = {key: float(value.detach()) for key, value in losses.items()}
+    expected_scene = float(scene_loss(outputs["scene_logits"].detach(), labels, tuple(counts)))
+    assert values["loss_scene"] == pytest.approx(0.5 * expected_scene, abs=1e-6)
+    assert values["loss"] == pytest.approx(values["loss_box"] + values["loss_scene"], abs=1e-5)
+    losses["loss"].backward()
+    assert model.backbone.layers[0].conv.weight.grad.abs().sum() > 0  # the scene loss trains the backbone
+    with pytest.raises(ValueError, match="scene_labels"):
+        sequence_loss(outputs, inputs, model.layout, scene_weight=1.0)
+
+
+def test_scene_loss_needs_the_synthetic_set():
+    load_params(None, ["data.dataset=synthetic", "model.scene_loss=1.0"])
+    with pytest.raises(ConfigError, match="model.scene_loss.*synthetic"):
+        load_params(None, ["data.dataset=refcoco-unc", "model.scene_loss=1.0"])
+
+
+def test_dataset_scene_targets_follow_the_transform_and_hold_the_target(tiny_data_root, tmp_path):
+    from seqtr_lib.data.refer import AnnotationError, ReferDataset
+
+    vocabulary = Vocabulary.build(["the red circle"])
+    plain = ReferDataset(tiny_data_root, "synthetic", "train", "box", vocabulary, training=True, image_size=32,
+                         lsj=False, scene_targets=True)
+    jittered = ReferDataset(tiny_data_root, "synthetic", "train", "box", vocabulary, training=True, image_size=32,
+                            lsj=True, scene_targets=True)
+    for index in range(len(plain)):
+        scene = plain.annotation(index)["scene"]
+        sample = plain[index]
+        assert len(sample["scene_labels"]) == len(scene)  # a 64 -> 32 px resize keeps every object
+        target = sample["target_box"]
+        distances = np.abs(sample["scene_centres"] - [(target[0] + target[2]) / 2, (target[1] + target[3]) / 2])
+        assert distances.sum(axis=1).min() < 1.0  # the referred object is one of the scene's, at its place
+        for epoch in range(3):
+            crop = jittered[(epoch, index)]
+            height, width = crop["meta"]["img_shape"]
+            assert len(crop["scene_labels"]) <= len(scene)
+            assert ((crop["scene_centres"] >= 0) & (crop["scene_centres"] < [width, height])).all()
+    assert "scene_labels" not in ReferDataset(tiny_data_root, "synthetic", "train", "box", vocabulary,
+                                              training=True, image_size=32)[0]
+
+    document = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())
+    del document["train"][1]["scene"]
+    (tmp_path / "annotations" / "synthetic").mkdir(parents=True)
+    (tmp_path / "annotations" / "synthetic" / "instances.json").write_text(json.dumps(document))
+    with pytest.raises(AnnotationError, match="annotation 1 has no 'scene'"):
+        ReferDataset(tmp_path, "synthetic", "train", "box", vocabulary, training=True, scene_targets=True)

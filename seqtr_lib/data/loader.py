@@ -41,6 +41,8 @@ class Collate:
       ``shuffle_fraction`` of the batch got one shared permutation of its point order;
     - ``target_box``: float32 (B, 4), the target's tight box x1, y1, x2, y2 in pixels of ``images``, when
       the samples carry one (ReferDataset's do; the target-cell departures of `seqtr_lib.model.seqtr` read it);
+    - ``scene_centres`` float32 (B, K, 2) and ``scene_labels`` int64 (B, K, 3), when the samples carry scene
+      targets (model.scene_loss): every object's centre and colour / kind / size, labels -1 where padded;
     - ``metas``: list of the samples' meta dicts (plain values);
     - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
 
@@ -75,6 +77,8 @@ class Collate:
         }
         if kept and all("target_box" in s for s in kept):
             batch["target_box"] = torch.from_numpy(np.stack([s["target_box"] for s in kept]))
+        if kept and all("scene_labels" in s for s in kept):
+            batch["scene_centres"], batch["scene_labels"] = _padded_scenes(kept)
         layout = self.codec.layout
         if "box" in layout.parts:
             tokens = [self.codec.encode_box(s["box"], s["meta"]["pad_shape"]) for s in kept]
@@ -87,6 +91,19 @@ class Collate:
             tokens = [self.codec.encode_vertices(v, s["meta"]["pad_shape"]) for v, s in zip(vertices, kept)]
             batch["mask_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, layout.length("mask")))
         return batch
+
+
+def _padded_scenes(samples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples' scene objects, padded to the batch's most: centres float32 (B, K, 2) (0 where padded),
+    labels int64 (B, K, 3) (-1 where padded, which the scene loss ignores)."""
+    most = max(len(s["scene_labels"]) for s in samples)
+    centres = torch.zeros(len(samples), most, 2)
+    labels = torch.full((len(samples), most, 3), -1, dtype=torch.int64)
+    for row, sample in enumerate(samples):
+        count = len(sample["scene_labels"])
+        centres[row, :count] = torch.from_numpy(sample["scene_centres"])
+        labels[row, :count] = torch.from_numpy(sample["scene_labels"])
+    return centres, labels
 
 
 def pad_images(images: Sequence[torch.Tensor], pad_shape: tuple[int, int],

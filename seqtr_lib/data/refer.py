@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 PART_FIELD = {"box": "bbox", "mask": "mask"}
 # Fields the pipeline interprets; any other field (category, colour, ...) rides along in meta["extra"].
 KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source"})
+FIELD_HINTS = {"bbox": "[x, y, w, h] in pixels", "mask": "polygons or an RLE",
+               "scene": "every object of the image with its bbox, color, kind and size (make-synthetic writes it)"}
 
 
 class AnnotationError(ValueError):
@@ -78,8 +80,9 @@ def _annotation_problem(annotation: Any, needed: tuple[str, ...], dataset: str) 
         return "has an expression that is not a string"
     for field in needed:
         if field not in annotation:
-            hint = "[x, y, w, h] in pixels" if field == "bbox" else "polygons or an RLE"
-            return f"has no '{field}' (the task needs it); add {hint} or drop the annotation"
+            hint = FIELD_HINTS[field]
+            needer = "model.scene_loss" if field == "scene" else "the task"
+            return f"has no '{field}' ({needer} needs it); add {hint} or drop the annotation"
     bbox = annotation.get("bbox")
     if bbox is not None and not (
         isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
@@ -144,6 +147,9 @@ class ReferDataset:
     - ``vertices`` (task mask/multi): float32 (2, num_ray) mask contour points, -1 where missing;
     - ``target_box``: float32 (4,) the target's tight box in pixels of the transformed image (``box``
       when there is one, else the mask's), for the target-cell departures;
+    - ``scene_centres`` float32 (K, 2) and ``scene_labels`` int64 (K, 3) (with ``scene_targets``, for
+      model.scene_loss): every object of the image from the annotation's ``scene``,
+      `seqtr_lib.data.synthetic.scene_targets`;
     - ``meta``: plain values: image_id, ann_index, expression, expression_index, image_path,
       ori_shape, img_shape, pad_shape, scale_factor, crop (see transforms.Geometry), gt_box (x1, y1,
       x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields);
@@ -171,6 +177,7 @@ class ReferDataset:
         center_sampling: bool = False,
         skip_bad_images: bool = False,
         device_transforms: bool = False,
+        scene_targets: bool = False,
         seed: int = 0,
     ) -> None:
         if dataset not in DATASETS:
@@ -187,6 +194,7 @@ class ReferDataset:
         self.num_ray, self.center_sampling = num_ray, center_sampling
         self.skip_bad_images = skip_bad_images
         self.device_transforms = device_transforms
+        self.scene_targets = scene_targets
         self.seed = seed
 
         document = read_annotations(self.annotation_file)
@@ -197,7 +205,8 @@ class ReferDataset:
             )
         annotations = document[split]
         for index, annotation in enumerate(annotations):
-            problem = _annotation_problem(annotation, tuple(PART_FIELD[part] for part in TASK_PARTS[task]), dataset)
+            needed = tuple(PART_FIELD[part] for part in TASK_PARTS[task]) + (("scene",) if scene_targets else ())
+            problem = _annotation_problem(annotation, needed, dataset)
             if problem:
                 raise AnnotationError(f"{self.annotation_file}, split '{split}', annotation {index} {problem}")
         outside = [i for i, a in enumerate(annotations) if _box_outside_image(a)]
@@ -304,6 +313,16 @@ class ReferDataset:
             sample["target_box"] = sample["box"]
         else:
             sample["target_box"] = _tight_box(out.mask[0].numpy())
+        if self.scene_targets:
+            from seqtr_lib.data.synthetic import scene_targets
+
+            try:
+                sample["scene_centres"], sample["scene_labels"] = scene_targets(
+                    annotation["scene"], out.geometry.scale_factor, out.geometry.crop, out.geometry.img_shape)
+            except (KeyError, ValueError, TypeError) as error:
+                raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index}: its "
+                                      f"'scene' cannot give scene-loss targets ({error!r}); regenerate the set "
+                                      "with make-synthetic or set model.scene_loss: 0") from error
         if out.mask is not None:
             meta["gt_mask_rle"] = rle
             sample["vertices"] = sample_mask_vertices(
@@ -390,5 +409,6 @@ def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, tr
         center_sampling=data.center_sampling,
         skip_bad_images=data.skip_bad_images,
         device_transforms=data.device_transforms,
+        scene_targets=training and model.scene_loss > 0,
         seed=experiment.train.seed,
     )

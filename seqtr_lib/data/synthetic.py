@@ -52,6 +52,8 @@ SIZES = {"small": 0.065, "medium": 0.095, "large": 0.135}  # circumradius / imag
 HELD_OUT_PAIRS = frozenset({("red", "star"), ("green", "diamond"), ("blue", "triangle"),
                             ("yellow", "circle"), ("purple", "square"), ("cyan", "triangle")})
 SPLITS = ("train", "val", "testA", "testB")
+# The classes of model.scene_loss, in its logits' order: each scene object's colour, kind and size class.
+SCENE_ATTRIBUTES: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "kind": KINDS, "size": tuple(SIZES)}
 
 MAX_EXPRESSIONS = 4          # per object
 MIN_VISIBLE_FRACTION = 0.6   # of an object's own area; below it the object is removed from the scene
@@ -471,3 +473,30 @@ def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0,
               for name, annotations in dataset.items()}
     return {"annotation_file": str(json_path), "image_dir": str(SYNTHETIC.directory(out_dir)),
             "seconds": round(time.perf_counter() - start, 2), "splits": counts}
+
+
+def scene_targets(scene: list[dict], scale_factor: tuple[float, float], crop: tuple[int, int],
+                  img_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every visible object of an annotation's ``scene``, for model.scene_loss: where it is and what it is.
+
+    The centre of each object's (visible) box is mapped into the transformed image (``p * scale_factor -
+    crop``, `seqtr_lib.data.transforms.Geometry`); objects whose centre falls outside ``img_shape`` (an LSJ
+    crop) are dropped. Returns centres float32 (K, 2) x, y in pixels of the transformed image and labels
+    int64 (K, 3): the indices of colour, kind and size in ``SCENE_ATTRIBUTES``. Raises KeyError or
+    ValueError naming the object and field when the scene holds something else.
+    """
+    centres, labels = [], []
+    for number, thing in enumerate(scene):
+        x, y, width, height = thing["bbox"]
+        centre = ((x + width / 2) * scale_factor[0] - crop[0], (y + height / 2) * scale_factor[1] - crop[1])
+        if not (0 <= centre[0] < img_shape[1] and 0 <= centre[1] < img_shape[0]):
+            continue
+        row = []
+        for field, classes in SCENE_ATTRIBUTES.items():
+            if thing[field] not in classes:
+                raise ValueError(f"scene object {number} has {field} {thing[field]!r}; the scene loss knows "
+                                 f"{', '.join(classes)}")
+            row.append(classes.index(thing[field]))
+        centres.append(centre)
+        labels.append(row)
+    return np.array(centres, np.float32).reshape(-1, 2), np.array(labels, np.int64).reshape(-1, 3)

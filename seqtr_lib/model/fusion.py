@@ -120,6 +120,10 @@ class SimpleFusion(nn.Module):
         maps: (B, C8, H/8, W/8), (B, C16, H/16, W/16), (B, C32, H/32, W/32); sentence: (B, Cy);
         padding: bool (B, H/s, W/s), True outside the image, s = ``self.stride``. Returns (B, d_model, H/s, W/s).
         """
+        return self.gate(self.visual(maps), sentence, padding)
+
+    def visual(self, maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The merged visual map (B, Cy, H/s, W/s) before the expression gates it: what the scene loss reads."""
         large, middle, small = maps
         middle = torch.cat([self.down_large(large), middle], dim=1)  # (B, C8 + C16, H/16, W/16)
         if self.down_middle is not None:
@@ -127,6 +131,9 @@ class SimpleFusion(nn.Module):
         else:
             upsampled = F.interpolate(small, size=middle.shape[-2:], mode="nearest")
             merged = torch.cat([middle, upsampled], dim=1)  # (B, C8 + C16 + C32, H/16, W/16)
-        visual = self.project_small(merged)  # (B, Cy, H/s, W/s)
+        return self.project_small(merged)
+
+    def gate(self, visual: torch.Tensor, sentence: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``tanh(visual) * tanh(sentence)``, projected to d_model and normalised: (B, d_model, H/s, W/s)."""
         fused = torch.tanh(visual) * torch.tanh(sentence)[:, :, None, None]
         return self.input_norm(self.input_proj(fused), padding)

@@ -11,7 +11,9 @@ query selection, which adds a projection of the selected cell's memory and posit
 decoder input (the true cell under teacher forcing, the best-scoring cell when generating).
 A third, ``input_token_noise``, replaces a random share of the teacher-forced coordinate inputs by
 random coordinates while training, so that a contour cannot be continued from the previous points
-alone and the decoder has to read the image.
+alone and the decoder has to read the image. A fourth, ``scene_loss``, classifies the colour, kind and
+size of every object of the image from the fusion's visual map (before the expression gates it), so the
+backbone learns what the shapes are from all of them rather than from the one referred object.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class SeqTR(nn.Module):
         cell_scorer: nn.Linear | None = None,
         query_projection: nn.Linear | None = None,
         input_token_noise: float = 0.0,
+        scene_head: nn.Linear | None = None,
     ) -> None:
         super().__init__()
         if query_projection is not None and cell_scorer is None:
@@ -158,6 +161,8 @@ class SeqTR(nn.Module):
         self.cell_scorer = cell_scorer  # d_model -> 1: how likely a memory cell holds the target's centre
         self.query_projection = query_projection  # d_model -> d_model, applied to memory + position of a cell
         self.input_token_noise = input_token_noise
+        # Fusion's visual channels -> colour, kind and size logits of the object centred in a cell.
+        self.scene_head = scene_head
 
     def encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor) -> Memory:
         """Backbone, expression encoder, fusion and transformer encoder.
@@ -166,6 +171,11 @@ class SeqTR(nn.Module):
         (B, H, W), True outside each image; expression_ids: int64 (B, L), PAD = 0 trailing.
         Returns the memory over the (H/s) x (W/s) fused map, S = H * W / s^2, s = the fusion's stride.
         """
+        return self._encode(images, pad_mask, expression_ids)[0]
+
+    def _encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor
+                ) -> tuple[Memory, torch.Tensor]:
+        """`encode`, and the fusion's visual map (B, Cy, H/s, W/s) before the expression gates it."""
         if images.ndim != 4 or pad_mask.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"images must be (B, 3, H, W) and pad_mask (B, H, W); got {tuple(images.shape)} "
                              f"and {tuple(pad_mask.shape)}")
@@ -174,11 +184,24 @@ class SeqTR(nn.Module):
             maps = self.backbone(images)
             grid = maps[1 if self.fusion.stride == 16 else 2].shape[-2:]
             padding = downsample_padding(pad_mask, grid)  # (B, h, w)
-            fused = self.fusion(maps, sentence, padding)  # (B, D, h, w)
+            visual = self.fusion.visual(maps)
+            fused = self.fusion.gate(visual, sentence, padding)  # (B, D, h, w)
         position = sine_position_2d(padding, fused.shape[1]).to(fused.dtype)  # (B, h * w, D)
         padding = padding.flatten(1)
         features = self.encoder(fused.flatten(2).transpose(1, 2), position, padding)
-        return Memory(features, position, padding)
+        return Memory(features, position, padding), visual
+
+    def scene_logits(self, visual: torch.Tensor, scene_centres: torch.Tensor) -> torch.Tensor:
+        """Colour, kind and size logits (B, K, C) of the objects centred at ``scene_centres`` float (B, K, 2)
+        x, y in pixels of the input, read from the visual map (B, Cy, h, w) at the cell holding each centre
+        (needs a scene_head; C is the sum of the class counts of `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`)."""
+        assert self.scene_head is not None
+        stride = self.fusion.stride
+        height, width = visual.shape[-2:]
+        column = (scene_centres[..., 0] / stride).floor().long().clamp(0, width - 1)
+        row = (scene_centres[..., 1] / stride).floor().long().clamp(0, height - 1)
+        cells = (row * width + column)[..., None].expand(-1, -1, visual.shape[1])  # (B, K, Cy)
+        return self.scene_head(visual.flatten(2).transpose(1, 2).gather(1, cells))
 
     def cell_logits(self, memory: Memory) -> torch.Tensor:
         """Target-cell scores (B, S) of the memory cells, -inf on padding (needs a cell_scorer)."""
@@ -228,6 +251,7 @@ class SeqTR(nn.Module):
         mask_tokens: torch.Tensor | None = None,
         target_box: torch.Tensor | None = None,
         return_attention: bool = False,
+        scene_centres: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced logits for training.
 
@@ -239,11 +263,14 @@ class SeqTR(nn.Module):
         With a cell scorer, also ``cell_logits`` (B, S); given target_box float (B, 4) (the target's
         tight box in pixels of ``images``), also ``target_cells`` (B,), which query selection
         teacher-forces as the selected cell. With ``return_attention``, also ``cross_attention`` (B, L, nh,
-        T, S): every decoder layer's and head's attention over the memory cells for every position.
+        T, S): every decoder layer's and head's attention over the memory cells for every position. With a
+        scene head and ``scene_centres`` (the loader's, (B, K, 2)), also ``scene_logits`` (`scene_logits`).
         """
         batch = images.shape[0]
-        memory = self.encode(images, pad_mask, expression_ids)
+        memory, visual = self._encode(images, pad_mask, expression_ids)
         extra: dict[str, torch.Tensor] = {}
+        if self.scene_head is not None and scene_centres is not None:
+            extra["scene_logits"] = self.scene_logits(visual, scene_centres)
         if self.cell_scorer is not None:
             extra["cell_logits"] = self.cell_logits(memory)
             if target_box is not None:
@@ -401,8 +428,13 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
     decoder = Decoder(*layer, config.num_decoder_layers, layout.decoder_length)
     cell_scorer = nn.Linear(config.d_model, 1) if config.target_cell_loss > 0 else None
     query_projection = nn.Linear(config.d_model, config.d_model) if config.query_selection else None
+    scene_head = None
+    if config.scene_loss > 0:
+        from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
+
+        scene_head = nn.Linear(language.out_channels, sum(len(c) for c in SCENE_ATTRIBUTES.values()))
     return SeqTR(backbone, language, fusion, encoder, decoder, layout, cell_scorer, query_projection,
-                 config.input_token_noise)
+                 config.input_token_noise, scene_head)
 
 
 def without_weight_files(config: ModelConfig) -> ModelConfig:
