@@ -50,8 +50,15 @@ def target_cells(target_box: torch.Tensor, stride: int, grid_width: int) -> torc
     """
     centre_x = (target_box[:, 0] + target_box[:, 2]) / 2
     centre_y = (target_box[:, 1] + target_box[:, 3]) / 2
-    column = (centre_x / stride).floor().long().clamp(0, grid_width - 1)
-    row = (centre_y / stride).floor().long().clamp(min=0)
+    return cell_index(centre_x, centre_y, stride, grid_width)
+
+
+def cell_index(x: torch.Tensor, y: torch.Tensor, stride: int, grid_width: int,
+               grid_height: int | None = None) -> torch.Tensor:
+    """Row-major index of the cell holding each point (x, y) in pixels: int64 of x's shape. Columns are
+    clamped to the grid, so the right edge stays in the last column; rows too when ``grid_height`` is given."""
+    column = (x / stride).floor().long().clamp(0, grid_width - 1)
+    row = (y / stride).floor().long().clamp(0, None if grid_height is None else grid_height - 1)
     return row * grid_width + column
 
 
@@ -196,11 +203,9 @@ class SeqTR(nn.Module):
         x, y in pixels of the input, read from the visual map (B, Cy, h, w) at the cell holding each centre
         (needs a scene_head; C is the sum of the class counts of `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`)."""
         assert self.scene_head is not None
-        stride = self.fusion.stride
         height, width = visual.shape[-2:]
-        column = (scene_centres[..., 0] / stride).floor().long().clamp(0, width - 1)
-        row = (scene_centres[..., 1] / stride).floor().long().clamp(0, height - 1)
-        cells = (row * width + column)[..., None].expand(-1, -1, visual.shape[1])  # (B, K, Cy)
+        cells = cell_index(scene_centres[..., 0], scene_centres[..., 1], self.fusion.stride, width, height)
+        cells = cells[..., None].expand(-1, -1, visual.shape[1])  # (B, K, Cy)
         return self.scene_head(visual.flatten(2).transpose(1, 2).gather(1, cells))
 
     def cell_logits(self, memory: Memory) -> torch.Tensor:
