@@ -19,6 +19,7 @@ epoch, step and the EMA weights in half precision: everything `evaluation.load_t
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import re
@@ -30,10 +31,11 @@ import numpy as np
 import torch
 
 from seqtr_lib.atomic import atomic_write
+from seqtr_lib.config import REPOSITORY
 
 CHECKPOINT_FORMAT = 1
 # Weights trained by the project and committed with it, by experiment name (README, "Results").
-RELEASED_DIR = Path(__file__).resolve().parent.parent / "weights"
+RELEASED_DIR = REPOSITORY / "weights"
 
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
@@ -80,6 +82,66 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a seqtr checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return payload
+
+
+# The one tensor whose shape follows the task's sequence length (the decoder's learned query positions:
+# 5 for a box, 2 x num_ray + 1 for a mask), so a box checkpoint can start a mask run.
+SEQUENCE_LENGTH_KEYS = ("decoder.position.weight",)
+# The tensors with a row per output token (num_bin coordinate bins, then EOS): the input embedding and the
+# predictor's last layer. A checkpoint with coarser bins starts a finer model through `refine_bins`.
+VOCABULARY_KEYS = ("token_embedding.weight", "predictor.4.weight", "predictor.4.bias")
+
+
+def refine_bins(table: torch.Tensor, num_bin: int, factor: int, logit_bias: bool = False) -> torch.Tensor:
+    """A (num_bin + 1, ...) table (coordinate bins, then EOS) for ``factor`` x num_bin bins.
+
+    Fine bin j takes coarse bin j // factor's row (it covers the same pixels), EOS keeps its row. For the
+    output bias, log(factor) is taken off each copy, so the probability the coarse model gave a bin is
+    split evenly among its fine bins and EOS keeps its probability.
+    """
+    bins = table[:num_bin].repeat_interleave(factor, dim=0)
+    if logit_bias:
+        bins = bins - math.log(factor)
+    return torch.cat([bins, table[num_bin:]])
+
+
+def finetune_state(model_state: dict[str, torch.Tensor], source_state: dict[str, torch.Tensor],
+                   source_name: str | Path, num_bins: tuple[int, int] | None = None,
+                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict that starts a fine-tuning run from ``source_state`` (``source_name`` in messages).
+
+    Every tensor must match the new model's name and shape, except: those of ``SEQUENCE_LENGTH_KEYS``,
+    which keep the new model's initialisation when their length differs (a box checkpoint starting a
+    mask run); and, with ``num_bins`` = (the source's num_bin, this model's), those of
+    ``VOCABULARY_KEYS``, refined by `refine_bins` when this model's bins are a whole multiple of the
+    source's. Returns the state to load and the names kept fresh; raises ValueError naming the first
+    tensor that does not fit and the setting that likely differs.
+    """
+    missing = [name for name in model_state if name not in source_state]
+    unexpected = [name for name in source_state if name not in model_state]
+    if missing or unexpected:
+        raise ValueError(f"{source_name} does not fit this model: tensors missing {len(missing)} (first: "
+                         f"{missing[:1]}), unexpected {len(unexpected)} (first: {unexpected[:1]}); its model "
+                         "options (e.g. memory_stride, scene_loss, layer counts, a multi task's task "
+                         "embedding) must match the params'")
+    source_bin, target_bin = num_bins or (0, 0)
+    if source_bin and target_bin != source_bin and target_bin % source_bin:
+        raise ValueError(f"{source_name} has {source_bin} bins and this model {target_bin}: fine-tuning can refine the "
+                         f"bins only by a whole factor (model.num_bin = {source_bin} x k)")
+    state, fresh = {}, []
+    for name, tensor in model_state.items():
+        loaded = source_state[name]
+        if name in VOCABULARY_KEYS and source_bin and target_bin != source_bin:
+            loaded = refine_bins(loaded.float(), source_bin, target_bin // source_bin, logit_bias=name.endswith(".bias"))
+        if loaded.shape == tensor.shape:
+            state[name] = loaded
+        elif name in SEQUENCE_LENGTH_KEYS and loaded.shape[1:] == tensor.shape[1:]:
+            state[name], fresh = tensor, [*fresh, name]
+        else:
+            raise ValueError(f"{source_name}: {name} has shape {tuple(loaded.shape)} there and "
+                             f"{tuple(tensor.shape)} in this model; its model options (e.g. darknet_width, "
+                             "d_model, num_bin) must match the params'")
+    return state, fresh
 
 
 def rng_state() -> dict[str, Any]:

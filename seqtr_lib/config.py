@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+REPOSITORY = Path(__file__).resolve().parent.parent  # the folder holding seqtr_lib/, params/ and weights/
+
 from seqtr_lib.data.datasets import DATASETS, annotation_path
 
 # The parts of each task's sequence, in order (seqtr_lib.codec lays them out).
@@ -121,7 +123,7 @@ class TrainConfig:
     log_every: int = 50  # steps between JSONL log lines
     checkpoint_every: int = 0  # also write last.pt every N steps (0: only at epoch ends)
     resume: str | None = None  # checkpoint to continue the same run from
-    finetune_from: str | None = None  # checkpoint whose model weights start a new run
+    finetune_from: str | None = None  # checkpoint whose model weights start a new run (resume wins)
     max_steps_per_epoch: int = 0  # cap for smoke runs (0: whole epoch)
     val_limit: int = 0  # validate each epoch on the split's first N expressions (0: all of them)
 
@@ -256,18 +258,23 @@ def validate(experiment: Experiment) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{key} = {_lookup(experiment, key)!r} is invalid: it {rule}")
-    if t.resume and t.finetune_from:
-        raise ConfigError("train.resume and train.finetune_from are exclusive: resume continues a run, "
-                          "finetune_from starts a new one from its weights")
-    for key in ("model.darknet_weights", "data.vocabulary", "data.annotation_file", "train.resume",
-                "train.finetune_from"):
+    for key in ("model.darknet_weights", "data.vocabulary", "data.annotation_file", "train.resume"):
         value = _lookup(experiment, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{key} = {value!r}: no such file")
+    if t.finetune_from and not start_checkpoint(t.finetune_from).is_file():
+        raise ConfigError(f"train.finetune_from = {t.finetune_from!r}: no such file here or in {REPOSITORY}")
     source = m.word_vectors
     if source != "random" and not source.startswith("spacy:") and not Path(source).is_file():
         raise ConfigError(f"model.word_vectors = {source!r}: no such file (use a GloVe text file, "
                           "'spacy:<pipeline>' or 'random')")
+
+
+def start_checkpoint(path: str) -> Path:
+    """``train.finetune_from`` as a file: relative to the cwd, else to the repository, whose released
+    ``weights/`` a params file may name (the synthetic mask starts from ``weights/synthetic_det.pt``)."""
+    here = Path(path)
+    return here if here.is_file() or here.is_absolute() else REPOSITORY / here
 
 
 def _lookup(experiment: Experiment, key: str) -> Any:

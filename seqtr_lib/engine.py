@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
-from seqtr_lib.config import Experiment, experiment_to_dict
+from seqtr_lib.config import Experiment, ModelConfig, experiment_to_dict, start_checkpoint
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary
@@ -150,6 +150,25 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
             module.eval()
 
 
+def load_finetune_start(model: SeqTR, model_config: ModelConfig, start: dict[str, Any], source_name: str) -> str:
+    """Load the (EMA) weights of checkpoint ``start`` (named ``source_name`` in messages) into a new model of
+    ``model_config``, through `checkpoint.finetune_state`; returns a line saying what was adapted."""
+    config = start["config"]["model"]
+    mapping = config.get("mapping", "relative")
+    if mapping != model_config.mapping:
+        raise ValueError(f"{source_name} uses the {mapping} coordinate mapping and this model the "
+                         f"{model_config.mapping} one: its bins mean other pixels (set model.mapping to match)")
+    num_bins = (config["num_bin"], model_config.num_bin)
+    state, fresh = ckpt.finetune_state(model.state_dict(), start.get("ema") or start["model"], source_name, num_bins)
+    model.load_state_dict(state)
+    notes = [f"fine-tuning from {source_name} (a {config['task']} model)"]
+    if num_bins[0] != num_bins[1]:
+        notes.append(f"each of its {num_bins[0]} bins split into {num_bins[1] // num_bins[0]}")
+    if fresh:
+        notes.append(f"{', '.join(fresh)} initialised afresh (another sequence length)")
+    return "; ".join(notes)
+
+
 class Trainer:
     """One training run; ``train(experiment)`` is the public entry point.
 
@@ -166,16 +185,24 @@ class Trainer:
         self.run_dir = experiment.run_dir
         t = experiment.train
         resume = ckpt.load(t.resume) if t.resume else None
+        # A resumed run restores every weight itself; the params' start checkpoint only starts new runs.
+        start = ckpt.load(start_checkpoint(t.finetune_from)) if t.finetune_from and resume is None else None
+        if start is not None and vocabulary is not None:
+            raise ValueError("a vocabulary given to the Trainer and train.finetune_from disagree on the word "
+                             f"table: the run would take {t.finetune_from}'s; drop one of them")
         if resume is not None:
             self._check_same_model(resume, t.resume)
             self.vocabulary = Vocabulary.from_list(resume["vocabulary"])
+        elif start is not None:  # the word table's rows follow the checkpoint's vocabulary
+            self.vocabulary = Vocabulary.from_list(start["vocabulary"])
         else:
             self.vocabulary = load_vocabulary(experiment) if vocabulary is None else vocabulary
         seed_everything(t.seed)
         model = build_model(experiment.model, self.vocabulary)
-        if t.finetune_from:
-            weights = ckpt.load(t.finetune_from)
-            model.load_state_dict(weights.get("ema") or weights["model"])
+        if start is not None:
+            note = load_finetune_start(model, experiment.model, start, t.finetune_from)
+            if context.is_main:
+                print(note)
         if context.world_size > 1 and t.sync_batchnorm and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model: SeqTR = model.to(self.device)

@@ -4,9 +4,10 @@
     python -m seqtr_lib.pipeline --fast     # a throwaway project under outputs/demo_fast (also DEMO_FAST=1)
     python -m seqtr_lib.pipeline --params params/refcoco-unc_det.yaml --notebooks 00,01,02   # as they are
 
-``--demo`` trains the params files as they are, with a shorter schedule, and writes where they point
-(``data/``, ``outputs/<experiment>/``): the notebooks opened afterwards with their default parameters show
-the demo's run. A run already in that folder is moved aside first, never overwritten.
+``--demo`` trains the params files as they are, with a shorter schedule (the mask fine-tuning the box
+run just made), and writes where they point (``data/``, ``outputs/<experiment>/``): the notebooks opened
+afterwards with their default parameters show the demo's run. A run already in that folder is moved
+aside first, never overwritten.
 
 ``--fast`` builds a *project* (a folder with its own ``notebooks/`` and ``params/``, see `make_project`)
 whose params files carry a tiny data set and a few steps, then runs the notebooks there: a quick look
@@ -39,17 +40,22 @@ NOTEBOOKS = {
 }
 DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 
-# make demo must finish in about 20 minutes on 2 CPU cores for both experiments: the params files' data
-# (so that the notebooks opened afterwards find it), a short schedule with its decay in the last epoch and
-# at most 192 steps (6,144 samples) per epoch whatever the set's size, validation on 500 expressions per
-# epoch, and 02 scoring the first 3,000 val expressions.
-DEMO_OVERRIDES = ("train.epochs=3", "train.warmup_epochs=1", "train.decay_epochs=[2]",
-                  "train.max_steps_per_epoch=192", "train.val_limit=500", "train.log_every=10")
-DEMO_PARAMETERS: dict[str, Any] = {"splits": ["val"], "limit": 3000}
+# make demo must finish in 20 minutes on 2 CPU cores for both experiments: the params files' data (so that
+# the notebooks opened afterwards find it), epochs of 96 steps (3,072 samples) whatever the set's size, so
+# that the warm-up and the lr-1e-4 tail take one epoch each, validation on 500 expressions per epoch, and 02
+# scoring the first 1,000 val expressions. The box trains 6 such epochs from scratch; the mask then starts
+# from the box run just made (`train.finetune_from`, as its params start from the released box weights)
+# and trains 4.
+DEMO_OVERRIDES = ("train.warmup_epochs=1", "train.max_steps_per_epoch=96", "train.val_limit=500",
+                  "train.log_every=10")
+DEMO_SCHEDULES = {"box": ("train.epochs=6", "train.decay_epochs=[5]"),
+                  "mask": ("train.epochs=4", "train.decay_epochs=[3]")}
+DEMO_PARAMETERS: dict[str, Any] = {"splits": ["val"], "limit": 1000}
 # The fast project: 40 small images and a few steps; every notebook runs, nothing learns.
 FAST_OVERRIDES = ("data.synthetic.num_images=40", "data.synthetic.image_size=128", "data.image_size=128",
                   "data.num_workers=0", "data.batch_size=16", "data.eval_batch_size=32", "train.epochs=2",
-                  "train.max_steps_per_epoch=3", "train.val_limit=100", "train.log_every=1")
+                  "train.max_steps_per_epoch=3", "train.val_limit=100", "train.log_every=1",
+                  "train.finetune_from=")  # the project has no weights/ folder; nothing learns here anyway
 FAST_PROJECT = "outputs/demo_fast"
 
 
@@ -147,6 +153,32 @@ def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[
     return run_dirs
 
 
+def run_demo(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str] = ("00", "01", "02", "03", "04"),
+             project: str | Path | None = None, overrides: Sequence[str] = ()) -> list[Path]:
+    """`run_pipeline` with the demo schedule of each experiment's task (``DEMO_SCHEDULES``); a mask
+    experiment that follows a box one in ``params_files`` fine-tunes that box run's best.pt."""
+    run_dirs: list[Path] = []
+    box_checkpoint: Path | None = None
+    for params_file in params_files:
+        cwd = Path.cwd()
+        try:  # the params file's relative paths are relative to the repository, as in the notebooks
+            os.chdir(Path(project).resolve() if project else repo_root())
+            task = load_params(params_file, [*overrides, "train.finetune_from="]).model.task
+        finally:
+            os.chdir(cwd)
+        schedule = [*DEMO_OVERRIDES, *DEMO_SCHEDULES.get(task, DEMO_SCHEDULES["box"])]
+        if task == "mask" and box_checkpoint is not None:
+            if box_checkpoint.is_file():
+                schedule.append(f"train.finetune_from={box_checkpoint}")
+            else:
+                print(f"{box_checkpoint} is missing: the mask starts as its params say", flush=True)
+        run_dirs += run_pipeline([params_file], notebooks, project, overrides=[*schedule, *overrides],
+                                 parameters=dict(DEMO_PARAMETERS))
+        if task == "box":
+            box_checkpoint = run_dirs[-1] / "best.pt"
+    return run_dirs
+
+
 def summary(run_dir: Path) -> str:
     """Where a run's executed notebooks, figures and metrics are."""
     figures = sorted(p.name for p in run_dir.glob("*.png"))
@@ -159,7 +191,9 @@ def summary(run_dir: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m seqtr_lib.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--demo", action="store_true", help="the demo schedule (make demo): "
-                        + " ".join(DEMO_OVERRIDES) + "; 02 scores the first 3,000 val expressions")
+                        + " ".join(DEMO_OVERRIDES) + "; box " + " ".join(DEMO_SCHEDULES["box"]) + "; mask "
+                        + " ".join(DEMO_SCHEDULES["mask"]) + ", fine-tuning the box run; 02 scores the first "
+                        f"{DEMO_PARAMETERS['limit']:,} val expressions")
     parser.add_argument("--fast", action="store_true", default=os.environ.get("DEMO_FAST", "") == "1",
                         help=f"tiny data, a few steps, in a throwaway project ({FAST_PROJECT}; default when DEMO_FAST=1)")
     parser.add_argument("--project", default=None,
@@ -171,15 +205,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="extra params override for every notebook (repeatable)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    project, overrides, parameters = args.project, list(args.overrides), {}
+    project, notebooks = args.project, args.notebooks.split(",")
     if args.fast:
         project = make_project(project or repo_root() / FAST_PROJECT, args.params)
         print(f"fast project in {project}: its own notebooks/, params/, data/ and outputs/", flush=True)
-    elif args.demo:
-        overrides, parameters = [*DEMO_OVERRIDES, *overrides], dict(DEMO_PARAMETERS)
     try:
-        run_dirs = run_pipeline(args.params, args.notebooks.split(","), project, overrides=overrides,
-                                parameters=parameters)
+        if args.demo and not args.fast:
+            run_dirs = run_demo(args.params, notebooks, project, args.overrides)
+        else:
+            run_dirs = run_pipeline(args.params, notebooks, project, overrides=args.overrides)
     except NotebookFailed as error:
         raise SystemExit(f"error: {error}") from None
     print(f"\nall notebooks ran in {(time.perf_counter() - started) / 60:.1f} min")

