@@ -8,6 +8,7 @@ size; the per-expression records feed the evaluation notebook (IoU histograms, f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -253,7 +254,22 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
                                            for r in outcome["records"]])
             results["splits"][split] = per_split
         if context.is_main:
-            write_json_atomic(experiment.run_dir / "metrics.json", results)
+            metrics_path = experiment.run_dir / "metrics.json"
+            write_json_atomic(metrics_path, _with_earlier_splits(metrics_path, results))
         return results
     finally:
         distributed.teardown()
+
+
+def _with_earlier_splits(path: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` plus the splits an earlier metrics.json at ``path`` holds for the same evaluation (same
+    checkpoint, step, strategy and limit), so that `evaluate --splits testA` after `--splits val,testB`
+    keeps all three; a split evaluated again takes the new scores."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return results
+    same = all(earlier.get(key) == results.get(key) for key in ("checkpoint", "step", "epoch", "strategy", "top_p", "limit"))
+    if not same or not isinstance(earlier.get("splits"), dict):
+        return results
+    return {**results, "splits": {**earlier["splits"], **results["splits"]}}

@@ -246,7 +246,10 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
 
     run_cli("-m", "seqtr_lib", "evaluate", "--params", str(params), "--checkpoint", str(run_dir / "best.pt"),
             "--splits", "val", "--shuffle-ablation")
-    ablation = json.loads((run_dir / "metrics.json").read_text())["splits"]["val"]
+    merged = json.loads((run_dir / "metrics.json").read_text())["splits"]
+    assert set(merged) == {"val", "testA", "testB"}  # the splits of the first evaluation stay
+    assert merged["testB"] == metrics["splits"]["testB"]
+    ablation = merged["val"]
     assert ablation["raw_shuffled"]["num_expressions"] == ablation["raw"]["num_expressions"]
     annotations = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())
     shuffled = json.loads((run_dir / "predictions" / "val_raw_shuffled.json").read_text())
@@ -257,6 +260,7 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
             "--splits", "val", "--strategy", "top_p", "--top-p", "0.5", "--limit", "2")
     sampled = json.loads((run_dir / "metrics.json").read_text())
     assert (sampled["strategy"], sampled["top_p"], sampled["limit"]) == ("top_p", 0.5, 2)
+    assert set(sampled["splits"]) == {"val"}  # another evaluation: greedy scores are not mixed in
     assert "mask/miou" in sampled["splits"]["val"]["raw"]
     assert 2 <= sampled["splits"]["val"]["raw"]["num_expressions"] <= 8  # whole batches of eval_batch_size 8
     assert sampled["splits"]["val"]["raw"]["num_expressions"] < ablation["raw"]["num_expressions"]
