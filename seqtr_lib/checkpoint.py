@@ -124,15 +124,16 @@ def finetune_state(model_state: dict[str, torch.Tensor], source_state: dict[str,
                          f"{missing[:1]}), unexpected {len(unexpected)} (first: {unexpected[:1]}); its model "
                          "options (e.g. memory_stride, scene_loss, layer counts, a multi task's task "
                          "embedding) must match the params'")
-    source_bin, target_bin = num_bins or (0, 0)
-    if source_bin and target_bin != source_bin and target_bin % source_bin:
+    source_bin, target_bin = num_bins or (1, 1)
+    if target_bin % source_bin:
         raise ValueError(f"{source_name} has {source_bin} bins and this model {target_bin}: fine-tuning can refine the "
                          f"bins only by a whole factor (model.num_bin = {source_bin} x k)")
+    factor = target_bin // source_bin
     state, fresh = {}, []
     for name, tensor in model_state.items():
         loaded = source_state[name]
-        if name in VOCABULARY_KEYS and source_bin and target_bin != source_bin:
-            loaded = refine_bins(loaded.float(), source_bin, target_bin // source_bin, logit_bias=name.endswith(".bias"))
+        if name in VOCABULARY_KEYS and factor > 1:
+            loaded = refine_bins(loaded.float(), source_bin, factor, logit_bias=name.endswith(".bias"))
         if loaded.shape == tensor.shape:
             state[name] = loaded
         elif name in SEQUENCE_LENGTH_KEYS and loaded.shape[1:] == tensor.shape[1:]:

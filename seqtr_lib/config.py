@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-REPOSITORY = Path(__file__).resolve().parent.parent  # the folder holding seqtr_lib/, params/ and weights/
-
 from seqtr_lib.data.datasets import DATASETS, annotation_path
+
+REPOSITORY = Path(__file__).resolve().parent.parent  # the folder holding seqtr_lib/, params/ and weights/
 
 # The parts of each task's sequence, in order (seqtr_lib.codec lays them out).
 TASK_PARTS = {"box": ("box",), "mask": ("mask",), "multi": ("box", "mask")}

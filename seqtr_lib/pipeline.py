@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from seqtr_lib.config import experiment_to_dict, load_params
+from seqtr_lib.config import Experiment, experiment_to_dict, load_params
 from seqtr_lib.notebook import load_experiment, repo_root
 
 NOTEBOOKS = {
@@ -121,6 +121,18 @@ def move_aside(run_dir: Path) -> Path | None:
     return target
 
 
+def _project_experiment(root: Path, params_file: str, overrides: Sequence[str], output_dir: str = "",
+                        data_root: str = "") -> Experiment:
+    """The experiment of a params file as the notebooks of project ``root`` load it: its relative paths
+    (the params file, data, weights) are relative to the project."""
+    cwd = Path.cwd()
+    try:
+        os.chdir(root)
+        return load_experiment(params_file, overrides, output_dir, data_root)
+    finally:
+        os.chdir(cwd)
+
+
 def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str] = ("00", "01", "02", "03"),
                  project: str | Path | None = None, output_root: str | None = None, data_root: str | None = None,
                  overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None) -> list[Path]:
@@ -135,13 +147,8 @@ def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[
     for params_file in params_files:
         values = {"params_file": params_file, "overrides": list(overrides), "output_dir": output_root or "",
                   "data_root": data_root or "", **(parameters or {})}
-        cwd = Path.cwd()
-        try:  # the params file's relative paths are relative to the project, as in the notebooks
-            os.chdir(root)
-            experiment = load_experiment(params_file, overrides, values["output_dir"], values["data_root"])
-            run_dir = experiment.run_dir.resolve()
-        finally:
-            os.chdir(cwd)
+        experiment = _project_experiment(root, params_file, overrides, values["output_dir"], values["data_root"])
+        run_dir = (root / experiment.run_dir).resolve()
         if "01" in notebooks and (moved := move_aside(run_dir)):
             print(f"[{experiment.name}] moved the earlier run to {moved}", flush=True)
         for notebook in notebooks:
@@ -160,12 +167,8 @@ def run_demo(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str]
     run_dirs: list[Path] = []
     box_checkpoint: Path | None = None
     for params_file in params_files:
-        cwd = Path.cwd()
-        try:  # the params file's relative paths are relative to the repository, as in the notebooks
-            os.chdir(Path(project).resolve() if project else repo_root())
-            task = load_params(params_file, [*overrides, "train.finetune_from="]).model.task
-        finally:
-            os.chdir(cwd)
+        root = Path(project).resolve() if project else repo_root()
+        task = _project_experiment(root, params_file, [*overrides, "train.finetune_from="]).model.task
         schedule = [*DEMO_OVERRIDES, *DEMO_SCHEDULES.get(task, DEMO_SCHEDULES["box"])]
         if task == "mask" and box_checkpoint is not None:
             if box_checkpoint.is_file():
