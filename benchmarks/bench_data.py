@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +27,10 @@ from seqtr_lib.config import load_params
 from seqtr_lib.data.loader import Collate, build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset
 from seqtr_lib.images import read_image
+from seqtr_lib.reports import cpu_model
 from seqtr_lib.text import Vocabulary
 
 SHAPES = ((480, 640), (640, 480), (427, 640), (640, 640))  # (height, width), COCO-like long side 640
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def photo_like(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, list[list[float]]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from bench_data import cpu_model  # benchmarks/ is on sys.path when this script runs
+from seqtr_lib.reports import cpu_model
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import TASK_PARTS, experiment_to_dict, load_params
@@ -181,15 +181,23 @@ def plot(results_dir: Path, out: Path) -> None:
     if not curves:
         raise SystemExit(f"no learning_curve_*.json in {results_dir}")
     metrics = sorted({c["metric"] for c in curves})
-    fig, axes = plt.subplots(len(metrics), 2, figsize=(12, 4.2 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(17, 4.6 * len(metrics)), squeeze=False)
+    def machine_name(curve: dict[str, Any]) -> str:
+        name = curve["machine"]["cuda"] or curve["machine"]["cpu"]
+        return " ".join(name.replace("(R)", "").replace("Processor", "").split())
+
     for row, metric in enumerate(metrics):
-        for curve_index, curve in enumerate(c for c in curves if c["metric"] == metric):
+        shown = [c for c in curves if c["metric"] == metric]
+        machines = sorted({machine_name(c) for c in shown})
+        for curve_index, curve in enumerate(shown):
             colour = f"C{curve_index}"
             points = curve["points"]
             for column, x_key in enumerate(("train_seconds", "samples")):
                 axis = axes[row, column]
                 xs = [p[x_key] / (60 if x_key == "train_seconds" else 1000) for p in points]
+                # Minutes compare only on one machine: name it in the label once there are several.
                 name = f"{curve['variant']}, first {curve['val_limit']} val"
+                name += f", {machine_name(curve)}" if len(machines) > 1 else ""
                 axis.plot(xs, [p.get("raw", float("nan")) for p in points], "-o", ms=3, color=colour,
                           label=f"{name} (raw)")
                 axis.plot(xs, [p.get("ema", float("nan")) for p in points], ":", color=colour,
@@ -197,9 +205,8 @@ def plot(results_dir: Path, out: Path) -> None:
                 axis.set_xlabel("training minutes" if x_key == "train_seconds" else "thousand samples seen")
                 axis.set_ylabel(f"val {metric} (%)")
                 axis.grid(alpha=0.3)
-        axes[row, 0].legend(fontsize=7, loc="lower right")
-        machine_name = curves[0]["machine"]["cuda"] or curves[0]["machine"]["cpu"]
-        axes[row, 0].set_title(f"val {metric} while training; {machine_name}", fontsize=9)
+        axes[row, 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside, not over, the curves
+        axes[row, 0].set_title(f"val {metric} while training; {' / '.join(machines)}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -87,6 +87,18 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"checkpoints in {result['run_dir']}")
 
 
+def cmd_pretrain_backbone(args: argparse.Namespace) -> None:
+    from seqtr_lib.pretrain import pretrain_backbone
+
+    experiment = load_params(args.params, args.overrides)
+    summary = pretrain_backbone(experiment, args.out, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps,
+                                val_limit=args.val_limit)
+    shown = ", ".join(f"{name} {value:.1f} %" for name, value in summary["val_accuracy"].items())
+    print(f"{summary['steps']} steps in {summary['train_seconds']:.0f} s; val: {shown}")
+    print(f"wrote {args.out} and {args.out}.json; train with --set model.darknet_weights={args.out} "
+          "--set model.trainable_backbone_modules=2")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from seqtr_lib.evaluation import evaluate
 
@@ -201,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train (alone, or under torchrun for several processes)")
     _add_params(p)
     p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser("pretrain-backbone", help="train the DarkNet backbone to find and classify every "
+                            "object of the synthetic scenes; writes a Darknet .weights file")
+    _add_params(p, default="params/synthetic_det.yaml")
+    p.add_argument("--out", default="weights/synthetic_darknet.weights")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training expressions' images")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (default 0: the epochs)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's peak rate (cosine decay to 0)")
+    p.add_argument("--val-limit", type=int, default=1000, help="val expressions whose objects are scored")
+    p.set_defaults(run=cmd_pretrain_backbone)
 
     p = commands.add_parser("evaluate", help="evaluate a checkpoint's raw and EMA weights; writes metrics.json")
     _add_params(p)

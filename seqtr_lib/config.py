@@ -258,21 +258,24 @@ def validate(experiment: Experiment) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{key} = {_lookup(experiment, key)!r} is invalid: it {rule}")
-    for key in ("model.darknet_weights", "data.vocabulary", "data.annotation_file", "train.resume"):
+    for key in ("data.vocabulary", "data.annotation_file", "train.resume"):
         value = _lookup(experiment, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{key} = {value!r}: no such file")
-    if t.finetune_from and not start_checkpoint(t.finetune_from).is_file():
-        raise ConfigError(f"train.finetune_from = {t.finetune_from!r}: no such file here or in {REPOSITORY}")
+    for key in ("model.darknet_weights", "train.finetune_from"):
+        value = _lookup(experiment, key)
+        if value and not repository_file(value).is_file():
+            raise ConfigError(f"{key} = {value!r}: no such file here or in {REPOSITORY}")
     source = m.word_vectors
     if source != "random" and not source.startswith("spacy:") and not Path(source).is_file():
         raise ConfigError(f"model.word_vectors = {source!r}: no such file (use a GloVe text file, "
                           "'spacy:<pipeline>' or 'random')")
 
 
-def start_checkpoint(path: str) -> Path:
-    """``train.finetune_from`` as a file: relative to the cwd, else to the repository, whose released
-    ``weights/`` a params file may name (the synthetic mask starts from ``weights/synthetic_det.pt``)."""
+def repository_file(path: str) -> Path:
+    """A start file (``train.finetune_from``, ``model.darknet_weights``): relative to the cwd, else to the
+    repository, whose released ``weights/`` a params file may name (the synthetic mask starts from
+    ``weights/synthetic_det.pt``; the demo's backbone is ``weights/synthetic_darknet.weights``)."""
     here = Path(path)
     return here if here.is_file() or here.is_absolute() else REPOSITORY / here
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
-from seqtr_lib.config import Experiment, ModelConfig, experiment_to_dict, start_checkpoint
+from seqtr_lib.config import Experiment, ModelConfig, experiment_to_dict, repository_file
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary
@@ -186,7 +186,7 @@ class Trainer:
         t = experiment.train
         resume = ckpt.load(t.resume) if t.resume else None
         # A resumed run restores every weight itself; the params' start checkpoint only starts new runs.
-        start = ckpt.load(start_checkpoint(t.finetune_from)) if t.finetune_from and resume is None else None
+        start = ckpt.load(repository_file(t.finetune_from)) if t.finetune_from and resume is None else None
         if start is not None and vocabulary is not None:
             raise ValueError("a vocabulary given to the Trainer and train.finetune_from disagree on the word "
                              f"table: the run would take {t.finetune_from}'s; drop one of them")

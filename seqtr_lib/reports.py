@@ -3,12 +3,14 @@
 - `read_log`: the records of ``log.jsonl`` (notebook 01's curves, benchmarks);
 - `metrics_table`: ``evaluation.evaluate``'s results as aligned text;
 - `read_predictions`, `expression_ious`, `category_breakdown`, `breakdown_table`: notebook 02's analysis of
-  the per-expression records ``evaluation.evaluate`` saves under ``predictions/``.
+  the per-expression records ``evaluation.evaluate`` saves under ``predictions/``;
+- `cpu_model`: the processor a result was measured on, for the JSON that records it.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,14 @@ def breakdown_table(breakdown: dict[str, dict[str, dict[str, float]]]) -> str:
         lines.append(f"{grouping:<20}{'n':>7}{'mIoU':>9}{'Acc@0.5':>10}")
         lines += [f"  {name:<18}{v['n']:>7}{v['miou']:>9.2f}{v['acc@0.5']:>10.2f}" for name, v in members.items()]
     return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -393,8 +393,12 @@ def _expressions(annotations: list[dict[str, Any]]) -> Iterable[str]:
             yield from (e for e in annotation.get("expressions") or () if isinstance(e, str))
 
 
-def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, training: bool) -> ReferDataset:
-    """The ReferDataset of ``split`` configured by an experiment (task and num_ray from its model)."""
+def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, training: bool,
+                  scene_targets: bool | None = None) -> ReferDataset:
+    """The ReferDataset of ``split`` configured by an experiment (task and num_ray from its model).
+
+    Samples carry scene targets when ``scene_targets`` says so; by default in training with model.scene_loss.
+    """
     data, model = experiment.data, experiment.model
     return ReferDataset(
         data.data_root,
@@ -412,6 +416,6 @@ def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, tr
         center_sampling=data.center_sampling,
         skip_bad_images=data.skip_bad_images,
         device_transforms=data.device_transforms,
-        scene_targets=training and model.scene_loss > 0,
+        scene_targets=training and model.scene_loss > 0 if scene_targets is None else scene_targets,
         seed=experiment.train.seed,
     )

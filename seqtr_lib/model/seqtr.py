@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqtr_lib.codec import TokenLayout
-from seqtr_lib.config import ModelConfig
+from seqtr_lib.config import ModelConfig, repository_file
 from seqtr_lib.model.darknet import DarkNet53, freeze, load_darknet_weights
 from seqtr_lib.model.fusion import SimpleFusion, padding_zeroed
 from seqtr_lib.model.language import LanguageEncoder
@@ -419,7 +419,7 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
     """
     backbone = DarkNet53(config.darknet_width)
     if config.darknet_weights:
-        load_darknet_weights(backbone, config.darknet_weights)
+        load_darknet_weights(backbone, repository_file(config.darknet_weights))
     freeze(backbone, config.trainable_backbone_modules)
     vectors, coverage = load_word_vectors(vocabulary, config.word_vectors, config.word_dim)
     if config.word_vectors != "random":
