@@ -45,7 +45,7 @@ DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 # that the warm-up and the lr-1e-4 tail take one epoch each, validation on 500 expressions per epoch, and 02
 # scoring the first 1,000 val expressions. As the paper starts from a detection-trained DarkNet and freezes
 # all but its last two modules, the demo starts from the project's (`seqtr_lib.pretrain`): a frozen backbone
-# makes a CPU step three times cheaper. The box trains 8 such epochs; the mask then starts from the
+# makes a CPU step 1.7 times faster. The box trains 8 such epochs; the mask then starts from the
 # box run just made (`train.finetune_from`, as its params start from the released box weights) and trains 4.
 DEMO_OVERRIDES = ("train.warmup_epochs=1", "train.max_steps_per_epoch=192", "train.val_limit=500",
                   "train.log_every=10", "model.darknet_weights=weights/synthetic_darknet.weights",

@@ -152,6 +152,8 @@ def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: 
     step, started = 0, time.perf_counter()
     bar = tqdm(total=total, desc="pretrain-backbone", dynamic_ncols=True)
     for epoch in range(epochs):
+        if step >= total:
+            break
         model.train()
         for batch in build_loader(train_set, experiment, training=True, epoch=epoch):
             if step >= total:
