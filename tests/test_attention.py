@@ -29,13 +29,15 @@ def _memory(batch: int = 2, cells: int = 12, padded: int = 4):
 
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_recording_attention_changes_no_output_and_weights_are_distributions(num_layers):
+    torch.manual_seed(0)
     decoder = Decoder(D_MODEL, HEADS, 32, 0.0, num_layers, max_length=5).eval()
     memory, position, padding = _memory()
     x = torch.randn(2, 5, D_MODEL)
     fast = decoder(x, memory, position, padding)
     weights: list[torch.Tensor] = []
     recorded = decoder(x, memory, position, padding, cross_attention=weights)
-    torch.testing.assert_close(recorded, fast, atol=1e-6, rtol=0)
+    # Fused and explicit attention sum in different orders: a few float32 ulps apart on O(1) values.
+    torch.testing.assert_close(recorded, fast, atol=1e-5, rtol=0)
     assert len(weights) == num_layers
     for layer in weights:
         assert layer.shape == (2, HEADS, 5, 12)
@@ -44,6 +46,7 @@ def test_recording_attention_changes_no_output_and_weights_are_distributions(num
 
 
 def test_weights_are_softmax_of_scaled_query_key_products_computed_by_hand():
+    torch.manual_seed(0)
     decoder = Decoder(D_MODEL, HEADS, 32, 0.0, 1, max_length=5).eval()
     layer = decoder.layers[0]
     memory, position, padding = _memory()
