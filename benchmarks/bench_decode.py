@@ -42,6 +42,7 @@ from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.config import ModelConfig
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import Memory, SeqTR, build_model
+from seqtr_lib.reports import cpu_model
 from seqtr_lib.text import PAD_ID, Vocabulary
 
 VOCABULARY = Vocabulary.build(["the big red square on the left of the small blue circle near a green star"])
@@ -130,18 +131,11 @@ def measure(name: str, task: str, batch: int, args: argparse.Namespace, device: 
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
     }
-    cpu_model = Path("/proc/cpuinfo")
-    if device.type == "cpu" and cpu_model.is_file():
-        lines = cpu_model.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        if names:
-            info["device"] = names[0]
-    return info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

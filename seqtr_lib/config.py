@@ -68,6 +68,8 @@ class ModelConfig:
     query_selection: bool = False  # first decoder input = selected cell's memory + position (needs target_cell_loss)
     input_token_noise: float = 0.0  # share of teacher-forced coordinate inputs replaced by a random coordinate
     scene_loss: float = 0.0  # weight of classifying every scene object's colour, kind and size (synthetic set only)
+    colour_pathway: int = 0  # > 0: the backbone sees grey; colour arrives through this many per-pixel features
+    attribute_prior: float = 0.0  # weight of naming the target's colour and kind from the words; > 0 adds the prior
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,12 @@ def validate(experiment: Experiment) -> None:
         ("model.scene_loss", m.scene_loss >= 0, "must be 0 (off) or positive"),
         ("model.scene_loss", m.scene_loss == 0 or d.dataset == "synthetic",
          "needs every object of an image labelled, which only the synthetic set's 'scene' field has; set it to 0"),
+        ("model.colour_pathway", m.colour_pathway >= 0, "must be 0 (off) or the number of per-pixel colour features"),
+        ("model.attribute_prior", m.attribute_prior >= 0, "must be 0 (off) or positive"),
+        ("model.attribute_prior", m.attribute_prior == 0 or (m.colour_pathway > 0 and m.scene_loss > 0
+                                                            and m.target_cell_loss > 0),
+         "needs model.colour_pathway, model.scene_loss and model.target_cell_loss: it matches the words against "
+         "the pathway's colour and the scene loss's kind classifiers, and adds to the target-cell scores"),
         ("model.query_selection", not m.query_selection or m.target_cell_loss > 0,
          "needs model.target_cell_loss > 0: the cell scores it selects by are trained by that loss"),
         ("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),

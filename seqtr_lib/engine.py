@@ -349,7 +349,7 @@ class Trainer:
             outputs = self.forward_model(**_model_inputs(batch, self.model))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         m = self.experiment.model
-        losses = sequence_loss(outputs, batch, self.model.layout, m.target_cell_loss, m.scene_loss)
+        losses = sequence_loss(outputs, batch, self.model.layout, m.target_cell_loss, m.scene_loss, m.attribute_prior)
         loss = losses["loss"]
         if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
             raise NonFiniteLossError(

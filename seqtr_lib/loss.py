@@ -56,6 +56,7 @@ def sequence_loss(
     layout: TokenLayout,
     target_cell_weight: float = 0.0,
     scene_weight: float = 0.0,
+    word_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Loss of a teacher-forced forward pass (`SeqTR.forward` output).
 
@@ -69,7 +70,9 @@ def sequence_loss(
     `target_cell_loss` of the outputs' ``cell_logits`` and ``target_cells``. ``scene_weight`` > 0 (a
     departure for the synthetic set) adds ``loss_scene``: that weight times `scene_loss` of the outputs'
     ``scene_logits`` and the tokens' ``scene_labels``, with the classes of
-    `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`.
+    `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`. ``word_weight`` > 0 (model.attribute_prior) adds
+    ``loss_words``: that weight times the mean cross-entropy of the outputs' ``word_logits`` (colours + 1,
+    then kinds + 1 classes) against the tokens' ``named_attributes``.
     """
     losses: dict[str, torch.Tensor] = {}
     for part in layout.parts:
@@ -93,5 +96,14 @@ def sequence_loss(
 
         counts = tuple(len(classes) for classes in SCENE_ATTRIBUTES.values())
         losses["loss_scene"] = scene_weight * scene_loss(outputs["scene_logits"], tokens["scene_labels"], counts)
+    if word_weight > 0:
+        if "word_logits" not in outputs or tokens.get("named_attributes") is None:
+            raise ValueError("word_weight > 0 needs word_logits (a model with the attribute prior) and the batch's "
+                             "named_attributes")
+        from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
+
+        counts = (len(SCENE_ATTRIBUTES["color"]) + 1, len(SCENE_ATTRIBUTES["kind"]) + 1)
+        losses["loss_words"] = word_weight * scene_loss(outputs["word_logits"][:, None], tokens["named_attributes"][:, None],
+                                                        counts)
     losses["loss"] = sum(losses.values())  # type: ignore[assignment]
     return losses

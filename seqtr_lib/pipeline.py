@@ -49,7 +49,9 @@ DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 # box run just made (`train.finetune_from`, as its params start from the released box weights) and trains 4.
 DEMO_OVERRIDES = ("train.warmup_epochs=1", "train.max_steps_per_epoch=192", "train.val_limit=500",
                   "train.log_every=10", "model.darknet_weights=weights/synthetic_darknet.weights",
-                  "model.trainable_backbone_modules=2")
+                  "model.trainable_backbone_modules=2",
+                  # That backbone was trained on colour images: the grey-backbone departures stay off here.
+                  "model.colour_pathway=0", "model.attribute_prior=0")
 DEMO_SCHEDULES = {"box": ("train.epochs=8", "train.decay_epochs=[7]"),
                   "mask": ("train.epochs=4", "train.decay_epochs=[3]")}
 DEMO_PARAMETERS: dict[str, Any] = {"splits": ["val"], "limit": 1000}

@@ -13,9 +13,7 @@ loads it, with ``model.trainable_backbone_modules`` freezing what the paper free
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset, load_vocabulary
 from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
+from seqtr_lib.distributed import resolve_device
 from seqtr_lib.engine import seed_everything
 from seqtr_lib.evaluation import move_batch
 from seqtr_lib.loss import scene_loss
@@ -62,8 +61,8 @@ class SceneDetector(nn.Module):
         attributes' class counts, and objectness logits (B, h, w), h = H / stride."""
         maps = self.backbone(images)
         grid = maps[1 if self.stride == 16 else 2].shape[-2:]
-        resized = [F.avg_pool2d(m, m.shape[-1] // grid[-1]) if m.shape[-1] > grid[-1]
-                   else F.interpolate(m, size=grid, mode="nearest") if m.shape[-1] < grid[-1] else m for m in maps]
+        resized = [F.adaptive_avg_pool2d(m, grid) if m.shape[-1] > grid[-1] else F.interpolate(m, size=grid)
+                   for m in maps]
         hidden = self.merge(torch.cat(resized, dim=1))
         return self.classes(hidden), self.objectness(hidden).squeeze(1)
 
@@ -138,11 +137,10 @@ def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: 
         raise ValueError(f"pretrain-backbone needs the synthetic set (its scenes name every object); "
                          f"data.dataset is {experiment.data.dataset!r}")
     out = Path(out)
-    experiment = dataclasses.replace(experiment, model=dataclasses.replace(experiment.model, scene_loss=1.0))
-    device = torch.device("cuda" if torch.cuda.is_available() and experiment.train.device != "cpu" else "cpu")
+    device = resolve_device(experiment.train.device)
     seed_everything(experiment.train.seed)
     vocabulary = load_vocabulary(experiment)
-    train_set = build_dataset(experiment, "train", vocabulary, training=True)
+    train_set = build_dataset(experiment, "train", vocabulary, training=True, scene_targets=True)
     val_set = build_dataset(experiment, "val", vocabulary, training=False, scene_targets=True)
     model = SceneDetector(experiment.model.darknet_width, experiment.model.memory_stride).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -171,10 +169,7 @@ def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: 
     bar.close()
     seconds = time.perf_counter() - started
     accuracy = detection_accuracy(model, build_loader(val_set, experiment, training=False), device, val_limit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    save_darknet_weights(model.backbone, partial)
-    os.replace(partial, out)  # a crash leaves the previous file, never half of one
+    save_darknet_weights(model.backbone, out)
     summary = {"weights": out.name, "epochs": epochs, "steps": step, "samples": step * experiment.data.batch_size,
                "train_seconds": round(seconds, 1), "lr": lr, "warmup_steps": warmup_steps,
                "val_accuracy": accuracy, "val_objects_of": f"the first {val_limit} val expressions' images",

@@ -1,5 +1,5 @@
 """The opt-in departures for training from scratch: stride-16 memory, target-cell loss, query selection,
-input-token noise, scene loss."""
+input-token noise, scene loss (the colour pathway has its own file, test_colour.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).parent / "data" / "paper_model_reference.pt"
 DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False, "input_token_noise": 0.0,
-                  "scene_loss": 0.0}
+                  "scene_loss": 0.0, "colour_pathway": 0}
 
 
 def _model(task: str = "box", **departures):
@@ -253,13 +253,14 @@ def test_scene_logits_read_the_visual_map_at_each_centre_cell():
     counts = [len(classes) for classes in SCENE_ATTRIBUTES.values()]
     assert model.scene_head.out_features == sum(counts)
     inputs = fixed_inputs("box")
-    _, visual = model._encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])  # (2, Cy, 4, 6)
+    _, maps, _ = model._encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    visual = maps.visual  # (2, Cy, 4, 6)
     centres = torch.tensor([[[40.0, 20.0], [95.0, 63.0]], [[0.0, 0.0], [16.0, 47.9]]])
     # (x, y) -> cell (row, column) = (floor(y / 16), floor(x / 16)).
     cells = [[(1, 2), (3, 5)], [(0, 0), (2, 1)]]
     expected = torch.stack([torch.stack([model.scene_head(visual[b, :, r, c]) for r, c in row])
                             for b, row in enumerate(cells)])
-    torch.testing.assert_close(model.scene_logits(visual, centres), expected)
+    torch.testing.assert_close(model.scene_logits(maps, centres), expected)
     outputs = model(**inputs, scene_centres=centres)
     labels = torch.tensor([[[0, 1, 2], [5, 4, 0]], [[1, 1, 1], [-1, -1, -1]]])
     losses = sequence_loss(outputs, {**inputs, "scene_labels": labels}, model.layout, scene_weight=0.5)
@@ -294,6 +295,10 @@ def test_dataset_scene_targets_follow_the_transform_and_hold_the_target(tiny_dat
         target = sample["target_box"]
         distances = np.abs(sample["scene_centres"] - [(target[0] + target[2]) / 2, (target[1] + target[3]) / 2])
         assert distances.sum(axis=1).min() < 1.0  # the referred object is one of the scene's, at its place
+        colour, kind = sample["named_attributes"]  # what the words say of the target, if anything
+        annotation, words = plain.annotation(index), sample["meta"]["expression"].split()
+        assert colour == len(SCENE_ATTRIBUTES["color"]) or SCENE_ATTRIBUTES["color"][colour] == annotation["color"] in words
+        assert kind == len(SCENE_ATTRIBUTES["kind"]) or SCENE_ATTRIBUTES["kind"][kind] == annotation["category"] in words
         for epoch in range(3):
             crop = jittered[(epoch, index)]
             height, width = crop["meta"]["img_shape"]

@@ -43,6 +43,8 @@ class Collate:
       the samples carry one (ReferDataset's do; the target-cell departures of `seqtr_lib.model.seqtr` read it);
     - ``scene_centres`` float32 (B, K, 2) and ``scene_labels`` int64 (B, K, 3), when the samples carry scene
       targets (model.scene_loss): every object's centre and colour / kind / size, labels -1 where padded;
+      with them ``named_attributes`` int64 (B, 2), the colour and kind each expression names for its target
+      (`seqtr_lib.data.synthetic.named_attributes`);
     - ``metas``: list of the samples' meta dicts (plain values);
     - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
 
@@ -79,6 +81,7 @@ class Collate:
             batch["target_box"] = torch.from_numpy(np.stack([s["target_box"] for s in kept]))
         if kept and all("scene_labels" in s for s in kept):
             batch["scene_centres"], batch["scene_labels"] = _padded_scenes(kept)
+            batch["named_attributes"] = torch.from_numpy(np.stack([s["named_attributes"] for s in kept]))
         layout = self.codec.layout
         if "box" in layout.parts:
             tokens = [self.codec.encode_box(s["box"], s["meta"]["pad_shape"]) for s in kept]

@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 PART_FIELD = {"box": "bbox", "mask": "mask"}
 # Fields the pipeline interprets; any other field (category, colour, ...) rides along in meta["extra"].
 KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source"})
+SCENE_FIELDS = ("scene", "color", "category")  # what the scene loss and the attribute prior read
 FIELD_HINTS = {"bbox": "[x, y, w, h] in pixels", "mask": "polygons or an RLE",
-               "scene": "every object of the image with its bbox, color, kind and size (make-synthetic writes it)"}
+               "scene": "every object of the image with its bbox, color, kind and size (make-synthetic writes it)",
+               "color": "the target's colour name (make-synthetic writes it)",
+               "category": "the target's kind (make-synthetic writes it)"}
 
 
 class AnnotationError(ValueError):
@@ -82,7 +85,7 @@ def _annotation_problem(annotation: Any, needed: tuple[str, ...], dataset: str) 
     for field in needed:
         if field not in annotation:
             hint = FIELD_HINTS[field]
-            needer = "model.scene_loss" if field == "scene" else "the task"
+            needer = "model.scene_loss" if field in SCENE_FIELDS else "the task"
             return f"has no '{field}' ({needer} needs it); add {hint} or drop the annotation"
     bbox = annotation.get("bbox")
     if bbox is not None and not (
@@ -208,7 +211,7 @@ class ReferDataset:
             )
         annotations = document[split]
         for index, annotation in enumerate(annotations):
-            needed = tuple(PART_FIELD[part] for part in TASK_PARTS[task]) + (("scene",) if scene_targets else ())
+            needed = tuple(PART_FIELD[part] for part in TASK_PARTS[task]) + (SCENE_FIELDS if scene_targets else ())
             problem = _annotation_problem(annotation, needed, dataset)
             if problem:
                 raise AnnotationError(f"{self.annotation_file}, split '{split}', annotation {index} {problem}")
@@ -317,14 +320,15 @@ class ReferDataset:
         else:
             sample["target_box"] = _tight_box(out.mask[0].numpy())
         if self.scene_targets:
-            from seqtr_lib.data.synthetic import scene_targets
+            from seqtr_lib.data.synthetic import named_attributes, scene_targets
 
             try:
                 sample["scene_centres"], sample["scene_labels"] = scene_targets(
                     annotation["scene"], out.geometry.scale_factor, out.geometry.crop, out.geometry.img_shape)
+                sample["named_attributes"] = named_attributes(expression, annotation["color"], annotation["category"])
             except (KeyError, ValueError, TypeError) as error:
                 raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index}: its "
-                                      f"'scene' cannot give scene-loss targets ({error!r}); regenerate the set "
+                                      f"'scene', 'color' or 'category' cannot give scene-loss targets ({error!r}); regenerate the set "
                                       "with make-synthetic or set model.scene_loss: 0") from error
         if out.mask is not None:
             meta["gt_mask_rle"] = rle

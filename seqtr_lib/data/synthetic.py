@@ -475,6 +475,22 @@ def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0,
             "seconds": round(time.perf_counter() - start, 2), "splits": counts}
 
 
+def named_attributes(expression: str, color: str, kind: str) -> np.ndarray:
+    """Which colour and kind ``expression`` names for its target, whose own are ``color`` and ``kind``.
+
+    Only the words before a relation ("... left of the blue square") describe the target. Returns int64
+    (2,): the index of ``color`` in ``SCENE_ATTRIBUTES["color"]`` when that word is among them, else the
+    number of colours ("names none"); then the same for the kind. For model.attribute_prior.
+    """
+    padded = f" {expression} "
+    cut = min((padded.find(f" {p} ") for words in RELATION_WORDS.values() for p in words if f" {p} " in padded),
+              default=len(padded))
+    words = padded[:cut].split()
+    colors, kinds = SCENE_ATTRIBUTES["color"], SCENE_ATTRIBUTES["kind"]
+    return np.array([colors.index(color) if color in words else len(colors),
+                     kinds.index(kind) if kind in words else len(kinds)], np.int64)
+
+
 def scene_targets(scene: list[dict], scale_factor: tuple[float, float], crop: tuple[int, int],
                   img_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Every visible object of an annotation's ``scene``, for model.scene_loss: where it is and what it is.

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqtr_lib.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 LEAKY_SLOPE = 0.1
@@ -263,10 +265,11 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> int:
 
 def save_darknet_weights(model: nn.Module, path: str | Path,
                          version: tuple[int, int, int] = (0, 2, 0), seen: int = 0) -> None:
-    """Write `model`'s conv layers as a Darknet `.weights` file that `load_darknet_weights` reads back."""
+    """Write `model`'s conv layers as a Darknet `.weights` file that `load_darknet_weights` reads back
+    (atomically: a crash leaves the previous file, never half of one)."""
     if not _is_darknet_version(version):
         raise ValueError(f"Darknet version parts must each be in 0..999, got {version}")
-    with Path(path).open("wb") as f:
+    with atomic_write(path, "wb") as f:
         np.asarray(version, dtype="<i4").tofile(f)
         np.asarray([seen], dtype=_seen_dtype(version[0], version[1])).tofile(f)
         for name, conv, bn in conv_layers(model):

@@ -14,6 +14,10 @@ random coordinates while training, so that a contour cannot be continued from th
 alone and the decoder has to read the image. A fourth, ``scene_loss``, classifies the colour, kind and
 size of every object of the image from the fusion's visual map (before the expression gates it), so the
 backbone learns what the shapes are from all of them rather than from the one referred object.
+A fifth, ``colour_pathway``, gives the backbone a grey image and adds shape-blind colour features to the
+visual map, and a sixth, ``attribute_prior``, adds to each cell's score how well its colour and kind match
+the ones the expression names (`seqtr_lib.model.colour`), so that colours and kinds never seen together
+can still be combined.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 
 from seqtr_lib.codec import TokenLayout
 from seqtr_lib.config import ModelConfig, repository_file
+from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 from seqtr_lib.model.darknet import DarkNet53, freeze, load_darknet_weights
 from seqtr_lib.model.fusion import SimpleFusion, padding_zeroed
 from seqtr_lib.model.language import LanguageEncoder
@@ -63,11 +68,21 @@ def cell_index(x: torch.Tensor, y: torch.Tensor, stride: int, grid_width: int,
 
 
 class Memory(NamedTuple):
-    """Encoder output: features and sine positions (B, S, D), padding bool (B, S) (True = padding)."""
+    """Encoder output: features and sine positions (B, S, D), padding bool (B, S) (True = padding);
+    with ``attribute_prior``, each cell's log-probability (B, S) of matching the named colour and kind."""
 
     features: torch.Tensor
     position: torch.Tensor
     padding: torch.Tensor
+    cell_prior: torch.Tensor | None = None
+
+
+class _SceneMaps(NamedTuple):
+    """What the scene classifiers read: the fused visual map (B, Cy, h, w) before the expression gates it
+    (from the grey backbone with a colour pathway) and the pathway's pooled colours (B, hidden, h, w)."""
+
+    visual: torch.Tensor
+    colours: torch.Tensor | None = None
 
 
 class _Decoding:
@@ -139,8 +154,15 @@ class SeqTR(nn.Module):
         query_projection: nn.Linear | None = None,
         input_token_noise: float = 0.0,
         scene_head: nn.Linear | None = None,
+        colour_pathway: ColourPathway | None = None,
+        colour_head: nn.Linear | None = None,
+        word_head: nn.Linear | None = None,
     ) -> None:
         super().__init__()
+        if (colour_head is None) != (scene_head is None or colour_pathway is None):
+            raise ValueError("a colour pathway with a scene head classifies colour with a colour_head, and only then")
+        if word_head is not None and (colour_head is None or cell_scorer is None):
+            raise ValueError("the attribute prior (word_head) needs the colour pathway's colour_head and a cell_scorer")
         if query_projection is not None and cell_scorer is None:
             raise ValueError("query selection picks the best-scoring cell at inference: it needs a cell_scorer")
         if decoder.max_length != layout.decoder_length:
@@ -168,8 +190,12 @@ class SeqTR(nn.Module):
         self.cell_scorer = cell_scorer  # d_model -> 1: how likely a memory cell holds the target's centre
         self.query_projection = query_projection  # d_model -> d_model, applied to memory + position of a cell
         self.input_token_noise = input_token_noise
-        # Fusion's visual channels -> colour, kind and size logits of the object centred in a cell.
+        # Fusion's visual channels -> colour, kind and size logits of the object centred in a cell (with a
+        # colour pathway: kind and size only, and colour_head reads colour from the pathway's pooled features).
         self.scene_head = scene_head
+        self.colour_pathway = colour_pathway
+        self.colour_head = colour_head
+        self.word_head = word_head  # sentence -> which colour and kind the expression names (or none)
 
     def encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor) -> Memory:
         """Backbone, expression encoder, fusion and transformer encoder.
@@ -181,37 +207,60 @@ class SeqTR(nn.Module):
         return self._encode(images, pad_mask, expression_ids)[0]
 
     def _encode(self, images: torch.Tensor, pad_mask: torch.Tensor, expression_ids: torch.Tensor
-                ) -> tuple[Memory, torch.Tensor]:
-        """`encode`, and the fusion's visual map (B, Cy, H/s, W/s) before the expression gates it."""
+                ) -> tuple[Memory, _SceneMaps, torch.Tensor | None]:
+        """`encode`, what the scene classifiers read, and (with a word head) the word logits (B, C + K + 2)."""
         if images.ndim != 4 or pad_mask.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"images must be (B, 3, H, W) and pad_mask (B, H, W); got {tuple(images.shape)} "
                              f"and {tuple(pad_mask.shape)}")
         sentence = self.language(expression_ids)  # (B, 2 * gru_hidden)
         with padding_zeroed(self, pad_mask):
-            maps = self.backbone(images)
+            maps = self.backbone(images if self.colour_pathway is None else grey(images))
             grid = maps[1 if self.fusion.stride == 16 else 2].shape[-2:]
             padding = downsample_padding(pad_mask, grid)  # (B, h, w)
             visual = self.fusion.visual(maps)
+            scene_maps = _SceneMaps(visual)
+            if self.colour_pathway is not None:
+                colours = self.colour_pathway.pooled(images, pad_mask)
+                scene_maps = _SceneMaps(visual, colours)
+                visual = visual + self.colour_pathway.project(colours)
             fused = self.fusion.gate(visual, sentence, padding)  # (B, D, h, w)
         position = sine_position_2d(padding, fused.shape[1]).to(fused.dtype)  # (B, h * w, D)
         padding = padding.flatten(1)
         features = self.encoder(fused.flatten(2).transpose(1, 2), position, padding)
-        return Memory(features, position, padding), visual
+        word_logits = cell_prior = None
+        if self.word_head is not None:
+            from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
 
-    def scene_logits(self, visual: torch.Tensor, scene_centres: torch.Tensor) -> torch.Tensor:
-        """Colour, kind and size logits (B, K, C) of the objects centred at ``scene_centres`` float (B, K, 2)
-        x, y in pixels of the input, read from the visual map (B, Cy, h, w) at the cell holding each centre
-        (needs a scene_head; C is the sum of the class counts of `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`)."""
+            word_logits = self.word_head(sentence)
+            counts = (len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"]))
+            cell_prior = attribute_match(word_logits.detach(), self._scene_cells(scene_maps).detach(), counts)
+        return Memory(features, position, padding, cell_prior), scene_maps, word_logits
+
+    def _scene_cells(self, maps: _SceneMaps) -> torch.Tensor:
+        """Colour, kind and size logits (B, S, C) of an object centred in each cell (needs a scene_head)."""
         assert self.scene_head is not None
-        height, width = visual.shape[-2:]
+        logits = self.scene_head(maps.visual.flatten(2).transpose(1, 2))
+        if self.colour_head is None:
+            return logits
+        return torch.cat([self.colour_head(maps.colours.flatten(2).transpose(1, 2)), logits], dim=-1)
+
+    def scene_logits(self, maps: _SceneMaps, scene_centres: torch.Tensor) -> torch.Tensor:
+        """Colour, kind and size logits (B, K, C) of the objects centred at ``scene_centres`` float (B, K, 2)
+        x, y in pixels of the input, read from the scene maps at the cell holding each centre (needs a
+        scene_head; C is the sum of the class counts of `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`)."""
+        height, width = maps.visual.shape[-2:]
+        logits = self._scene_cells(maps)  # (B, S, C)
         cells = cell_index(scene_centres[..., 0], scene_centres[..., 1], self.fusion.stride, width, height)
-        cells = cells[..., None].expand(-1, -1, visual.shape[1])  # (B, K, Cy)
-        return self.scene_head(visual.flatten(2).transpose(1, 2).gather(1, cells))
+        return logits.gather(1, cells[..., None].expand(-1, -1, logits.shape[-1]))
 
     def cell_logits(self, memory: Memory) -> torch.Tensor:
-        """Target-cell scores (B, S) of the memory cells, -inf on padding (needs a cell_scorer)."""
+        """Target-cell scores (B, S) of the memory cells (plus the attribute prior), -inf on padding (needs a
+        cell_scorer)."""
         assert self.cell_scorer is not None
-        return self.cell_scorer(memory.features)[..., 0].float().masked_fill(memory.padding, -math.inf)
+        scores = self.cell_scorer(memory.features)[..., 0].float()
+        if memory.cell_prior is not None:
+            scores = scores + memory.cell_prior
+        return scores.masked_fill(memory.padding, -math.inf)
 
     def _start(self, memory: Memory, selected_cells: torch.Tensor | None = None) -> torch.Tensor:
         """First decoder input (B, 1, D): the first part's task embedding (multi-task) or a zero vector.
@@ -269,13 +318,16 @@ class SeqTR(nn.Module):
         tight box in pixels of ``images``), also ``target_cells`` (B,), which query selection
         teacher-forces as the selected cell. With ``return_attention``, also ``cross_attention`` (B, L, nh,
         T, S): every decoder layer's and head's attention over the memory cells for every position. With a
-        scene head and ``scene_centres`` (the loader's, (B, K, 2)), also ``scene_logits`` (`scene_logits`).
+        scene head and ``scene_centres`` (the loader's, (B, K, 2)), also ``scene_logits`` (`scene_logits`). With
+        the attribute prior, also ``word_logits`` (B, C + K + 2) (`seqtr_lib.model.colour.attribute_match`).
         """
         batch = images.shape[0]
-        memory, visual = self._encode(images, pad_mask, expression_ids)
+        memory, scene_maps, word_logits = self._encode(images, pad_mask, expression_ids)
         extra: dict[str, torch.Tensor] = {}
         if self.scene_head is not None and scene_centres is not None:
-            extra["scene_logits"] = self.scene_logits(visual, scene_centres)
+            extra["scene_logits"] = self.scene_logits(scene_maps, scene_centres)
+        if word_logits is not None:
+            extra["word_logits"] = word_logits
         if self.cell_scorer is not None:
             extra["cell_logits"] = self.cell_logits(memory)
             if target_box is not None:
@@ -433,13 +485,22 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary) -> SeqTR:
     decoder = Decoder(*layer, config.num_decoder_layers, layout.decoder_length)
     cell_scorer = nn.Linear(config.d_model, 1) if config.target_cell_loss > 0 else None
     query_projection = nn.Linear(config.d_model, config.d_model) if config.query_selection else None
-    scene_head = None
+    scene_head = colour_pathway = colour_head = word_head = None
+    if config.colour_pathway > 0:
+        colour_pathway = ColourPathway(config.colour_pathway, language.out_channels, config.memory_stride)
     if config.scene_loss > 0:
         from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
 
-        scene_head = nn.Linear(language.out_channels, sum(len(c) for c in SCENE_ATTRIBUTES.values()))
+        counts = {field: len(classes) for field, classes in SCENE_ATTRIBUTES.items()}
+        if colour_pathway is None:
+            scene_head = nn.Linear(language.out_channels, sum(counts.values()))
+        else:
+            scene_head = nn.Linear(language.out_channels, counts["kind"] + counts["size"])
+            colour_head = nn.Linear(config.colour_pathway, counts["color"])
+        if config.attribute_prior > 0:
+            word_head = nn.Linear(language.out_channels, counts["color"] + 1 + counts["kind"] + 1)
     return SeqTR(backbone, language, fusion, encoder, decoder, layout, cell_scorer, query_projection,
-                 config.input_token_noise, scene_head)
+                 config.input_token_noise, scene_head, colour_pathway, colour_head, word_head)
 
 
 def without_weight_files(config: ModelConfig) -> ModelConfig:
