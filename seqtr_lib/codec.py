@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from seqtr_lib.config import TASK_PARTS
-from seqtr_lib.sequence import dequantize, polygon_to_rle, quantize
+from seqtr_lib.sequence import dequantize, offset_polygon, polygon_to_rle, quantize
 
 if TYPE_CHECKING:
     from seqtr_lib.config import Experiment
@@ -126,6 +126,11 @@ class SequenceCodec:
     layout: TokenLayout
     mapping: str = "relative"
     image_size: int = 640
+    # Decoding (docs/method.md, 9.1 (j)): a token to its bin's centre instead of its lower edge (the reference),
+    # and a contour moved this many input pixels outward (`offset_polygon`). With one bin per input pixel, both
+    # together put a contour through the boundary pixels' centres onto their outer edges.
+    bin_centres: bool = False
+    outline_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mapping not in ("relative", "absolute"):
@@ -134,7 +139,8 @@ class SequenceCodec:
     @classmethod
     def from_experiment(cls, experiment: Experiment) -> SequenceCodec:
         model = experiment.model
-        return cls(TokenLayout(model.task, model.num_bin, model.num_ray), model.mapping, experiment.data.image_size)
+        return cls(TokenLayout(model.task, model.num_bin, model.num_ray), model.mapping, experiment.data.image_size,
+                   model.decode_bin_centres, model.outline_offset)
 
     def extent(self, pad_shape: tuple[int, int]) -> tuple[int, int]:
         """The (height, width) that pixel coordinates of a sample with this pad_shape are divided by."""
@@ -160,18 +166,22 @@ class SequenceCodec:
         return tokens.reshape(-1)
 
     def box_pixels(self, tokens: Any, pad_shape: tuple[int, int]) -> np.ndarray:
-        """Four box tokens -> float32 (4,) x1, y1, x2, y2 in pixels of the padded input (bin lower edges)."""
+        """Four box tokens -> float32 (4,) x1, y1, x2, y2 in pixels of the padded input (bin lower edges or centres)."""
         values = _numpy(tokens)
         if values.shape != (_BOX_TOKENS,):
             raise ValueError(f"a box is 4 tokens x1, y1, x2, y2, got shape {values.shape}")
         height, width = self.extent(pad_shape)
-        return dequantize(values, width, height, self.layout.num_bin)
+        return dequantize(values, width, height, self.layout.num_bin, self.bin_centres)
 
     def polygon_pixels(self, tokens: Any, pad_shape: tuple[int, int]) -> np.ndarray:
-        """Mask tokens -> float32 (K, 2) points in pixels of the padded input, cut at the first EOS."""
+        """Mask tokens -> float32 (K, 2) points in pixels of the padded input, cut at the first EOS, moved
+        ``outline_offset`` outward."""
         height, width = self.extent(pad_shape)
-        return dequantize(self.layout.valid_points(tokens).astype(np.float64), width, height,
-                          self.layout.num_bin).astype(np.float32)
+        points = dequantize(self.layout.valid_points(tokens).astype(np.float64), width, height,
+                            self.layout.num_bin, self.bin_centres)
+        if self.outline_offset:
+            points = offset_polygon(points, self.outline_offset)
+        return points.astype(np.float32)
 
     def box_in_original(self, tokens: Any, meta: dict[str, Any]) -> np.ndarray:
         """Box tokens -> float32 (4,) x1, y1, x2, y2 in the original image's pixels, clipped to it."""

@@ -37,6 +37,8 @@ TASKS = tuple(TASK_PARTS)
 AMP_MODES = ("none", "bf16", "fp16")
 MAPPINGS = ("relative", "absolute")
 MEMORY_STRIDES = (32, 16)
+# Model keys that change how tokens become pixels, not the network (evaluation records them).
+DECODING_KEYS = ("decode_bin_centres", "outline_offset")
 
 
 class ConfigError(ValueError):
@@ -49,6 +51,8 @@ class ModelConfig:
     num_bin: int = 1000  # coordinate quantization bins; EOS is one more id
     num_ray: int = 18  # mask contour points (18 RefCOCO, 12 RefCOCO+/g)
     mapping: str = "relative"  # coordinates divided by the padded size (relative) or image_size (absolute)
+    decode_bin_centres: bool = False  # a token decodes to its bin's centre (the reference: the lower edge)
+    outline_offset: float = 0.0  # input pixels a decoded contour moves outward (0.5: to the boundary pixels' edges)
     darknet_width: float = 1.0  # channel multiplier of DarkNet-53 (1.0 = 256/512/1024 output channels)
     darknet_weights: str | None = None  # Darknet .weights file to initialise the backbone
     trainable_backbone_modules: int = 2  # the last k backbone modules train; -1 trains all
@@ -220,6 +224,8 @@ def validate(experiment: Experiment) -> None:
         ("model.num_bin", m.num_bin >= 2, "must be at least 2"),
         ("model.num_ray", m.num_ray >= 3, "must be at least 3 (a polygon needs three points)"),
         ("model.mapping", m.mapping in MAPPINGS, f"must be one of {', '.join(MAPPINGS)}"),
+        ("model.outline_offset", 0 <= m.outline_offset <= 4,
+         "must lie in [0, 4] input pixels (0.5 moves a contour through the boundary pixels' centres to their edges)"),
         ("model.darknet_width", m.darknet_width > 0, "must be positive"),
         ("model.trainable_backbone_modules", -1 <= m.trainable_backbone_modules <= 14,
          "must be -1 (all) or 0..14 (DarkNet-53 has 14 modules in the reference's split)"),

@@ -22,7 +22,7 @@ from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.codec import SequenceCodec
-from seqtr_lib.config import TASK_PARTS, Experiment, experiment_from_dict
+from seqtr_lib.config import DECODING_KEYS, TASK_PARTS, Experiment, experiment_from_dict
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset
@@ -231,9 +231,15 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
             raise ValueError(f"checkpoint {checkpoint_path} writes another token format than the params describe "
                              f"(checkpoint -> params: {'; '.join(differences)}); evaluate it with the params it was "
                              "trained with")
+        # The decoding is the params', so one checkpoint can be scored under several; the results name it.
+        decoding = {key: getattr(experiment.model, key) for key in DECODING_KEYS}
+        stored = {key: getattr(trained.model, key) for key in DECODING_KEYS}
+        if decoding != stored and context.is_main:
+            print(f"decoding as the params say, {decoding}; the checkpoint stores {stored} (predict and the "
+                  "notebooks use the checkpoint's)", flush=True)
         splits = splits or tuple(s for s in DATASETS[experiment.data.dataset].splits if s != "train")
         results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
-                                   "epoch": payload["epoch"], "splits": {}}
+                                   "epoch": payload["epoch"], "decoding": decoding, "splits": {}}
         if strategy != "greedy":
             results.update(strategy=strategy, top_p=top_p)
         if limit:

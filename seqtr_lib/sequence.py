@@ -61,14 +61,19 @@ def quantize(coords: ArrayLike, width: Any, height: Any, num_bin: int = NUM_BIN)
     return tokens if isinstance(coords, torch.Tensor) else tokens.numpy()
 
 
-def dequantize(tokens: ArrayLike, width: Any, height: Any, num_bin: int = NUM_BIN) -> ArrayLike:
+def dequantize(tokens: ArrayLike, width: Any, height: Any, num_bin: int = NUM_BIN,
+               bin_centres: bool = False) -> ArrayLike:
     """Coordinate tokens -> pixel coordinates, the inverse of :func:`quantize` up to one bin.
 
     tokens: (..., 2K) interleaved x, y tokens (numpy array, list or torch tensor). Token t becomes
-    t * width / num_bin for x and t * height / num_bin for y, i.e. the bin's lower edge. Returns
-    float32, a torch tensor (on the same device) for a torch tensor and a numpy array otherwise.
+    t * width / num_bin for x and t * height / num_bin for y, i.e. the bin's lower edge (the reference's
+    decoding), or with ``bin_centres`` (t + 0.5) * width / num_bin, the middle of the coordinates that
+    quantize to t: unbiased where the lower edge is half a bin short on average. Returns float32, a torch
+    tensor (on the same device) for a torch tensor and a numpy array otherwise.
     """
     values = _interleaved_float64(tokens, "tokens")
+    if bin_centres:
+        values = values + 0.5
     width, height = _lengths(width, height, like=values)
     coords = torch.empty_like(values)
     coords[..., 0::2] = values[..., 0::2] * width / num_bin
@@ -142,6 +147,40 @@ def sample_mask_vertices(
     vertices[0, : len(points)] = np.clip(points[:, 0], 0, pad_w - 1)
     vertices[1, : len(points)] = np.clip(points[:, 1], 0, pad_h - 1)
     return vertices
+
+
+def offset_polygon(points: np.ndarray, distance: float) -> np.ndarray:
+    """Move every edge of a closed polygon ``distance`` pixels outward (inward when negative).
+
+    points: (K, 2) x, y in image axes (y down), in either winding order. Returns float64 (K, 2), point k
+    still the k-th (so per-point scores and attention stay aligned). Each vertex moves along the bisector of
+    its two edges' outward normals, so far that both edges end up ``distance`` from where they were (at
+    most twice ``distance``, so a spike does not shoot off); a repeated point moves with its first copy.
+    With fewer than three distinct points, or no area, the points come back unchanged. "Outward" is the
+    side the polygon's net (shoelace) area lies on, so a self-intersecting polygon's minor loop moves inward.
+
+    Why: a contour from ``cv2.findContours`` runs through the centres of an object's boundary pixels, half
+    a pixel inside its edge, so a polygon through such points rasterises half a pixel short all round.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    starts = np.flatnonzero(np.any(points != np.roll(points, 1, axis=0), axis=1))  # first point of each run
+    distinct = points[starts]
+    twice_area = float(np.sum(distinct[:, 0] * np.roll(distinct[:, 1], -1) - np.roll(distinct[:, 0], -1) * distinct[:, 1]))
+    if len(distinct) < 3 or twice_area == 0.0:
+        return points
+    edges = np.roll(distinct, -1, axis=0) - distinct  # edge i runs from point i to point i + 1
+    # With y down, a polygon of positive shoelace area runs clockwise on screen and (dy, -dx) points outside.
+    normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) * np.sign(twice_area)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    before, after = np.roll(normals, 1, axis=0), normals
+    bisector = before + after
+    length = np.linalg.norm(bisector, axis=1, keepdims=True)
+    bisector = np.where(length > 1e-9, bisector / np.maximum(length, 1e-9), after)  # a full turn: its own normal
+    reach = distance / np.maximum(np.sum(bisector * after, axis=1), 0.5)
+    moved = distinct + bisector * reach[:, None]
+    # Point k belongs to the last run starting at or before it (the points before the first start wrap round).
+    run = np.searchsorted(starts, np.arange(len(points)), side="right") - 1
+    return moved[run % len(starts)]
 
 
 def shuffle_point_order(

@@ -274,7 +274,7 @@ def quantization_figure(image: np.ndarray, points: np.ndarray, quantized: dict[i
     """How coarse coordinate bins move the vertices: one panel per num_bin, zoomed on the object.
 
     points: (K, 2) exact vertices; quantized[num_bin]: (K, 2) the same after quantize -> dequantize
-    (a bin's lower edge). Bin boundaries are drawn where they are wider than about two screen pixels.
+    (a bin's lower edge or centre). Bin boundaries are drawn where they are wider than about two screen pixels.
     """
     pad_h, pad_w = pad_shape
     figure, axes = grid_figure(len(quantized), columns=len(quantized), cell=3.4)

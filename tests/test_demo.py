@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 import re
 
 import cv2
@@ -185,3 +186,18 @@ def test_evaluation_refuses_params_whose_token_format_differs_from_the_checkpoin
     other = dataclasses.replace(experiment, model=dataclasses.replace(experiment.model, num_bin=32))
     with pytest.raises(ValueError, match=r"another token format .*model.num_bin: \d+ -> 32"):
         evaluate(other, experiment.run_dir / "best.pt", ("val",))
+
+
+@pytest.mark.slow
+def test_evaluation_decodes_as_its_params_say_and_records_it(trained, tmp_path, capsys):
+    import dataclasses
+
+    from seqtr_lib.evaluation import evaluate
+
+    _, experiment = trained
+    other = dataclasses.replace(experiment, output_dir=str(tmp_path),
+                                model=dataclasses.replace(experiment.model, decode_bin_centres=True))
+    results = evaluate(other, experiment.run_dir / "best.pt", ("val",), save_predictions=False, limit=8)
+    assert results["decoding"] == {"decode_bin_centres": True, "outline_offset": 0.0}
+    assert "the checkpoint stores {'decode_bin_centres': False" in capsys.readouterr().out
+    assert json.loads((tmp_path / experiment.name / "metrics.json").read_text())["decoding"] == results["decoding"]

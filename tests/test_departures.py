@@ -24,7 +24,8 @@ from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).parent / "data" / "paper_model_reference.pt"
 DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection": False, "input_token_noise": 0.0,
-                  "scene_loss": 0.0, "colour_pathway": 0}
+                  "scene_loss": 0.0, "colour_pathway": 0, "attribute_prior": 0.0, "decode_bin_centres": False,
+                  "outline_offset": 0.0}
 
 
 def _model(task: str = "box", **departures):
