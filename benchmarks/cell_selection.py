@@ -33,7 +33,7 @@ from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset
 from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
 from seqtr_lib.evaluation import load_trained, metrics_from_records, move_batch
-from seqtr_lib.model.seqtr import SeqTR, target_cells
+from seqtr_lib.model.seqtr import SeqTR, box_centres, target_cells
 from seqtr_lib.reports import cpu_model
 
 COLOURS, KINDS = len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"])
@@ -41,11 +41,9 @@ COLOURS, KINDS = len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"])
 
 def target_labels(batch: dict[str, Any]) -> torch.Tensor:
     """Colour, kind and size indices (B, 3) of each target: the scene object whose centre is nearest its box's."""
-    box = batch["target_box"]
-    centre = torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2], dim=-1)
-    distance = (batch["scene_centres"] - centre[:, None]).norm(dim=-1)
+    distance = (batch["scene_centres"] - box_centres(batch["target_box"])[:, None]).norm(dim=-1)
     distance[batch["scene_labels"][..., 0] < 0] = math.inf
-    return batch["scene_labels"][torch.arange(len(box)), distance.argmin(dim=1)]
+    return batch["scene_labels"][torch.arange(len(distance)), distance.argmin(dim=1)]
 
 
 def measure_split(model: SeqTR, experiment: Any, vocabulary: Any, split: str, limit: int) -> dict[str, Any]:

@@ -53,9 +53,13 @@ def target_cells(target_box: torch.Tensor, stride: int, grid_width: int) -> torc
     cell; grid_width: cells per row. Returns int64 (B,). The centre lies inside the image, so its cell
     is never padding (a cell is padding when its top-left pixel is).
     """
-    centre_x = (target_box[:, 0] + target_box[:, 2]) / 2
-    centre_y = (target_box[:, 1] + target_box[:, 3]) / 2
-    return cell_index(centre_x, centre_y, stride, grid_width)
+    centres = box_centres(target_box)
+    return cell_index(centres[:, 0], centres[:, 1], stride, grid_width)
+
+
+def box_centres(boxes: torch.Tensor) -> torch.Tensor:
+    """Centres (..., 2) x, y of boxes (..., 4) x1, y1, x2, y2."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
 
 
 def cell_index(x: torch.Tensor, y: torch.Tensor, stride: int, grid_width: int,
@@ -218,10 +222,9 @@ class SeqTR(nn.Module):
             grid = maps[1 if self.fusion.stride == 16 else 2].shape[-2:]
             padding = downsample_padding(pad_mask, grid)  # (B, h, w)
             visual = self.fusion.visual(maps)
-            scene_maps = _SceneMaps(visual)
-            if self.colour_pathway is not None:
-                colours = self.colour_pathway.pooled(images, pad_mask)
-                scene_maps = _SceneMaps(visual, colours)
+            colours = None if self.colour_pathway is None else self.colour_pathway.pooled(images, pad_mask)
+            scene_maps = _SceneMaps(visual, colours)
+            if colours is not None:
                 visual = visual + self.colour_pathway.project(colours)
             fused = self.fusion.gate(visual, sentence, padding)  # (B, D, h, w)
         position = sine_position_2d(padding, fused.shape[1]).to(fused.dtype)  # (B, h * w, D)
