@@ -279,7 +279,8 @@ def validate(experiment: Experiment) -> None:
     for key in ("model.darknet_weights", "train.finetune_from"):
         value = _lookup(experiment, key)
         if value and not repository_file(value).is_file():
-            raise ConfigError(f"{key} = {value!r}: no such file here or in {REPOSITORY}")
+            where = "" if Path(value).is_absolute() else f" here or in {REPOSITORY}"
+            raise ConfigError(f"{key} = {value!r}: no such file{where}")
     source = m.word_vectors
     if source != "random" and not source.startswith("spacy:") and not Path(source).is_file():
         raise ConfigError(f"model.word_vectors = {source!r}: no such file (use a GloVe text file, "

@@ -90,3 +90,32 @@ def test_darknet_weights_are_found_here_else_in_the_repository(tmp_path, monkeyp
     assert experiment.model.darknet_weights == "weights/synthetic_darknet.weights"
     with pytest.raises(ConfigError, match=r"model.darknet_weights = 'weights/none.weights': no such file here or in"):
         load_params(None, ["model.darknet_weights=weights/none.weights"])
+    absent = tmp_path / "none.weights"  # an absolute path is looked for there only, and the message says so
+    with pytest.raises(ConfigError, match=rf"model.darknet_weights = '{absent}': no such file$"):
+        load_params(None, [f"model.darknet_weights={absent}"])
+
+
+def test_the_released_backbone_fills_the_demo_model_and_freezes_as_the_paper_does():
+    from torch import nn
+
+    from seqtr_lib.config import REPOSITORY
+    from seqtr_lib.model.seqtr import build_model
+    from seqtr_lib.pipeline import DEMO_OVERRIDES
+    from seqtr_lib.text import Vocabulary
+
+    path = REPOSITORY / "weights" / "synthetic_darknet.weights"
+    alone = DarkNet53(0.125)
+    assert load_darknet_weights(alone, path) * 4 + 20 == path.stat().st_size  # the whole file, at this width
+    experiment = load_params(REPOSITORY / "params" / "synthetic_det.yaml", list(DEMO_OVERRIDES))
+    model = build_model(experiment.model, Vocabulary.build(["the red circle"]))
+    loaded = model.backbone.state_dict()
+    for name, tensor in alone.state_dict().items():
+        torch.testing.assert_close(loaded[name], tensor, msg=name)
+    modules = dict(model.backbone.layers.named_children())
+    names = list(modules)
+    trainable = {name for name, module in modules.items() if any(p.requires_grad for p in module.parameters())}
+    assert trainable == set(names[-2:])
+    model.train()
+    for name in names:
+        norms = [m for m in modules[name].modules() if isinstance(m, nn.BatchNorm2d)]
+        assert norms and all(norm.training == (name in trainable) for norm in norms), name
