@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from seqtr_lib.config import ConfigError, experiment_to_dict, load_params
 from seqtr_lib.images import MAX_IMAGE_PIXELS
@@ -119,8 +120,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from seqtr_lib.checkpoint import resolve_checkpoint
     from seqtr_lib.predict import Grounder
 
-    experiment = load_params(args.params, args.overrides)
-    path, which = resolve_checkpoint(experiment.run_dir, experiment.name, args.checkpoint)
+    if args.checkpoint:  # the checkpoint holds everything the Grounder needs: no params to find from any cwd
+        path, which = resolve_checkpoint(Path(), "", args.checkpoint)
+    else:
+        experiment = load_params(args.params, args.overrides)
+        path, which = resolve_checkpoint(experiment.run_dir, experiment.name)
     print(which)
     grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None)
     prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention),
@@ -240,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="ground one expression in one image; prints and draws the result")
     _add_params(p, default="params/synthetic_det.yaml")
     p.add_argument("--checkpoint", default="",
-                   help="default: the params' run (<output_dir>/<name>/best.pt), else its released weights")
+                   help="default: the params' run (<output_dir>/<name>/best.pt), else its released weights; "
+                        "given, the params are not read (the checkpoint holds the model and its decoding)")
     p.add_argument("--image", required=True)
     p.add_argument("--expression", required=True)
     p.add_argument("--task", choices=("box", "mask"), default=None, help="default: the checkpoint's task")

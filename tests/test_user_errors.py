@@ -148,3 +148,20 @@ def test_a_list_parameter_that_is_no_list_is_refused_with_the_y_form():
     with pytest.raises(ValueError, match=r"parameter overrides must be a list, got 'train.epochs=5'.*"
                                          r"-y 'overrides: \[a, b\]'"):
         parameter_list("train.epochs=5", "overrides")
+
+
+def test_predict_with_a_checkpoint_runs_from_any_folder_without_params(tmp_path, monkeypatch, capsys):
+    import cv2
+
+    image = tmp_path / "scene.png"
+    canvas = np.full((96, 96, 3), 200, dtype=np.uint8)
+    cv2.circle(canvas, (30, 40), 12, (0, 0, 255), -1)  # a red disc (BGR)
+    cv2.imwrite(str(image), canvas)
+    monkeypatch.chdir(tmp_path)  # no params/ here
+    main(["predict", "--checkpoint", str(RELEASED), "--image", str(image), "--expression", "the red circle",
+          "--out", "out.png"])
+    out = capsys.readouterr().out
+    assert f"using checkpoint {RELEASED}" in out and "box (x1, y1, x2, y2):" in out
+    assert cv2.imread(str(tmp_path / "out.png")) is not None
+    err = _one_error_line(capsys, ["predict", "--image", str(image), "--expression", "the red circle"])
+    assert "params/synthetic_det.yaml does not exist" in err  # without a checkpoint the params name the run
