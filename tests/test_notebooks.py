@@ -117,6 +117,46 @@ def test_launch_streams_the_output_and_fails_like_check_true(monkeypatch, capsys
     assert "rank 0 says hi\n" in capsys.readouterr().out
 
 
+def test_a_kernel_that_dies_while_starting_is_started_again_and_other_errors_are_not_retried(
+        monkeypatch, tmp_path, capsys):
+    import papermill
+
+    from seqtr_lib import pipeline
+
+    calls = []
+
+    def dies_twice(source, output, **kwargs):
+        calls.append(output)
+        if len(calls) <= 2:
+            raise RuntimeError(pipeline.KERNEL_DIED)
+        Path(output).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", dies_twice)
+    out = tmp_path / "executed.ipynb"
+    assert pipeline.execute("00", out, {}) == out and out.read_text() == "{}"
+    assert len(calls) == 3 and "starting another (3 of 3)" in capsys.readouterr().out
+
+    def always_dies(source, output, **kwargs):
+        calls.append(output)
+        raise RuntimeError(pipeline.KERNEL_DIED)
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", always_dies)
+    with pytest.raises(RuntimeError, match=pipeline.KERNEL_DIED):
+        pipeline.execute("00", out, {})
+    assert len(calls) == pipeline.KERNEL_START_TRIES
+
+    def other_error(source, output, **kwargs):
+        calls.append(output)
+        raise RuntimeError("no such kernel: python3")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", other_error)
+    with pytest.raises(RuntimeError, match="no such kernel"):
+        pipeline.execute("00", out, {})
+    assert len(calls) == 1
+
+
 def test_read_log_skips_a_torn_last_line_and_fresh_runs_start_a_new_log(tmp_path):
     experiment = load_params(None, [f"output_dir={tmp_path}", "name=run"])
     experiment.run_dir.mkdir(parents=True)
