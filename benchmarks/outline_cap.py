@@ -33,6 +33,7 @@ from seqtr_lib.config import load_params
 from seqtr_lib.data.refer import build_dataset, load_vocabulary
 from seqtr_lib.reports import cpu_model
 
+
 def decodings(offsets: list[float]) -> dict[str, tuple[bool, float]]:
     """Name -> (decode_bin_centres, outline_offset)."""
     return {"lower_edge": (False, 0.0), "bin_centres": (True, 0.0),

@@ -232,10 +232,9 @@ class SeqTR(nn.Module):
         features = self.encoder(fused.flatten(2).transpose(1, 2), position, padding)
         word_logits = cell_prior = None
         if self.word_head is not None:
-            from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
-
             word_logits = self.word_head(sentence)
-            counts = (len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"]))
+            colours = self.colour_head.out_features  # the word head's classes: colours + none, then kinds + none
+            counts = (colours, self.word_head.out_features - colours - 2)
             cell_prior = attribute_match(word_logits.detach(), self._scene_cells(scene_maps).detach(), counts)
         return Memory(features, position, padding, cell_prior), scene_maps, word_logits
 
