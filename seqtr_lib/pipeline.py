@@ -63,8 +63,22 @@ FAST_OVERRIDES = ("data.synthetic.num_images=40", "data.synthetic.image_size=128
 FAST_PROJECT = "outputs/demo_fast"
 
 
-KERNEL_START_TRIES = 3
-KERNEL_DIED = "Kernel died before replying to kernel_info"  # jupyter_client's words
+def ipc_kernel_manager() -> type:
+    """A jupyter_client KernelManager whose kernels talk over Unix sockets instead of TCP ports.
+
+    Over TCP, jupyter_client picks free ports and the kernel binds them a moment later; another process
+    can take one in between ("Address already in use"), and the kernel never starts (it broke two
+    clean-clone test runs, with tests and notebooks running side by side). Socket files cannot collide.
+    """
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    class IPCKernelManager(KernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
 
 
 class NotebookFailed(RuntimeError):
@@ -84,21 +98,12 @@ def execute(notebook: str, output_path: Path, parameters: dict[str, Any], projec
     declared = papermill.inspect_notebook(str(source))
     output_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        for attempt in range(1, KERNEL_START_TRIES + 1):
-            try:
-                # The kernel's "running over TCP without encryption" warning would repeat for every notebook;
-                # its sockets listen on localhost only. Kernel errors still print.
-                papermill.execute_notebook(str(source), str(output_path), kernel_name="python3", cwd=str(folder),
-                                           parameters={k: v for k, v in parameters.items() if k in declared},
-                                           progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
-                break
-            except RuntimeError as error:
-                # jupyter_client picks free ports and the kernel binds them a moment later; another process
-                # can take one in between ("Address already in use") and the kernel dies before any cell ran.
-                if KERNEL_DIED not in str(error) or attempt == KERNEL_START_TRIES:
-                    raise
-                print(f"{source.name}: the kernel died while starting ({error}); starting another "
-                      f"({attempt + 1} of {KERNEL_START_TRIES})", flush=True)
+        # The kernel's "running over TCP without encryption" warning would repeat for every notebook; its
+        # sockets listen on localhost only. Kernel errors still print.
+        papermill.execute_notebook(str(source), str(output_path), kernel_name="python3", cwd=str(folder),
+                                   parameters={k: v for k, v in parameters.items() if k in declared},
+                                   progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                                   kernel_manager_class=ipc_kernel_manager())
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(

@@ -117,44 +117,21 @@ def test_launch_streams_the_output_and_fails_like_check_true(monkeypatch, capsys
     assert "rank 0 says hi\n" in capsys.readouterr().out
 
 
-def test_a_kernel_that_dies_while_starting_is_started_again_and_other_errors_are_not_retried(
-        monkeypatch, tmp_path, capsys):
+def test_notebook_kernels_talk_over_unix_sockets_so_no_port_can_be_taken_first(monkeypatch, tmp_path):
     import papermill
+    from nbclient import NotebookClient
 
     from seqtr_lib import pipeline
 
-    calls = []
-
-    def dies_twice(source, output, **kwargs):
-        calls.append(output)
-        if len(calls) <= 2:
-            raise RuntimeError(pipeline.KERNEL_DIED)
-        Path(output).write_text("{}")
-
-    monkeypatch.setattr(papermill, "execute_notebook", dies_twice)
-    out = tmp_path / "executed.ipynb"
-    assert pipeline.execute("00", out, {}) == out and out.read_text() == "{}"
-    assert len(calls) == 3 and "starting another (3 of 3)" in capsys.readouterr().out
-
-    def always_dies(source, output, **kwargs):
-        calls.append(output)
-        raise RuntimeError(pipeline.KERNEL_DIED)
-
-    calls.clear()
-    monkeypatch.setattr(papermill, "execute_notebook", always_dies)
-    with pytest.raises(RuntimeError, match=pipeline.KERNEL_DIED):
-        pipeline.execute("00", out, {})
-    assert len(calls) == pipeline.KERNEL_START_TRIES
-
-    def other_error(source, output, **kwargs):
-        calls.append(output)
-        raise RuntimeError("no such kernel: python3")
-
-    calls.clear()
-    monkeypatch.setattr(papermill, "execute_notebook", other_error)
-    with pytest.raises(RuntimeError, match="no such kernel"):
-        pipeline.execute("00", out, {})
-    assert len(calls) == 1
+    given = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda source, output, **kwargs: given.update(kwargs))
+    pipeline.execute("00", tmp_path / "executed.ipynb", {})
+    manager = given["kernel_manager_class"](kernel_name="python3")
+    assert manager.transport == "ipc"
+    # and a kernel started through it runs code
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    NotebookClient(notebook, kernel_name="python3", kernel_manager_class=given["kernel_manager_class"]).execute()
+    assert notebook.cells[0].outputs[0]["text"] == "42\n"
 
 
 def test_read_log_skips_a_torn_last_line_and_fresh_runs_start_a_new_log(tmp_path):
