@@ -86,7 +86,7 @@ def random_inputs(batch: int, image_size: int, device: torch.device) -> tuple[to
 
 
 def repeat_memory(memory: Memory, batch: int) -> Memory:
-    return Memory(*(part.repeat(batch, *[1] * (part.ndim - 1)) for part in memory))
+    return Memory(*(part.repeat(batch, *[1] * (part.ndim - 1)) for part in memory[:3]))
 
 
 def build(task: str, overrides: dict[str, Any], device: torch.device) -> SeqTR:

@@ -31,12 +31,13 @@ from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.codec import SequenceCodec
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset
-from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
+from seqtr_lib.data.synthetic import scene_class_counts
 from seqtr_lib.evaluation import load_trained, metrics_from_records, move_batch
-from seqtr_lib.model.seqtr import SeqTR, box_centres, target_cells
+from seqtr_lib.model.aids import box_centres, target_cells
+from seqtr_lib.model.seqtr import SeqTR
 from seqtr_lib.reports import cpu_model
 
-COLOURS, KINDS = len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"])
+COLOURS, KINDS = scene_class_counts()["color"], scene_class_counts()["kind"]
 
 
 def target_labels(batch: dict[str, Any]) -> torch.Tensor:
@@ -56,18 +57,19 @@ def measure_split(model: SeqTR, experiment: Any, vocabulary: Any, split: str, li
     for batch in loader:
         batch = move_batch(batch, torch.device("cpu"), experiment.train.channels_last)
         with torch.no_grad():
-            memory, maps, _ = model._encode(batch["images"], batch["pad_mask"], batch["expression_ids"])
-            true_cells = target_cells(batch["target_box"], model.fusion.stride, maps.visual.shape[-1])
-            right += (model.cell_logits(memory).argmax(dim=1) == true_cells).tolist()
-            if model.scene_head is not None:
-                predicted = model._scene_cells(maps)[torch.arange(len(true_cells)), true_cells]  # (B, C)
+            memory = model.encode(batch["images"], batch["pad_mask"], batch["expression_ids"])
+            aids = model.aids
+            true_cells = target_cells(batch["target_box"], model.fusion.stride, memory.notes.visual.shape[-1])
+            right += (aids.cell_logits(memory).argmax(dim=1) == true_cells).tolist()
+            if aids.scene_head is not None:
+                predicted = aids.scene_cells(memory.notes)[torch.arange(len(true_cells)), true_cells]  # (B, C)
                 labels = target_labels(batch)
                 scene_right.append(torch.stack([predicted[:, :COLOURS].argmax(-1) == labels[:, 0],
                                                 predicted[:, COLOURS:COLOURS + KINDS].argmax(-1) == labels[:, 1]], -1))
             # Only the true cell keeps a finite score, so selection picks it.
             forced = torch.full_like(memory.padding, -math.inf, dtype=torch.float32)
             forced[torch.arange(len(true_cells)), true_cells] = 0.0
-            for name, decoded in (("generated", memory), ("true_cell", memory._replace(cell_prior=forced))):
+            for name, decoded in (("generated", memory), ("true_cell", memory._replace(notes=memory.notes._replace(cell_prior=forced)))):
                 generated = {k: v.float().numpy() if k.endswith("scores") else v.numpy()
                              for k, v in model.generate_from_memory(decoded).items()}
                 records[name] += [{"gt_box": [float(v) for v in meta["gt_box"]], **codec.decode(generated, i, meta)}
@@ -100,7 +102,7 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     experiment, vocabulary, models = load_trained(args.checkpoint)
     model = models[args.weights]
-    if model.query_projection is None:
+    if model.aids is None or model.aids.query_projection is None:
         raise SystemExit(f"{args.checkpoint}: the model has no query selection (model.query_selection), so no "
                          "selected cell to measure")
     results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "machine": cpu_model(),

@@ -81,7 +81,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     payload = load_weights_only(path, "seqtr checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a seqtr checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    for key in ("model", "ema"):
+        if isinstance(payload.get(key), dict):
+            payload[key] = with_aids_prefixed(payload[key])
     return payload
+
+
+# The training aids' modules were attributes of SeqTR itself before they moved into `SeqTR.aids`
+# (seqtr_lib/model/aids.py): checkpoints of that time (weights/*.pt among them) name them without "aids.".
+AID_MODULES = ("cell_scorer", "query_projection", "scene_head", "colour_pathway", "colour_head", "word_head")
+
+
+def with_aids_prefixed(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict whose training-aid tensors are named as today (under ``aids.``), in the same order."""
+    return {f"aids.{name}" if name.split(".", 1)[0] in AID_MODULES else name: value for name, value in state.items()}
 
 
 # The one tensor whose shape follows the task's sequence length (the decoder's learned query positions:

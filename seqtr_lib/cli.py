@@ -51,7 +51,7 @@ def cmd_check_params(args: argparse.Namespace) -> None:
 
 
 def cmd_model_summary(args: argparse.Namespace) -> None:
-    from seqtr_lib.data.refer import AnnotationError, load_vocabulary
+    from seqtr_lib.data.refer import AnnotationError, load_vocabulary, scene_classes
     from seqtr_lib.model.seqtr import build_model, count_parameters, without_weight_files
     from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
 
@@ -64,7 +64,7 @@ def cmd_model_summary(args: argparse.Namespace) -> None:
         vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"word{i}" for i in range(args.vocabulary_size - 3))])
         source = (f"a stand-in vocabulary of {args.vocabulary_size} words (--vocabulary-size): no dataset "
                   f"({str(error).splitlines()[0]})")
-    model = build_model(without_weight_files(experiment.model), vocabulary)
+    model = build_model(without_weight_files(experiment.model), vocabulary, scene_classes(experiment))
     rows = count_parameters(model)
     width = max(len(name) for name in rows)
     print(f"{'part':<{width}}  {'parameters':>12}  {'trainable':>12}")

@@ -115,6 +115,14 @@ class TokenLayout:
         return tokens[: len(tokens) // 2 * 2].reshape(-1, 2)
 
 
+def noisy_coordinates(tokens: torch.Tensor, share: float, num_bin: int) -> torch.Tensor:
+    """Teacher-forcing inputs with ``share`` of the coordinate tokens (never EOS, id ``num_bin``) replaced by
+    uniformly random coordinates: the ``input_token_noise`` departure (docs/method.md), applied by the
+    training step to the inputs only, so that a contour cannot be continued from its previous points alone."""
+    replace = (torch.rand(tokens.shape, device=tokens.device) < share) & (tokens < num_bin)
+    return torch.where(replace, torch.randint_like(tokens, num_bin), tokens)
+
+
 @dataclass(frozen=True)
 class SequenceCodec:
     """Pixels <-> tokens for one experiment: the layout plus the coordinate mapping.

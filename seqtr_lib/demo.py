@@ -66,15 +66,6 @@ def render_attention_png(image: np.ndarray, prediction: Prediction, expression: 
     return figure_png(attention_figure(image, prediction, expression), dpi=80)
 
 
-def describe(prediction: Prediction) -> str:
-    """One line of plain numbers: the box or the number of polygon points, and the latency."""
-    if prediction.task == "box":
-        where = "box (x1, y1, x2, y2) " + ", ".join(f"{v:.0f}" for v in prediction.box)
-    else:
-        where = f"mask from {len(prediction.polygon)} points, {int(prediction.mask.sum())} pixels"
-    return f"{where}; {prediction.seconds * 1000:.0f} ms"
-
-
 class GroundingDemo:
     """An ipywidgets app around a Grounder; display the instance (or ``demo.widget``) in a notebook.
 
@@ -188,5 +179,5 @@ class GroundingDemo:
         except Exception as error:  # noqa: BLE001 - the app must survive any input; show what went wrong
             self._message(f"could not ground {expression!r}: {type(error).__name__}: {error}")
             return None
-        self._message(f"{self.source}, {expression!r}: {describe(prediction)}", error=False)
+        self._message(f"{self.source}, {expression!r}: {prediction.description()}", error=False)
         return prediction

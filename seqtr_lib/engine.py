@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib import distributed
+from seqtr_lib.codec import noisy_coordinates
 from seqtr_lib.config import Experiment, ModelConfig, experiment_to_dict, repository_file
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
-from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary
+from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary, scene_classes
 from seqtr_lib.evaluation import autocast, evaluate_model, move_batch, prefetched
 from seqtr_lib.metrics import headline_score
 from seqtr_lib.loss import sequence_loss
@@ -134,16 +135,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_inputs(batch: dict[str, Any], model: SeqTR) -> dict[str, Any]:
-    inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
-    inputs.update({f"{part}_tokens": batch[f"{part}_tokens"] for part in model.layout.parts})
-    if model.cell_scorer is not None:  # only models with the target-cell departures take it
-        inputs["target_box"] = batch["target_box"]
-    if model.scene_head is not None:
-        inputs["scene_centres"] = batch["scene_centres"]
-    return inputs
-
-
 def _set_batchnorm_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -169,6 +160,37 @@ def load_finetune_start(model: SeqTR, model_config: ModelConfig, start: dict[str
     return "; ".join(notes)
 
 
+@dataclass
+class RunStart:
+    """Where a run starts: a checkpoint to resume (every weight, counter and generator state), or one whose
+    weights start a fine-tuning run (train.finetune_from), or nothing; and the vocabulary that goes with it."""
+
+    vocabulary: Vocabulary
+    resume: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, experiment: Experiment, vocabulary: Vocabulary | None = None) -> RunStart:
+        """Read and check the params' start. ``vocabulary`` replaces the experiment's (benchmarks)."""
+        t = experiment.train
+        if t.resume:
+            resume = ckpt.load(t.resume)
+            differences = ckpt.config_differences(resume["config"]["model"], experiment_to_dict(experiment)["model"])
+            if differences:
+                raise ValueError(f"checkpoint {t.resume} was trained with a different model config; differing keys "
+                                 f"(checkpoint -> params): {'; '.join(differences)}")
+            # A resumed run restores every weight itself; the params' start checkpoint only starts new runs.
+            return cls(Vocabulary.from_list(resume["vocabulary"]), resume=resume)
+        if t.finetune_from:
+            if vocabulary is not None:
+                raise ValueError("a vocabulary given to the Trainer and train.finetune_from disagree on the word "
+                                 f"table: the run would take {t.finetune_from}'s; drop one of them")
+            start = ckpt.load(repository_file(t.finetune_from))
+            # The word table's rows follow the checkpoint's vocabulary.
+            return cls(Vocabulary.from_list(start["vocabulary"]), finetune=start)
+        return cls(load_vocabulary(experiment) if vocabulary is None else vocabulary)
+
+
 class Trainer:
     """One training run; ``train(experiment)`` is the public entry point.
 
@@ -183,62 +205,55 @@ class Trainer:
         self.context = context
         self.device = context.device
         self.run_dir = experiment.run_dir
-        t = experiment.train
-        resume = ckpt.load(t.resume) if t.resume else None
-        # A resumed run restores every weight itself; the params' start checkpoint only starts new runs.
-        start = ckpt.load(repository_file(t.finetune_from)) if t.finetune_from and resume is None else None
-        if start is not None and vocabulary is not None:
-            raise ValueError("a vocabulary given to the Trainer and train.finetune_from disagree on the word "
-                             f"table: the run would take {t.finetune_from}'s; drop one of them")
-        if resume is not None:
-            self._check_same_model(resume, t.resume)
-            self.vocabulary = Vocabulary.from_list(resume["vocabulary"])
-        elif start is not None:  # the word table's rows follow the checkpoint's vocabulary
-            self.vocabulary = Vocabulary.from_list(start["vocabulary"])
-        else:
-            self.vocabulary = load_vocabulary(experiment) if vocabulary is None else vocabulary
-        seed_everything(t.seed)
-        model = build_model(experiment.model, self.vocabulary)
-        if start is not None:
-            note = load_finetune_start(model, experiment.model, start, t.finetune_from)
-            if context.is_main:
-                print(note)
-        if context.world_size > 1 and t.sync_batchnorm and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model: SeqTR = model.to(self.device)
-        if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = ModelEMA(self.model, t.ema_decay) if t.ema else None
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        # The fused kernel updates every tensor in one call; torch's default on a CPU is a Python loop over
-        # the tensors, a tenth of a small model's step there. Same update rule.
-        self.optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=t.betas, eps=t.eps, amsgrad=t.amsgrad,
-                                          weight_decay=t.weight_decay, fused=self.device.type in ("cpu", "cuda"))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda e: lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_factor))
-        self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" and self.device.type == "cuda" else None
-        self.forward_model: nn.Module = self.model
-        if context.world_size > 1:
-            self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if t.compile:
-            self.forward_model = torch.compile(self.forward_model)
+        start = RunStart.read(experiment, vocabulary)
+        self.vocabulary = start.vocabulary
+        seed_everything(experiment.train.seed)
+        self.model = self._build_model(start)
+        self.ema, self.optimizer, self.scheduler, self.scaler = self._build_optimisation()
+        self.forward_model = self._forward_wrapper()
         self.state = RunState()
-        if resume is not None:
-            self._restore(resume)
+        if start.resume is not None:
+            self._restore(start.resume)
         elif context.is_main:
             # A new run starts a new log; a resumed one appends to its own.
             (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         self.train_set: ReferDataset | None = None
         self.val_split = "val" if "val" in DATASETS[experiment.data.dataset].splits else None
 
-    def _check_same_model(self, payload: dict[str, Any], path: str) -> None:
-        saved = payload["config"]["model"]
-        current = experiment_to_dict(self.experiment)["model"]
-        differences = ckpt.config_differences(saved, current)
-        if differences:
-            raise ValueError(f"checkpoint {path} was trained with a different model config; differing keys "
-                             f"(checkpoint -> params): {'; '.join(differences)}")
+    def _build_model(self, start: RunStart) -> SeqTR:
+        """The params' model, with the fine-tuning start's weights, on the device in its memory format."""
+        t = self.experiment.train
+        model = build_model(self.experiment.model, self.vocabulary, scene_classes(self.experiment))
+        if start.finetune is not None:
+            note = load_finetune_start(model, self.experiment.model, start.finetune, t.finetune_from)
+            if self.context.is_main:
+                print(note)
+        if self.context.world_size > 1 and t.sync_batchnorm and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if t.channels_last else model
+
+    def _build_optimisation(self) -> tuple[ModelEMA | None, torch.optim.Optimizer, Any, Any]:
+        """The recipe's EMA, Adam, warm-up and step schedule, and (fp16 on CUDA) the gradient scaler."""
+        t = self.experiment.train
+        ema = ModelEMA(self.model, t.ema_decay) if t.ema else None
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        # The fused kernel updates every tensor in one call; torch's default on a CPU is a Python loop over
+        # the tensors, a tenth of a small model's step there. Same update rule.
+        optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=t.betas, eps=t.eps, amsgrad=t.amsgrad,
+                                     weight_decay=t.weight_decay, fused=self.device.type in ("cpu", "cuda"))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_factor))
+        scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" and self.device.type == "cuda" else None
+        return ema, optimizer, scheduler, scaler
+
+    def _forward_wrapper(self) -> nn.Module:
+        """What the training step calls: the model, under DDP with several processes, compiled if asked."""
+        forward_model: nn.Module = self.model
+        if self.context.world_size > 1:
+            forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(forward_model) if self.experiment.train.compile else forward_model
 
     def _restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
@@ -346,10 +361,9 @@ class Trainer:
         t = self.experiment.train
         batch = move_batch(batch, self.device, t.channels_last)
         with autocast(self.device, t.amp):
-            outputs = self.forward_model(**_model_inputs(batch, self.model))
+            outputs = self.forward_model(**self._forward_inputs(batch))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
-        m = self.experiment.model
-        losses = sequence_loss(outputs, batch, self.model.layout, m.target_cell_loss, m.scene_loss, m.attribute_prior)
+        losses = self._losses(outputs, batch)
         loss = losses["loss"]
         if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
             raise NonFiniteLossError(
@@ -373,6 +387,27 @@ class Trainer:
             self.ema.update(self.state.step)
         self.state.step += 1
         return losses
+
+    def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The model's forward arguments from a batch: the teacher tokens (with ``input_token_noise``, a
+        departure, that share of them randomised as inputs; the targets stay the batch's) and the entries the
+        training aids read."""
+        layout, noise = self.model.layout, self.experiment.model.input_token_noise
+        inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
+        for part in layout.parts:
+            tokens = batch[f"{part}_tokens"]
+            inputs[f"{part}_tokens"] = noisy_coordinates(tokens, noise, layout.num_bin) if noise > 0 else tokens
+        if self.model.aids is not None:
+            inputs["aid_inputs"] = {key: batch[key] for key in self.model.aids.forward_keys}
+        return inputs
+
+    def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The paper's sequence loss plus the training aids' terms: ``loss`` and each part."""
+        parts = sequence_loss(outputs, batch, self.model.layout)
+        del parts["loss"]
+        if self.model.aids is not None:
+            parts.update(self.model.aids.losses(outputs, batch))
+        return {**parts, "loss": sum(parts.values())}  # type: ignore[dict-item]
 
     def run(self, after_epoch: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Train the remaining epochs; ``after_epoch(record)`` sees each epoch's log record and may

@@ -25,7 +25,7 @@ from seqtr_lib.codec import SequenceCodec
 from seqtr_lib.config import DECODING_KEYS, TASK_PARTS, Experiment, experiment_from_dict
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
-from seqtr_lib.data.refer import build_dataset
+from seqtr_lib.data.refer import build_dataset, scene_classes
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
@@ -204,7 +204,7 @@ def _load_models(path: str | Path, device: torch.device | str
     models = {}
     for name, key in (("raw", "model"), ("ema", "ema")):
         if key in payload:
-            model = build_model(without_weight_files(experiment.model), vocabulary)
+            model = build_model(without_weight_files(experiment.model), vocabulary, scene_classes(experiment))
             model.load_state_dict(payload[key])
             models[name] = model.to(device).eval()
     return payload, experiment, vocabulary, models

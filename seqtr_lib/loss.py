@@ -1,4 +1,5 @@
-"""Label-smoothed cross-entropy over coordinate-token sequences, with SeqTR's per-token weights."""
+"""Label-smoothed cross-entropy over coordinate-token sequences, with SeqTR's per-token weights; and the two
+classification losses the training aids (`seqtr_lib.model.aids`) and the backbone's pre-training use."""
 
 from __future__ import annotations
 
@@ -50,29 +51,16 @@ def scene_loss(scene_logits: torch.Tensor, scene_labels: torch.Tensor, class_cou
                         for k, part in enumerate(logits)]).mean()
 
 
-def sequence_loss(
-    outputs: dict[str, torch.Tensor],
-    tokens: Mapping[str, torch.Tensor],
-    layout: TokenLayout,
-    target_cell_weight: float = 0.0,
-    scene_weight: float = 0.0,
-    word_weight: float = 0.0,
-) -> dict[str, torch.Tensor]:
-    """Loss of a teacher-forced forward pass (`SeqTR.forward` output).
+def sequence_loss(outputs: Mapping[str, torch.Tensor], tokens: Mapping[str, torch.Tensor],
+                  layout: TokenLayout) -> dict[str, torch.Tensor]:
+    """The paper's loss of a teacher-forced forward pass (`SeqTR.forward` output).
 
     outputs: ``<part>_logits`` for every part of ``layout`` (``box_logits`` (B, 5, V), ``mask_logits``
     (B, 2N + 1, V)); tokens: ``<part>_tokens`` for the same parts (a batch from the loader will do), whose
     targets and weights ``layout.targets`` makes. Returns ``loss`` and ``loss_<part>`` per part. Each part
     is averaged over its own tokens, and multi-task training sums them. (The released multi-task code
     averages one loss over the joint sequence, without the mask EOS weight, and then never backpropagates it.)
-
-    ``target_cell_weight`` > 0 (a departure, off in the paper) adds ``loss_cell``: that weight times
-    `target_cell_loss` of the outputs' ``cell_logits`` and ``target_cells``. ``scene_weight`` > 0 (a
-    departure for the synthetic set) adds ``loss_scene``: that weight times `scene_loss` of the outputs'
-    ``scene_logits`` and the tokens' ``scene_labels``, with the classes of
-    `seqtr_lib.data.synthetic.SCENE_ATTRIBUTES`. ``word_weight`` > 0 (model.attribute_prior) adds
-    ``loss_words``: that weight times the mean cross-entropy of the outputs' ``word_logits`` (colours + 1,
-    then kinds + 1 classes) against the tokens' ``named_attributes``.
+    The training aids add their own terms (`seqtr_lib.model.aids.TrainingAids.losses`).
     """
     losses: dict[str, torch.Tensor] = {}
     for part in layout.parts:
@@ -83,27 +71,5 @@ def sequence_loss(
                              f"{part}_tokens")
         losses[f"loss_{part}"] = label_smooth_cross_entropy(outputs[f"{part}_logits"],
                                                             *layout.targets(part, tokens[f"{part}_tokens"]))
-    if target_cell_weight > 0:
-        if "cell_logits" not in outputs or "target_cells" not in outputs:
-            raise ValueError("target_cell_weight > 0 needs outputs from a model with a cell scorer, called with "
-                             "target_box (keys 'cell_logits' and 'target_cells')")
-        losses["loss_cell"] = target_cell_weight * target_cell_loss(outputs["cell_logits"], outputs["target_cells"])
-    if scene_weight > 0:
-        if "scene_logits" not in outputs or tokens.get("scene_labels") is None:
-            raise ValueError("scene_weight > 0 needs scene_logits (a model with a scene head, called with the "
-                             "batch's scene_centres) and the batch's scene_labels")
-        from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
-
-        counts = tuple(len(classes) for classes in SCENE_ATTRIBUTES.values())
-        losses["loss_scene"] = scene_weight * scene_loss(outputs["scene_logits"], tokens["scene_labels"], counts)
-    if word_weight > 0:
-        if "word_logits" not in outputs or tokens.get("named_attributes") is None:
-            raise ValueError("word_weight > 0 needs word_logits (a model with the attribute prior) and the batch's "
-                             "named_attributes")
-        from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
-
-        counts = (len(SCENE_ATTRIBUTES["color"]) + 1, len(SCENE_ATTRIBUTES["kind"]) + 1)
-        losses["loss_words"] = word_weight * scene_loss(outputs["word_logits"][:, None], tokens["named_attributes"][:, None],
-                                                        counts)
     losses["loss"] = sum(losses.values())  # type: ignore[assignment]
     return losses

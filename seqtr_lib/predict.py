@@ -26,7 +26,8 @@ from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
 from seqtr_lib.evaluation import load_trained
 from seqtr_lib.images import MAX_IMAGE_PIXELS, to_rgb_uint8
 from seqtr_lib.model.seqtr import SeqTR
-from seqtr_lib.sequence import rle_to_mask
+from seqtr_lib.metrics import box_iou, mask_ious
+from seqtr_lib.sequence import mask_to_rle, rle_to_mask
 from seqtr_lib.text import Vocabulary
 
 
@@ -73,6 +74,51 @@ class Prediction:
     # With return_attention, per emitted coordinate token (K: 4 for a box, the tokens before EOS for a mask):
     attention: np.ndarray | None = None  # (K, H, W) over the original pixels, mean over layers and heads
     attention_grid: np.ndarray | None = None  # (L, nh, K, h, w) every layer and head, on the memory grid
+
+    @property
+    def outlines(self) -> bool:
+        """True when the points trace a closed contour (a mask), False for a box's two corners."""
+        return self.polygon is not None
+
+    @property
+    def points(self) -> np.ndarray:
+        """The emitted points (K, 2) in emission order: the box's corners (x1, y1), (x2, y2), or the contour."""
+        return self.polygon if self.polygon is not None else np.asarray(self.box, dtype=float).reshape(2, 2)
+
+    @property
+    def outline(self) -> np.ndarray | None:
+        """The contour as one flat polygon [x1, y1, x2, y2, ...] when it has an area (3 points or more)."""
+        return self.polygon.reshape(-1) if self.polygon is not None and len(self.polygon) > 2 else None
+
+    def point_scores(self) -> np.ndarray:
+        """Each point's confidence (K,): the mean probability of its x and y tokens."""
+        return np.asarray(self.scores, dtype=float)[: 2 * len(self.points)].reshape(-1, 2).mean(axis=1)
+
+    def description(self) -> str:
+        """One line of plain numbers: the box, or the contour's points and pixels; and the latency."""
+        if self.outlines:
+            where = f"mask from {len(self.polygon)} points, {int(self.mask.sum())} pixels"
+        else:
+            where = "box (x1, y1, x2, y2) " + ", ".join(f"{v:.0f}" for v in self.box)
+        return f"{where}; {self.seconds * 1000:.0f} ms"
+
+    def attention_panels(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(label, attention map (H, W), the point it produced) per token of a box (x1, y1, x2, y2: the point is
+        the corner the token belongs to), per point of a contour (its x and y tokens' maps averaged)."""
+        if self.attention is None:
+            raise ValueError("this prediction has no attention maps: call Grounder.predict(..., return_attention=True)")
+        points = self.points
+        if not self.outlines:
+            return [(name, self.attention[i], points[i // 2]) for i, name in enumerate(("x1", "y1", "x2", "y2"))]
+        return [(f"point {i + 1}", self.attention[2 * i: 2 * i + 2].mean(axis=0), points[i]) for i in range(len(points))]
+
+    def iou(self, box: np.ndarray, mask: np.ndarray | None) -> float:
+        """IoU with a ground truth: masks for a contour (``mask`` (H, W) required), boxes (x1, y1, x2, y2) else."""
+        if not self.outlines:
+            return float(box_iou(self.box[None], np.asarray(box)[None])[0])
+        if mask is None:
+            raise ValueError("no ground-truth mask to compare a mask prediction with")
+        return float(mask_ious([mask_to_rle(self.mask)], [mask_to_rle(mask)])[0][0])
 
 
 class Grounder:

@@ -33,7 +33,7 @@ from seqtr_lib.engine import seed_everything
 from seqtr_lib.evaluation import move_batch
 from seqtr_lib.loss import scene_loss
 from seqtr_lib.model.darknet import ConvBNLeaky, DarkNet53, save_darknet_weights
-from seqtr_lib.model.seqtr import cell_index
+from seqtr_lib.model.aids import cell_index
 from seqtr_lib.reports import cpu_model
 
 CLASS_COUNTS = tuple(len(classes) for classes in SCENE_ATTRIBUTES.values())

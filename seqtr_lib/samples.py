@@ -20,7 +20,6 @@ from seqtr_lib.config import DataConfig, Experiment
 from seqtr_lib.data.refer import ReferDataset, build_dataset, decode_mask, ground_truth_box
 from seqtr_lib.data.transforms import pad_shape_for
 from seqtr_lib.images import read_image
-from seqtr_lib.metrics import box_iou, mask_ious
 from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
 from seqtr_lib.viz import draw_comparison, grid_figure
 
@@ -106,13 +105,9 @@ def target_sequence(experiment: Experiment, sample: Sample) -> tuple[np.ndarray,
 
 def prediction_iou(sample: Sample, prediction: Any) -> float:
     """IoU of a `predict.Prediction` with the sample's annotation: boxes for a box, masks for a mask."""
-    if prediction.task == "box":
-        return float(box_iou(prediction.box[None], sample.box[None])[0])
-    if sample.mask is None:
+    if prediction.outlines and sample.mask is None:
         raise ValueError(f"annotation {sample.annotation.get('image_id')} has no mask to compare a mask with")
-    from seqtr_lib.sequence import mask_to_rle
-
-    return float(mask_ious([mask_to_rle(prediction.mask)], [mask_to_rle(sample.mask)])[0][0])
+    return prediction.iou(sample.box, sample.mask)
 
 
 def attention_examples(experiment: Experiment, grounder: Any, split: str = "val",

@@ -68,12 +68,11 @@ def draw_points(ax: Axes, points: np.ndarray, scores: Sequence[float] | None = N
 def draw_prediction(ax: Axes, image: np.ndarray, prediction, expression: str | None = None) -> Axes:
     """Draw a ``predict.Prediction``: its box, or its polygon with numbered points and filled mask."""
     title = f"{expression}  ({prediction.seconds * 1000:.0f} ms)" if expression else None
-    if prediction.task == "box":
+    if not prediction.outlines:
         return draw_sample(ax, image, box=prediction.box, expression=title, color="#ff3366")
-    polygons = [prediction.polygon.reshape(-1)] if len(prediction.polygon) > 2 else []
-    draw_sample(ax, image, polygons=polygons, expression=title, color="#ff3366")
-    pair_scores = prediction.scores[: 2 * len(prediction.polygon)].reshape(-1, 2).mean(axis=1)
-    return draw_points(ax, prediction.polygon, pair_scores)
+    outline = prediction.outline
+    draw_sample(ax, image, polygons=[] if outline is None else [outline], expression=title, color="#ff3366")
+    return draw_points(ax, prediction.points, prediction.point_scores())
 
 
 def new_figure(width: float = 6.0, height: float = 6.0) -> tuple[Figure, Axes]:
@@ -252,12 +251,10 @@ def sequence_view(image: np.ndarray, gt_points: np.ndarray, expression: str, tas
         _zoom(axes[0], np.asarray(gt_points, dtype=float), margin=0.3 * float(np.ptp(gt_points, axis=0).max()) + 8,
               shape=image.shape)
     if prediction is not None:
-        points = prediction.box.reshape(2, 2) if prediction.task == "box" else prediction.polygon
-        pair_scores = np.asarray(prediction.scores, dtype=float)[: 2 * len(points)].reshape(-1, 2).mean(axis=1)
-        polygons = [points.reshape(-1)] if prediction.task != "box" and len(points) > 2 else None
-        draw_sample(axes[1], image, box=prediction.box, polygons=polygons, color=PRED_COLOR,
-                    expression=f"predicted ({prediction.seconds * 1000:.0f} ms)")
-        draw_points(axes[1], points, pair_scores, color=PRED_COLOR, close=prediction.task != "box")
+        outline = prediction.outline
+        draw_sample(axes[1], image, box=prediction.box, polygons=None if outline is None else [outline],
+                    color=PRED_COLOR, expression=f"predicted ({prediction.seconds * 1000:.0f} ms)")
+        draw_points(axes[1], prediction.points, prediction.point_scores(), color=PRED_COLOR, close=prediction.outlines)
         draw_token_scores(axes[2], prediction.tokens, prediction.scores, eos)
     return figure
 
@@ -331,9 +328,6 @@ def shuffle_figure(image: np.ndarray, vertices: np.ndarray, shuffled: np.ndarray
 # Where the decoder looked: per-token cross-attention (the paper's Figure 5).
 # ---------------------------------------------------------------------------------------------------
 
-BOX_TOKEN_NAMES = ("x1", "y1", "x2", "y2")
-
-
 def draw_attention_overlay(ax: Axes, image: np.ndarray, attention: np.ndarray, title: str | None = None,
                            point: Sequence[float] | None = None) -> Axes:
     """The image with an attention map (H, W) over it as a heat map, and optionally the point it produced."""
@@ -349,29 +343,13 @@ def draw_attention_overlay(ax: Axes, image: np.ndarray, attention: np.ndarray, t
     return ax
 
 
-def attention_panels(prediction) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-    """(label, map (H, W), the point it produced) per panel of `attention_figure`.
-
-    A box gives one panel per token (x1, y1, x2, y2; the point is the corner the token belongs to); a
-    mask one per contour point, its x and y tokens' maps averaged.
-    """
-    attention = prediction.attention
-    if attention is None:
-        raise ValueError("this prediction has no attention maps: call Grounder.predict(..., return_attention=True)")
-    if prediction.task == "box":
-        corners = np.asarray(prediction.box, dtype=float).reshape(2, 2)
-        return [(name, attention[i], corners[i // 2]) for i, name in enumerate(BOX_TOKEN_NAMES)]
-    points = np.asarray(prediction.polygon, dtype=float).reshape(-1, 2)
-    return [(f"point {i + 1}", attention[2 * i : 2 * i + 2].mean(axis=0), points[i]) for i in range(len(points))]
-
-
 def attention_figure(image: np.ndarray, prediction, expression: str, columns: int = 6, cell: float = 2.2) -> Figure:
     """The prediction with its numbered points, then where the decoder looked for each token or point.
 
     Each panel is the cross-attention of the query that emitted the token, averaged over decoder layers
     and heads, over the original image (``prediction`` from ``Grounder.predict(..., return_attention=True)``).
     """
-    panels = attention_panels(prediction)
+    panels = prediction.attention_panels()
     figure, axes = grid_figure(len(panels) + 1, columns=columns, cell=cell)
     draw_prediction(axes[0], image, prediction)
     axes[0].set_title(textwrap.shorten(expression, 40), fontsize=8)

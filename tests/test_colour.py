@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from seqtr_lib.config import ConfigError, ModelConfig, load_params
-from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, named_attributes
+from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, named_attributes, scene_class_counts
 from seqtr_lib.loss import sequence_loss
 from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 from seqtr_lib.model.seqtr import build_model
@@ -60,7 +60,7 @@ def test_a_pixel_changes_only_its_own_cell_and_padding_carries_no_colour():
 def _model(**departures):
     torch.manual_seed(0)
     return build_model(ModelConfig(task="box", **{**MODEL, "memory_stride": 16, **departures}),
-                       Vocabulary.build(EXPRESSIONS))
+                       Vocabulary.build(EXPRESSIONS), scene_class_counts() if departures.get("scene_loss") else None)
 
 
 def test_with_the_pathway_the_backbone_sees_only_grey_and_colour_still_reaches_the_memory():
@@ -82,9 +82,9 @@ def test_the_pathway_learns_with_the_model():
     model = _model(colour_pathway=8)
     inputs = fixed_inputs("box")
     sequence_loss(model(**inputs), inputs, model.layout)["loss"].backward()
-    assert model.colour_pathway.pixel.weight.grad.abs().sum() > 0
-    assert model.colour_pathway.project.weight.grad.abs().sum() > 0
-    assert _model().colour_pathway is None
+    assert model.aids.colour_pathway.pixel.weight.grad.abs().sum() > 0
+    assert model.aids.colour_pathway.project.weight.grad.abs().sum() > 0
+    assert _model().aids is None
 
 
 def test_negative_colour_pathway_is_refused():
@@ -94,8 +94,9 @@ def test_negative_colour_pathway_is_refused():
 
 def test_scene_classifiers_read_colour_from_the_pathway_and_kind_from_the_grey_map():
     model = _model(colour_pathway=8, scene_loss=1.0).eval()
+    aids = model.aids
     counts = [len(classes) for classes in SCENE_ATTRIBUTES.values()]
-    assert model.colour_head.out_features == counts[0] and model.scene_head.out_features == counts[1] + counts[2]
+    assert aids.colour_head.out_features == counts[0] and aids.scene_head.out_features == counts[1] + counts[2]
     inputs = fixed_inputs("box")
     images = inputs["images"]
     recoloured = images[:, [2, 1, 0]].clone()  # the same luma, other colours (as above)
@@ -103,9 +104,9 @@ def test_scene_classifiers_read_colour_from_the_pathway_and_kind_from_the_grey_m
     centres = torch.tensor([[[40.0, 20.0]], [[16.0, 47.9]]])  # cells (1, 2) and (2, 1) of the 16-px grid
     logits = []
     for x in (images, recoloured):
-        _, maps, _ = model._encode(x, inputs["pad_mask"], inputs["expression_ids"])
-        logits.append(model.scene_logits(maps, centres))
-        expected_colour = model.colour_head(maps.colours[0, :, 1, 2])
+        notes = model.encode(x, inputs["pad_mask"], inputs["expression_ids"]).notes
+        logits.append(aids.scene_logits(notes, centres))
+        expected_colour = aids.colour_head(notes.colours[0, :, 1, 2])
         torch.testing.assert_close(logits[-1][0, 0, :counts[0]], expected_colour)
     torch.testing.assert_close(logits[0][..., counts[0]:], logits[1][..., counts[0]:], atol=1e-3, rtol=1e-5)
     assert (logits[0][..., :counts[0]] - logits[1][..., :counts[0]]).abs().max() > 1e-3
@@ -148,22 +149,25 @@ def test_the_prior_adds_to_the_cell_scores_and_trains_only_the_word_head_through
     model = _prior_model()
     inputs = fixed_inputs("box")
     target_box = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
-    outputs = model(**inputs, target_box=target_box, scene_centres=torch.tensor([[[5.0, 5.0]], [[30.0, 30.0]]]))
-    memory, maps, word_logits = model._encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    outputs = model(**inputs, aid_inputs={"target_box": target_box,
+                                          "scene_centres": torch.tensor([[[5.0, 5.0]], [[30.0, 30.0]]])})
+    aids = model.aids
+    memory = model.encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
+    word_logits = memory.notes.word_logits
     counts = (len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"]))
-    prior = attribute_match(word_logits, model._scene_cells(maps), counts)
-    base = model.cell_scorer(memory.features)[..., 0].masked_fill(memory.padding, -math.inf)
+    prior = attribute_match(word_logits, aids.scene_cells(memory.notes), counts)
+    base = aids.cell_scorer(memory.features)[..., 0].masked_fill(memory.padding, -math.inf)
     torch.testing.assert_close(outputs["cell_logits"], base + prior)
     assert word_logits.shape == (2, counts[0] + 1 + counts[1] + 1)
     named = torch.tensor([[0, counts[1]], [counts[0], 2]])
     tokens = {**inputs, "scene_labels": torch.tensor([[[0, 1, 2]], [[5, 2, 0]]]), "named_attributes": named}
-    losses = sequence_loss(outputs, tokens, model.layout, 1.0, 1.0, word_weight=0.5)
+    losses = aids.losses(outputs, tokens)  # the prior's weight: 0.5
     colour_loss = torch.nn.functional.cross_entropy(outputs["word_logits"][:, :counts[0] + 1], named[:, 0])
     kind_loss = torch.nn.functional.cross_entropy(outputs["word_logits"][:, counts[0] + 1:], named[:, 1])
-    assert float(losses["loss_words"].detach()) == pytest.approx(0.5 * float(colour_loss + kind_loss) / 2, rel=1e-5)
+    assert float(losses["loss_words"].detach()) == pytest.approx(0.5 * float((colour_loss + kind_loss).detach()) / 2, rel=1e-5)
     losses["loss_cell"].backward()  # the prior is detached: the cell loss leaves the classifiers alone
-    assert model.word_head.weight.grad is None and model.colour_head.weight.grad is None
-    assert model.cell_scorer.weight.grad.abs().sum() > 0
+    assert aids.word_head.weight.grad is None and aids.colour_head.weight.grad is None
+    assert aids.cell_scorer.weight.grad.abs().sum() > 0
     model.eval()
     assert model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])["box_tokens"].shape == (2, 4)
 

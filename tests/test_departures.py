@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
-from seqtr_lib.codec import TokenLayout
+from seqtr_lib.codec import TokenLayout, noisy_coordinates
 from seqtr_lib.config import ConfigError, ModelConfig, experiment_from_dict, load_params
 from seqtr_lib.data.loader import _padded_scenes
-from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, scene_targets
+from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, scene_class_counts, scene_targets
 from seqtr_lib.loss import scene_loss, sequence_loss, target_cell_loss
-from seqtr_lib.model.seqtr import build_model, target_cells
+from seqtr_lib.model.aids import TrainingAids, target_cells
+from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.text import Vocabulary
 from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
 
@@ -30,7 +31,8 @@ DEPARTURES_OFF = {"memory_stride": 32, "target_cell_loss": 0.0, "query_selection
 
 def _model(task: str = "box", **departures):
     torch.manual_seed(0)
-    return build_model(ModelConfig(task=task, **{**MODEL, **departures}), Vocabulary.build(EXPRESSIONS))
+    classes = scene_class_counts() if departures.get("scene_loss") else None
+    return build_model(ModelConfig(task=task, **{**MODEL, **departures}), Vocabulary.build(EXPRESSIONS), classes)
 
 
 @pytest.mark.parametrize("task", ["box", "mask", "multi"])
@@ -66,21 +68,24 @@ def test_paper_params_keep_every_departure_off(params):
 
 
 def test_input_token_noise_replaces_its_share_of_coordinate_inputs_and_never_eos():
-    model = _model("mask", input_token_noise=0.3)
     num_bin = MODEL["num_bin"]
-    tokens = torch.randint(0, num_bin, (256, model.layout.length("mask")))
+    tokens = torch.randint(0, num_bin, (256, 12))
     tokens[:, -4:] = num_bin  # an EOS tail: missing contour points
-    clean = model.token_embedding(tokens)
     torch.manual_seed(1)
-    noisy = model._teacher_inputs(tokens)
-    changed = (noisy != clean).any(dim=-1)
+    noisy = noisy_coordinates(tokens, 0.3, num_bin)
+    changed = noisy != tokens
     assert not changed[:, -4:].any()
     # 2,048 coordinate inputs, 30 % drawn again (1 in num_bin draws its own token): 5 standard deviations
     assert 0.25 < float(changed[:, :-4].float().mean()) < 0.35
-    coordinates = model.token_embedding.weight[:num_bin]
-    assert all(bool((row == coordinates).all(dim=-1).any()) for row in noisy[changed])
-    model.eval()
-    assert torch.equal(model._teacher_inputs(tokens), clean)
+    assert int(noisy[:, :-4].min()) >= 0 and int(noisy[:, :-4].max()) < num_bin
+
+
+def test_the_paper_model_has_no_training_aids_and_the_training_step_noises_inputs_only():
+    assert _model("mask").aids is None
+    # The noise is a data step: the model's forward is the same function with or without it.
+    inputs = fixed_inputs("mask")
+    torch.testing.assert_close(_model("mask", input_token_noise=0.4)(**inputs)["mask_logits"],
+                               _model("mask")(**inputs)["mask_logits"], rtol=0, atol=0)
 
 
 def test_input_token_noise_must_be_a_share():
@@ -111,17 +116,16 @@ def test_target_cell_loss_matches_hand_computed_cross_entropy():
     assert float(target_cell_loss(logits, targets)) == pytest.approx((first + second) / 2, abs=1e-6)
 
 
-def test_sequence_loss_adds_the_weighted_cell_loss():
-    box_logits = torch.zeros(1, 5, 9)
-    outputs = {"box_logits": box_logits, "cell_logits": torch.tensor([[0.0, math.log(3.0)]]),
+def test_the_aids_weight_their_cell_loss_and_the_sequence_loss_stays_the_papers():
+    aids = TrainingAids(8, 8, 16, target_cell_loss=0.5)
+    outputs = {"box_logits": torch.zeros(1, 5, 9), "cell_logits": torch.tensor([[0.0, math.log(3.0)]]),
                "target_cells": torch.tensor([1])}
-    tokens = torch.tensor([[1, 2, 3, 4]])
-    losses = sequence_loss(outputs, {"box_tokens": tokens}, TokenLayout("box", 8, 4), target_cell_weight=0.5)
     # softmax([0, log 3]) = [1/4, 3/4]: the cell loss is -log(3/4), weighted by 0.5.
-    assert float(losses["loss_cell"]) == pytest.approx(0.5 * -math.log(0.75), abs=1e-6)
-    assert float(losses["loss"]) == pytest.approx(float(losses["loss_box"] + losses["loss_cell"]), abs=1e-6)
-    with pytest.raises(ValueError, match="cell scorer"):
-        sequence_loss({"box_logits": box_logits}, {"box_tokens": tokens}, TokenLayout("box", 8, 4), target_cell_weight=1.0)
+    assert float(aids.losses(outputs, {})["loss_cell"]) == pytest.approx(0.5 * -math.log(0.75), abs=1e-6)
+    paper = sequence_loss(outputs, {"box_tokens": torch.tensor([[1, 2, 3, 4]])}, TokenLayout("box", 8, 4))
+    assert set(paper) == {"loss", "loss_box"}
+    with pytest.raises(ValueError, match="target_box"):
+        aids.losses({"box_logits": outputs["box_logits"]}, {})
 
 
 def test_stride16_memory_has_four_times_the_cells():
@@ -153,12 +157,12 @@ def test_query_selection_first_input_is_the_projected_cell_memory_plus_position(
     memory = model.encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
     cells = torch.tensor([5, 13])
     expected = torch.stack([
-        model.query_projection(memory.features[b, cells[b]] + memory.position[b, cells[b]]) for b in range(2)
+        model.aids.query_projection(memory.features[b, cells[b]] + memory.position[b, cells[b]]) for b in range(2)
     ])[:, None]
-    torch.testing.assert_close(model._start(memory, cells), expected)
-    best = torch.stack([model.cell_scorer(memory.features[b]).squeeze(-1).masked_fill(memory.padding[b], -math.inf)
+    torch.testing.assert_close(model.start(memory, {"target_cells": cells}), expected)
+    best = torch.stack([model.aids.cell_scorer(memory.features[b]).squeeze(-1).masked_fill(memory.padding[b], -math.inf)
                         .argmax() for b in range(2)])
-    torch.testing.assert_close(model._start(memory), model._start(memory, best))
+    torch.testing.assert_close(model.start(memory), model.start(memory, {"target_cells": best}))
 
 
 def test_teacher_forcing_selects_the_true_cell_and_generation_the_best_scoring_one(monkeypatch):
@@ -166,21 +170,22 @@ def test_teacher_forcing_selects_the_true_cell_and_generation_the_best_scoring_o
     inputs = fixed_inputs("box")
     # Centres (24, 24) and (56, 24): cells 7 and 9 of the 4 x 6 stride-16 grid.
     target_box = torch.tensor([[20.0, 20.0, 28.0, 28.0], [52.0, 20.0, 60.0, 28.0]])
-    outputs = model(**inputs, target_box=target_box)
+    outputs = model(**inputs, aid_inputs={"target_box": target_box})
     assert outputs["target_cells"].tolist() == [7, 9]
     assert outputs["cell_logits"].shape == (2, 24) and torch.isinf(outputs["cell_logits"][1, 4::6]).all()
     # Teacher-forced logits do not depend on the scores: the true cell is selected.
     with torch.no_grad():
-        model.cell_scorer.bias.add_(5.0)
-        model.cell_scorer.weight.mul_(-3.0)
-    torch.testing.assert_close(model(**inputs, target_box=target_box)["box_logits"], outputs["box_logits"])
+        model.aids.cell_scorer.bias.add_(5.0)
+        model.aids.cell_scorer.weight.mul_(-3.0)
+    torch.testing.assert_close(model(**inputs, aid_inputs={"target_box": target_box})["box_logits"],
+                               outputs["box_logits"])
     # Generation selects the best-scoring cell: make those cells 7 and 9, and the first emitted token is the
     # most likely coordinate of the teacher-forced first position.
     model.eval()
-    forced_first = model(**inputs, target_box=target_box)["box_logits"][:, 0, :-1].softmax(-1)
+    forced_first = model(**inputs, aid_inputs={"target_box": target_box})["box_logits"][:, 0, :-1].softmax(-1)
     best = torch.full((2, 24), -1.0)
     best[0, 7] = best[1, 9] = 1.0
-    monkeypatch.setattr(model, "cell_logits", lambda memory: best)
+    monkeypatch.setattr(model.aids, "cell_logits", lambda memory: best)
     generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
     assert generated["box_tokens"][:, 0].tolist() == forced_first.argmax(-1).tolist()
     torch.testing.assert_close(generated["box_scores"][:, 0], forced_first.max(-1).values)
@@ -190,10 +195,10 @@ def test_teacher_forcing_selects_the_true_cell_and_generation_the_best_scoring_o
 def test_selection_models_train_and_generate_for_every_task(task):
     model = _selection_model(task)
     inputs = fixed_inputs(task)
-    outputs = model(**inputs, target_box=torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]))
-    losses = sequence_loss(outputs, inputs, model.layout, 1.0)
-    losses["loss"].backward()
-    assert model.cell_scorer.weight.grad.abs().sum() > 0 and model.query_projection.weight.grad.abs().sum() > 0
+    outputs = model(**inputs, aid_inputs={"target_box": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])})
+    (sequence_loss(outputs, inputs, model.layout)["loss"] + model.aids.losses(outputs, inputs)["loss_cell"]).backward()
+    aids = model.aids
+    assert aids.cell_scorer.weight.grad.abs().sum() > 0 and aids.query_projection.weight.grad.abs().sum() > 0
     model.eval()
     generated = model.generate(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
     assert generated["mask_tokens"].shape == (2, 12)
@@ -252,27 +257,27 @@ def test_scene_loss_matches_hand_computed_cross_entropy_and_ignores_padding():
 def test_scene_logits_read_the_visual_map_at_each_centre_cell():
     model = _model("box", memory_stride=16, scene_loss=1.0)
     counts = [len(classes) for classes in SCENE_ATTRIBUTES.values()]
-    assert model.scene_head.out_features == sum(counts)
+    aids = model.aids
+    assert aids.scene_head.out_features == sum(counts)
     inputs = fixed_inputs("box")
-    _, maps, _ = model._encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"])
-    visual = maps.visual  # (2, Cy, 4, 6)
+    notes = model.encode(inputs["images"], inputs["pad_mask"], inputs["expression_ids"]).notes
+    visual = notes.visual  # (2, Cy, 4, 6)
     centres = torch.tensor([[[40.0, 20.0], [95.0, 63.0]], [[0.0, 0.0], [16.0, 47.9]]])
     # (x, y) -> cell (row, column) = (floor(y / 16), floor(x / 16)).
     cells = [[(1, 2), (3, 5)], [(0, 0), (2, 1)]]
-    expected = torch.stack([torch.stack([model.scene_head(visual[b, :, r, c]) for r, c in row])
+    expected = torch.stack([torch.stack([aids.scene_head(visual[b, :, r, c]) for r, c in row])
                             for b, row in enumerate(cells)])
-    torch.testing.assert_close(model.scene_logits(maps, centres), expected)
-    outputs = model(**inputs, scene_centres=centres)
+    torch.testing.assert_close(aids.scene_logits(notes, centres), expected)
+    aids.weights["loss_scene"] = 0.5
+    outputs = model(**inputs, aid_inputs={"scene_centres": centres})
     labels = torch.tensor([[[0, 1, 2], [5, 4, 0]], [[1, 1, 1], [-1, -1, -1]]])
-    losses = sequence_loss(outputs, {**inputs, "scene_labels": labels}, model.layout, scene_weight=0.5)
-    values = {key: float(value.detach()) for key, value in losses.items()}
+    losses = aids.losses(outputs, {"scene_labels": labels})
     expected_scene = float(scene_loss(outputs["scene_logits"].detach(), labels, tuple(counts)))
-    assert values["loss_scene"] == pytest.approx(0.5 * expected_scene, abs=1e-6)
-    assert values["loss"] == pytest.approx(values["loss_box"] + values["loss_scene"], abs=1e-5)
-    losses["loss"].backward()
+    assert float(losses["loss_scene"].detach()) == pytest.approx(0.5 * expected_scene, abs=1e-6)
+    losses["loss_scene"].backward()
     assert model.backbone.layers[0].conv.weight.grad.abs().sum() > 0  # the scene loss trains the backbone
     with pytest.raises(ValueError, match="scene_labels"):
-        sequence_loss(outputs, inputs, model.layout, scene_weight=1.0)
+        aids.losses(outputs, inputs)
 
 
 def test_scene_loss_needs_the_synthetic_set():

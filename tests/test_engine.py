@@ -204,7 +204,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny_dat
         losses = real_loss(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
-            losses["loss"] = losses["loss"] * float("nan")
+            losses["loss_box"] = losses["loss_box"] * float("nan")
         return losses
 
     monkeypatch.setattr(engine, "sequence_loss", poisoned)
@@ -429,6 +429,7 @@ def test_a_coarse_box_model_starts_a_finer_mask_model_with_the_same_coordinate_b
 
 def test_the_mask_params_start_from_the_released_box_weights():
     from seqtr_lib.config import REPOSITORY, load_params
+    from seqtr_lib.data.refer import scene_classes
     from seqtr_lib.engine import load_finetune_start
     from seqtr_lib.model.seqtr import build_model
     from seqtr_lib.text import Vocabulary
@@ -437,7 +438,7 @@ def test_the_mask_params_start_from_the_released_box_weights():
     start = ckpt.load(REPOSITORY / experiment.train.finetune_from)
     box_bins = start["config"]["model"]["num_bin"]
     assert (start["config"]["model"]["task"], experiment.model.num_bin) == ("box", 2 * box_bins)
-    model = build_model(experiment.model, Vocabulary.from_list(start["vocabulary"]))
+    model = build_model(experiment.model, Vocabulary.from_list(start["vocabulary"]), scene_classes(experiment))
     note = load_finetune_start(model, experiment.model, start, "weights/synthetic_det.pt")
     assert note == (f"fine-tuning from weights/synthetic_det.pt (a box model); each of its {box_bins} bins split "
                     "into 2; decoder.position.weight initialised afresh (another sequence length)")

@@ -16,7 +16,8 @@ from torchvision.ops import box_iou
 
 from seqtr_lib.config import ModelConfig
 from seqtr_lib.loss import sequence_loss
-from seqtr_lib.model.seqtr import build_model, target_cells
+from seqtr_lib.model.aids import target_cells
+from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.sequence import dequantize, quantize
 from seqtr_lib.text import Vocabulary
 
@@ -63,8 +64,9 @@ def test_tiny_model_with_departures_learns_to_localise_within_a_minute():
         boxes = train["boxes"][index]
         tokens = quantize(boxes, SIZE, SIZE, NUM_BIN)
         outputs = model(train["images"][index].float(), no_padding, train["expression_ids"][index],
-                        box_tokens=tokens, target_box=boxes)
-        loss = sequence_loss(outputs, {"box_tokens": tokens}, model.layout, config.target_cell_loss)["loss"]
+                        box_tokens=tokens, aid_inputs={"target_box": boxes})
+        loss = sequence_loss(outputs, {"box_tokens": tokens}, model.layout)["loss"] + \
+            model.aids.losses(outputs, {})["loss_cell"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -72,7 +74,7 @@ def test_tiny_model_with_departures_learns_to_localise_within_a_minute():
     with torch.no_grad():
         memory = model.encode(held_out["images"].float(), torch.zeros(200, SIZE, SIZE, dtype=torch.bool),
                               held_out["expression_ids"])
-        cells = model.cell_logits(memory).argmax(dim=1)
+        cells = model.aids.cell_logits(memory).argmax(dim=1)
         generated = model.generate_from_memory(memory)["box_tokens"]
     cell_accuracy = float((cells == target_cells(held_out["boxes"], 16, SIZE // 16)).float().mean())
     ious = box_iou(dequantize(generated, SIZE, SIZE, NUM_BIN), held_out["boxes"]).diagonal()

@@ -12,7 +12,8 @@ from seqtr_lib.loss import sequence_loss
 from seqtr_lib.metrics import box_metrics
 from seqtr_lib.model.fusion import MaskedGroupNorm
 from seqtr_lib.model.language import LanguageEncoder
-from seqtr_lib.model.seqtr import build_model, count_parameters, top_p_sample
+from seqtr_lib.model.decoding import top_p_sample
+from seqtr_lib.model.seqtr import build_model, count_parameters
 from seqtr_lib.model.transformer import Decoder, DecoderCache, sine_position_2d
 from seqtr_lib.sequence import dequantize, quantize
 from seqtr_lib.text import PAD_ID, UNK_ID, Vocabulary

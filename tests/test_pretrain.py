@@ -99,6 +99,7 @@ def test_the_released_backbone_fills_the_demo_model_and_freezes_as_the_paper_doe
     from torch import nn
 
     from seqtr_lib.config import REPOSITORY
+    from seqtr_lib.data.refer import scene_classes
     from seqtr_lib.model.seqtr import build_model
     from seqtr_lib.pipeline import DEMO_OVERRIDES
     from seqtr_lib.text import Vocabulary
@@ -107,7 +108,7 @@ def test_the_released_backbone_fills_the_demo_model_and_freezes_as_the_paper_doe
     alone = DarkNet53(0.125)
     assert load_darknet_weights(alone, path) * 4 + 20 == path.stat().st_size  # the whole file, at this width
     experiment = load_params(REPOSITORY / "params" / "synthetic_det.yaml", list(DEMO_OVERRIDES))
-    model = build_model(experiment.model, Vocabulary.build(["the red circle"]))
+    model = build_model(experiment.model, Vocabulary.build(["the red circle"]), scene_classes(experiment))
     loaded = model.backbone.state_dict()
     for name, tensor in alone.state_dict().items():
         torch.testing.assert_close(loaded[name], tensor, msg=name)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from seqtr_lib import samples
 from seqtr_lib.config import load_params
+from seqtr_lib.predict import Prediction
 
 
 def _experiment(data_root, task: str = "box", **data):
@@ -61,11 +61,15 @@ def test_targets_and_prediction_ious_of_a_sample(tiny_data_root):
     assert points.tolist() == sample.box.reshape(2, 2).tolist() and len(tokens) == 4
     points, tokens = samples.target_sequence(mask_experiment, sample)
     assert len(tokens) == 12 and 3 <= len(points) <= 6  # num_ray 6, EOS for missing points
-    assert samples.prediction_iou(sample, SimpleNamespace(task="box", box=sample.box)) == 1.0
+    def prediction(box=None, polygon=None, mask=None):
+        return Prediction("mask" if polygon is not None else "box", box, polygon, mask, np.zeros(4), np.zeros(4), 0.0)
+
+    assert samples.prediction_iou(sample, prediction(box=sample.box)) == 1.0
     left = sample.mask.copy()
     left[:, int(sample.box[0] + sample.box[2]) // 2:] = 0
     expected = left.sum() / sample.mask.sum()
-    assert samples.prediction_iou(sample, SimpleNamespace(task="mask", mask=left)) == pytest.approx(expected)
+    outlined = prediction(box=sample.box, polygon=np.zeros((3, 2)), mask=left)
+    assert samples.prediction_iou(sample, outlined) == pytest.approx(expected)
 
 
 def test_galleries_draw_one_panel_per_object(tiny_data_root):
@@ -86,7 +90,8 @@ def test_attention_examples_are_sorted_best_first(tiny_data_root):
         box = samples.load_sample(experiment, "val", 0).box
 
         def predict(self, image, expression, return_attention=False):
-            return SimpleNamespace(task="box", box=self.box, attention=np.zeros((4, *image.shape[:2])))
+            return Prediction("box", self.box, None, None, np.zeros(4), np.zeros(4), 0.0,
+                              attention=np.zeros((4, *image.shape[:2])))
 
     examples = samples.attention_examples(experiment, Grounder(), "val", count=3)
     assert [sample.box.tolist() for sample, _, _ in examples][0] == Grounder.box.tolist()

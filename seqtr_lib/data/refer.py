@@ -366,6 +366,16 @@ def ground_truth_box(annotation: dict[str, Any], height: int, width: int, rle: d
     return box_corners(mask_utils.toBbox(rle), height, width)
 
 
+def scene_classes(experiment: Experiment) -> dict[str, int] | None:
+    """The class counts of the scene attributes the model classifies (model.scene_loss, a training aid), in
+    their logits' order; None when it classifies none. Only the synthetic set annotates whole scenes."""
+    if experiment.model.scene_loss <= 0:
+        return None
+    from seqtr_lib.data.synthetic import scene_class_counts
+
+    return scene_class_counts()
+
+
 def load_vocabulary(experiment: Experiment) -> Vocabulary:
     """The experiment's vocabulary: ``data.vocabulary`` if set, else built from the annotation file.
 

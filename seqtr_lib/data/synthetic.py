@@ -55,6 +55,11 @@ SPLITS = ("train", "val", "testA", "testB")
 # The classes of model.scene_loss, in its logits' order: each scene object's colour, kind and size class.
 SCENE_ATTRIBUTES: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "kind": KINDS, "size": tuple(SIZES)}
 
+
+def scene_class_counts() -> dict[str, int]:
+    """How many classes each scene attribute has, in the scene classifiers' order (color, kind, size)."""
+    return {field: len(classes) for field, classes in SCENE_ATTRIBUTES.items()}
+
 MAX_EXPRESSIONS = 4          # per object
 MIN_VISIBLE_FRACTION = 0.6   # of an object's own area; below it the object is removed from the scene
 CLEAR_MARGIN = 0.04          # x image side: how clearly a spatial word must hold, or fail, for a distractor

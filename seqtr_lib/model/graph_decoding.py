@@ -1,6 +1,6 @@
 """Greedy decoding with fixed shapes, replayed from CUDA graphs on a GPU.
 
-The cached decoder (`SeqTR.generate_from_memory`) launches a few dozen small kernels per token, and on a
+The cached decoder (`seqtr_lib.model.decoding`) launches a few dozen small kernels per token, and on a
 GPU at small batches those launches, not the arithmetic, set the pace. `GraphDecoder` keeps every
 tensor of a decoding step at a fixed shape and address: a `StaticCache` holds the keys and values of all
 decoder positions, the position itself is a device tensor, and the step (decoder layers, predictor,
@@ -40,7 +40,7 @@ class GraphDecoder:
     @torch.no_grad()
     def generate_from_memory(self, memory: Memory, task: str | None = None) -> dict[str, torch.Tensor]:
         """``{part}_tokens`` int64 (B, length) and ``{part}_scores`` float32, as greedy
-        `SeqTR.generate_from_memory(memory, task)`."""
+        `seqtr_lib.model.decoding.generate_from_memory(model, memory, task)`."""
         model = self.model
         if model.training:
             raise ValueError("GraphDecoder decodes with dropout off: call model.eval() first")
@@ -59,9 +59,9 @@ class GraphDecoder:
         for number, part in enumerate(model.layout.parts_to_generate(task)):
             if number:
                 state.advance()  # the previous part's last token enters the cache, as in the cached decoder
-                state.input.copy_(model._part_start(number, batch))
+                state.input.copy_(model.part_start(number, batch))
             else:
-                state.input.copy_(model._start(memory))
+                state.input.copy_(model.start(memory))
             tokens, scores = state.run(model.layout.length(part), model.layout.stops_at_eos(part))
             results[f"{part}_tokens"], results[f"{part}_scores"] = tokens.clone(), scores.clone()
         return results
