@@ -285,6 +285,27 @@ def _documented_commands() -> list[str]:
     return commands
 
 
+def test_the_documents_links_lead_to_files_and_headings_that_exist():
+    """Relative links and images of the README and its documents: the file exists, and a #fragment names one
+    of its headings (as GitHub spells them)."""
+
+    def slug(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    for document in DOCUMENTS:
+        path = ROOT / document
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, fragment = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.exists(), f"{document}: {target}"
+            if fragment:
+                headings = re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.M)
+                assert fragment in {slug(h) for h in headings}, f"{document}: {target}"
+        assert "../shared" not in path.read_text()
+
+
 def _readme_papermill_commands() -> list[str]:
     """Every papermill command line of the documents' bash blocks."""
     return [c for c in _documented_commands() if "papermill " in c]
