@@ -9,6 +9,7 @@ and machine; the JSON records both.
     python benchmarks/learning_curve.py --variant plain --variant cells_s16 --budget-s 600
     python benchmarks/learning_curve.py --plot-only        # redraw docs/results/learning_curves.png
     python benchmarks/learning_curve.py --from-run outputs/synthetic_det   # add a finished full run
+    python benchmarks/learning_curve.py --defaults-figure  # redraw docs/results/learning_curves_defaults.png
 
 Writes docs/results/learning_curve_<variant>.json and redraws docs/results/learning_curves.png from
 every such file present.
@@ -213,6 +214,54 @@ def plot(results_dir: Path, out: Path) -> None:
     print(f"wrote {out}")
 
 
+# The README's figure: the current defaults against the plain recipe, from curves already recorded.
+# (file under docs/results, legend label, task panel, line style)
+DEFAULT_CURVES = [
+    ("learning_curve_box_colour_attribute_full.json", "default, full schedule (the released weights' run)", "box", "-"),
+    ("learning_curve_demo_box_pretrained_backbone.json", "default, demo schedule (make demo)", "box", "--"),
+    ("h200_curves/learning_curve_plain.json",
+     "plain recipe: the paper's model without departures, from scratch\n(2,000-image set, constant lr, GPU sweep)",
+     "box", ":"),
+    ("learning_curve_mask_pixel_edges_full.json", "default, full schedule (the released weights' run)", "mask", "-"),
+    ("learning_curve_demo_mask_pretrained_backbone.json",
+     "default, demo schedule (make demo; scored before\nthe pixel-edge decoding, which adds about 3 points)", "mask", "--"),
+]
+
+
+def plot_defaults(results_dir: Path, out: Path) -> None:
+    """Val score of the EMA weights against samples seen: the defaults (full and demo schedules) and the
+    plain recipe. No plain-recipe mask curve was recorded, so the mask panel says so instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
+    colours = {"-": "C0", "--": "C1", ":": "C7"}
+    for axis, task in zip(axes, ("box", "mask")):
+        for file, label, panel, style in DEFAULT_CURVES:
+            if panel != task:
+                continue
+            curve = json.loads((results_dir / file).read_text())
+            points = curve["points"]
+            axis.plot([p["samples"] / 1000 for p in points], [p["ema"] for p in points], style, marker="o", ms=3,
+                      lw=2, color=colours[style], label=f"{label}; first {curve['val_limit']} val")
+        if task == "mask":
+            axis.text(0.5, 0.2, "no plain-recipe mask curve was recorded", transform=axis.transAxes, ha="center",
+                      color="0.4", fontsize=9)
+        metric = "Acc@0.5" if task == "box" else "mIoU"
+        axis.set_title(f"{task}: val {metric}, EMA weights", fontsize=11)
+        axis.set_xlabel("thousand training samples seen")
+        axis.set_ylabel(f"val {metric} (%)")
+        axis.set_ylim(0, 100)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), default=[])
@@ -224,9 +273,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--no-plot", action="store_true", help="leave learning_curves.png (parallel runs)")
+    parser.add_argument("--defaults-figure", action="store_true",
+                        help="only redraw learning_curves_defaults.png (the README's figure) from the recorded curves")
     parser.add_argument("--from-run", type=Path, action="append", default=[],
                         help="also record a finished train run (e.g. outputs/synthetic_det) as a curve")
     args = parser.parse_args()
+    if args.defaults_figure:
+        plot_defaults(args.results, args.results / "learning_curves_defaults.png")
+        return
     for run_dir in args.from_run:
         result = curve_from_run(run_dir, f"the full {run_dir.name} params run")
         write_json_atomic(args.results / f"learning_curve_{result['variant']}.json", result)

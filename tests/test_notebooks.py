@@ -267,15 +267,100 @@ def test_an_earlier_run_is_moved_aside_not_overwritten(tmp_path):
     assert re.fullmatch(r"synthetic_det\.\d{8}-\d{6}", moved.name)
 
 
-def _readme_papermill_commands() -> list[str]:
-    """Every papermill command line of the README's bash blocks, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+# The README and the documents it points to: every command of their bash blocks runs here (papermill) or
+# is checked against what it names (the rest, which would train for minutes or need a real dataset).
+DOCUMENTS = ["README.md", "docs/results.md", "docs/method.md", "docs/training.md", "docs/notebooks.md",
+             "benchmarks/README.md"]
+
+
+def _documented_commands() -> list[str]:
+    """Every command line of the documents' bash blocks, continuation lines joined, comments dropped, once each."""
     commands = []
-    for block in blocks:
-        for command in block.replace("\\\n", " ").splitlines():
-            if "papermill " in command.split("#")[0]:
-                commands.append(command.split("  #")[0].strip())
+    for document in DOCUMENTS:
+        for block in re.findall(r"```bash\n(.*?)```", (ROOT / document).read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = re.sub(r"(^|\s+)#.*$", "", line).strip()
+                if command and command not in commands:
+                    commands.append(command)
     return commands
+
+
+def test_the_documents_links_lead_to_files_and_headings_that_exist():
+    """Relative links and images of the README and its documents: the file exists, and a #fragment names one
+    of its headings (as GitHub spells them)."""
+
+    def slug(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    for document in DOCUMENTS:
+        path = ROOT / document
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, fragment = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.exists(), f"{document}: {target}"
+            if fragment:
+                headings = re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.M)
+                assert fragment in {slug(h) for h in headings}, f"{document}: {target}"
+        assert "../shared" not in path.read_text()
+
+
+def _readme_papermill_commands() -> list[str]:
+    """Every papermill command line of the documents' bash blocks."""
+    return [c for c in _documented_commands() if "papermill " in c]
+
+
+def test_every_other_documented_command_names_what_exists():
+    """make targets, scripts and modules exist, and their options are theirs; `seqtr_lib` commands parse with
+    the CLI's own parser and the params files they name exist."""
+    import argparse
+    import shlex
+
+    from seqtr_lib.cli import build_parser
+
+    makefile = (ROOT / "Makefile").read_text()
+    checked = 0
+    for command in _documented_commands():
+        words = shlex.split(command)
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # environment assignments
+            words.pop(0)
+        if "papermill" in words[0]:
+            continue  # run verbatim by the next test
+        checked += 1
+        if words[0] == "make":
+            assert re.search(rf"^{re.escape(words[1])}:", makefile, flags=re.M), command
+            continue
+        if words[0] == "bash":
+            assert (ROOT / words[1]).is_file(), command
+            continue
+        assert words[0] in ("python", ".venv/bin/python"), f"a kind of command this test does not check: {command}"
+        if words[1].endswith(".py"):
+            script, options = ROOT / words[1], [w.split("=")[0] for w in words[2:] if w.startswith("--")]
+        else:
+            assert words[1] == "-m", command
+            *_, module_at = [i for i, w in enumerate(words) if w == "-m"]  # torchrun lines: the module they run
+            module, arguments = words[module_at + 1], words[module_at + 2:]
+            if module == "seqtr_lib":
+                parser = build_parser()
+                parser.parse_args(arguments)  # an unknown command or option exits here
+                # ... but argparse takes an unambiguous prefix of an option: each must be spelled in full.
+                (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+                subparser = commands.choices[next(w for w in arguments if not w.startswith("-"))]
+                spelled = {option for action in subparser._actions for option in action.option_strings}
+                assert {w.split("=")[0] for w in arguments if w.startswith("--")} <= spelled, command
+                for flag, value in zip(arguments, arguments[1:]):
+                    if flag == "--params":
+                        assert (ROOT / value).is_file(), command
+                continue
+            if module == "torch.distributed.run":
+                continue
+            script = ROOT / (module.replace(".", "/") + ".py")
+            options = [w.split("=")[0] for w in arguments if w.startswith("--")]
+        assert script.is_file(), command
+        source = script.read_text()
+        assert all(f'"{option}"' in source for option in options), command
+    assert checked >= 10
 
 
 @pytest.mark.slow

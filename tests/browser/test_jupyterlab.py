@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -129,16 +130,28 @@ def _png(path: Path, height: int, width: int) -> Path:
     return path
 
 
-def test_the_box_widget_follows_what_the_user_types_clicks_picks_and_uploads(page, lab, tmp_path):
+def an_expression_for_the_first_image(project: Path) -> str:
+    """What a user would type about the image the widget shows first (the first val object's): an annotated
+    expression of another object in that image, or the object's second expression when it is alone."""
+    from seqtr_lib.config import load_params
+
+    experiment = load_params(project / "params" / "synthetic_det.yaml")
+    val = json.loads((project / experiment.annotation_path).read_text())["val"]
+    first, *others = [a for a in val if a["image_id"] == val[0]["image_id"]]
+    return others[0]["expressions"][0] if others else first["expressions"][1]
+
+
+def test_the_box_widget_follows_what_the_user_types_clicks_picks_and_uploads(page, lab, tmp_path, fast_project):
     open_and_run_all(page, lab, "04_demo")
     expression = page.locator(".widget-text input").first
     button = page.locator("button.widget-button", has_text="ground it")
     widget = page.locator(".widget-vbox").first
     first = overlay_src(page)
 
-    expression.fill("the red circle")
+    typed_text = an_expression_for_the_first_image(fast_project)
+    expression.fill(typed_text)
     expression.press("Enter")
-    assert "'the red circle': box" in wait_for_status(page, "the red circle")
+    assert f"'{typed_text}': box" in wait_for_status(page, typed_text)
     typed = overlay_src(page)
     assert typed != first
     widget.screenshot(path=str(SHOTS / "widget_typed.png"))
@@ -189,7 +202,7 @@ def test_the_box_widget_follows_what_the_user_types_clicks_picks_and_uploads(pag
     assert errors_on_page(page) == []
 
 
-def test_the_mask_widget_draws_a_contour(page, lab):
+def test_the_mask_widget_draws_a_contour(page, lab, fast_project):
     copy = lab.notebooks / "04_demo_mask.ipynb"
     document = nbformat.read(lab.notebooks / "04_demo.ipynb", as_version=4)
     (parameters,) = [c for c in document.cells if "parameters" in c.metadata.get("tags", [])]
@@ -198,9 +211,10 @@ def test_the_mask_widget_draws_a_contour(page, lab):
     try:
         open_and_run_all(page, lab, "04_demo_mask")
         expression = page.locator(".widget-text input").first
-        expression.fill("the small star")
+        typed_text = an_expression_for_the_first_image(fast_project)
+        expression.fill(typed_text)
         expression.press("Enter")
-        status = wait_for_status(page, "'the small star': mask from")
+        status = wait_for_status(page, f"'{typed_text}': mask from")
         assert re.search(r"mask from \d+ points, \d+ pixels", status)
         assert page.locator(".widget-image").first.is_visible()
         page.locator(".widget-vbox").first.screenshot(path=str(SHOTS / "widget_mask.png"))
