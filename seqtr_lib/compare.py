@@ -115,9 +115,11 @@ def swept_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def default_axes(rows: Sequence[dict[str, Any]], x: str = "", metric: str = "") -> tuple[str, str]:
-    """05's plot axes when its parameters leave them empty: the first swept key, and the first val score
-    of the EMA weights (else the first score column)."""
+    """05's plot axes when its parameters leave them empty: the swept key with the most distinct values
+    (the first of those, train.seed only when nothing else varies), and the first val score of the EMA
+    weights (else the first score column)."""
     keys = [k for k in _columns(rows) if _KEY.fullmatch(k) and "." in k]
+    keys.sort(key=lambda k: (k == "train.seed", -len({_text(r.get(k)) for r in rows})))
     scores = [c for c in _columns(rows) if c.count(" ") == 2 and c.split()[2] in ("raw", "ema")]
     preferred = [c for c in scores if c.startswith("val ") and c.endswith(" ema")] + scores
     return x or next(iter(keys), ""), metric or next(iter(preferred), "")

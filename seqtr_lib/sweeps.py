@@ -101,7 +101,7 @@ def run_name(base: str, overrides: Sequence[str]) -> str:
         key, value = item.split("=", 1)
         if not _KEY.fullmatch(key):
             raise ValueError(f"override {item!r}: key {key!r} is not a dotted settings key")
-        parts.append(f"{key}={quote(value, safe=_SAFE)}")
+        parts.append(f"{key}={quote(value, safe=_SAFE).replace('_', '%5F')}")  # quote always keeps "_"
     name = SEPARATOR.join(parts)
     if len(name.encode()) > 255:
         raise ValueError(f"run name {name[:60]}... is {len(name.encode())} bytes, over a folder name's 255: "
@@ -111,15 +111,10 @@ def run_name(base: str, overrides: Sequence[str]) -> str:
 
 def parse_run_name(name: str) -> tuple[str, list[str]]:
     """`run_name` read back: ``(base, overrides)``. A name without overrides is ``(name, [])``."""
-    parts = name.split(SEPARATOR)
-    first = len(parts)
-    while first > 1 and "=" in parts[first - 1]:
-        first -= 1
-    overrides = []
-    for part in parts[first:]:
-        key, value = part.split("=", 1)
-        overrides.append(f"{key}={unquote(value)}")
-    return SEPARATOR.join(parts[:first]), overrides
+    # A separator is "__" right before "key=": keys hold no "__" and values no "_" or "=", and the base no
+    # "=", so this cuts exactly where run_name joined (also after a base ending in "_").
+    base, *parts = re.split(SEPARATOR + "(?=" + _KEY.pattern + "=)", name)
+    return base, [f"{key}={unquote(value)}" for key, value in (part.split("=", 1) for part in parts)]
 
 
 # --------------------------------------------------------------------------------------------------
