@@ -241,19 +241,11 @@ def metric_series(rows: Sequence[dict[str, Any]], x: str, metric: str,
             for label, points in sorted(groups.items())}
 
 
-def metric_plot(rows: Sequence[dict[str, Any]], x: str, metric: str, where: dict[str, Any] | None = None,
-                title: str = ""):
-    """A matplotlib Figure: ``metric`` against swept setting ``x``, one line per setting of the other swept
-    keys, each point the mean over its seeds with their min-max as a band and bar."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    series = metric_series(rows, x, metric, where)
-    figure, axis = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+def _draw(axis: Any, series: dict[str, list[tuple[float, float, float, float, int]]], x: str, metric: str,
+          title: str) -> None:
     if not series:
-        axis.text(0.5, 0.5, f"no run has both {x} and {metric}", ha="center", va="center", transform=axis.transAxes)
+        axis.text(0.5, 0.5, f"no run has both {x or 'a swept setting'} and {metric or 'a score'}", ha="center",
+                  va="center", transform=axis.transAxes)
     for label, points in series.items():
         xs, means, lows, highs, counts = zip(*points)
         line, = axis.plot(xs, means, marker="o", label=label + (f" ({max(counts)} seeds)" if max(counts) > 1 else ""))
@@ -271,5 +263,59 @@ def metric_plot(rows: Sequence[dict[str, Any]], x: str, metric: str, where: dict
     axis.grid(alpha=0.3)
     if len(series) > 1 or any(max(p[4] for p in pts) > 1 for pts in series.values()):
         axis.legend(fontsize=8)
-    axis.set_title(title or f"{metric} against {x}")
+    axis.set_title(title, fontsize=10)
+
+
+def _figure(panels: int):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, panels, figsize=(6.4 if panels == 1 else 4.6 * panels, 4.2), layout="constrained",
+                                squeeze=False)
+    return figure, list(axes[0])
+
+
+def metric_plot(rows: Sequence[dict[str, Any]], x: str, metric: str, where: dict[str, Any] | None = None,
+                title: str = ""):
+    """A matplotlib Figure: ``metric`` against swept setting ``x``, one line per setting of the other swept
+    keys, each point the mean over its seeds with their min-max as a band and bar."""
+    figure, (axis,) = _figure(1)
+    _draw(axis, metric_series(rows, x, metric, where), x, metric, title or f"{metric} against {x}")
     return figure
+
+
+def base_values(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, str]:
+    """Each key's most common value among the rows (the first such in row order): a sweep's shared base."""
+    values = {}
+    for key in keys:
+        texts = [_text(r.get(key)) for r in rows if r.get(key) is not None]
+        if texts:
+            values[key] = max(dict.fromkeys(texts), key=texts.count)
+    return values
+
+
+def ablation_plot(rows: Sequence[dict[str, Any]], metric: str, keys: Sequence[str] | None = None,
+                  where: dict[str, Any] | None = None):
+    """One panel per swept key (train.seed aside): ``metric`` against that key, the other keys held at
+    their most common value (`base_values`), so that one-key-at-a-time sweeps around a base read as
+    ablations; panels in the order of `default_axes`. Seeds show as spread; ``where`` keeps only the rows with those values first."""
+    rows = [r for r in rows if all(_text(r.get(k)) == _text(v) for k, v in (where or {}).items())]
+    if keys is None:  # the key with the most values first, as `default_axes` picks its x
+        keys = sorted(swept_columns(rows), key=lambda k: -len({_text(r.get(k)) for r in rows}))
+    keys = [k for k in keys if k != "train.seed"]
+    figure, axes = _figure(max(len(keys), 1))
+    if not keys:
+        _draw(axes[0], {}, "", metric, metric)
+    for axis, key in zip(axes, keys):
+        where = {k: v for k, v in base_values(rows, [k for k in keys if k != key]).items()}
+        held = ", ".join(f"{k}={v}" for k, v in where.items())
+        series = metric_series([r for r in rows if all(_text(r.get(k)) == v for k, v in where.items())], key, metric)
+        _draw(axis, series, key, metric, f"{metric} against {key}" + (f"\n({held})" if held else ""))
+    return figure
+
+
+def swept_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The settings columns of `table_rows` (dotted keys), in table order."""
+    return [k for k in _columns(rows) if _KEY.fullmatch(k) and "." in k]

@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "outputs/<name>__KEY=V... each; finished runs are skipped when the grid starts again")
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="run each grid point with N seeds (train.seed, train.seed + 1, ...)")
+    parser.add_argument("--compare-dir", default=COMPARE_DIR, metavar="DIR",
+                        help=f"where 05 writes its table and plot (default {COMPARE_DIR}); after a sweep it "
+                        "compares the runs of the params' experiment (outputs/<name>__*), else every run")
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                         help="processes per node for 01's training cell (above 1 it launches torchrun)")
     args = parser.parse_args(argv)
@@ -290,8 +293,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                               nproc_per_node=args.nproc_per_node)
         except (ConfigError, ValueError) as error:
             raise SystemExit(f"error: {error}") from None
-        if compare:
-            run_compare(project)
+        if compare and runs:
+            root = Path(project).resolve() if project else repo_root()
+            families = sorted({os.path.relpath(run.run_dir.parent / run.name.split("__")[0], root) for run in runs})
+            pattern = families[0] + "__*" if len(families) == 1 else "outputs/*"
+            try:
+                run_compare(project, pattern, args.compare_dir)
+            except NotebookFailed as error:
+                print(f"error: {error}", flush=True)
         print(f"\nthe sweep took {(time.perf_counter() - started) / 60:.1f} min\n{sweep_table(runs)}")
         if failed := [run for run in runs if run.status == "failed"]:
             raise SystemExit(f"{len(failed)} of {len(runs)} runs failed; each folder's sweep.json and executed "
@@ -304,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             run_dirs = run_pipeline(args.params, notebooks, project, overrides=args.overrides, parameters=parameters)
         if compare:
-            run_compare(project)
+            run_compare(project, export_dir=args.compare_dir)
     except NotebookFailed as error:
         raise SystemExit(f"error: {error}") from None
     print(f"\nall notebooks ran in {(time.perf_counter() - started) / 60:.1f} min")

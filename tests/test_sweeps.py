@@ -234,6 +234,14 @@ def test_the_collected_table_from_hand_made_run_folders(hand_made_runs, tmp_path
     figure = compare.metric_plot(rows, "model.num_ray", "val miou ema")
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["model.num_bin=128 (2 seeds)",
                                                                                 "model.num_bin=64"]
+    # One panel per swept key, the other held at its most common value (num_bin 128; num_ray 18, the first
+    # of the two values that two runs each hold); the failed run has no score and no point.
+    panels = compare.ablation_plot(rows, "val miou ema").axes
+    assert [axis.get_title() for axis in panels] == ["val miou ema against model.num_ray\n(model.num_bin=128)",
+                                                     "val miou ema against model.num_bin\n(model.num_ray=18)"]
+    assert [list(line.get_ydata()) for line in panels[0].get_lines()][0] == [55.0, 61.0]
+    assert [list(line.get_xdata()) for line in panels[1].get_lines()][0] == [64.0, 128.0]
+    assert [list(line.get_ydata()) for line in panels[1].get_lines()][0] == [41.0, 61.0]
 
 
 # --- the paper's numbers --------------------------------------------------------------------------
