@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"fast project in {project}: its own notebooks/, params/, data/ and outputs/", flush=True)
     if is_sweep:
         from seqtr_lib.config import ConfigError
-        from seqtr_lib.sweeps import sweep_table
+        from seqtr_lib.sweeps import parse_run_name, sweep_table
 
         runs = []
         try:
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"error: {error}") from None
         if compare and runs:
             root = Path(project).resolve() if project else repo_root()
-            families = sorted({os.path.relpath(run.run_dir.parent / run.name.split("__")[0], root) for run in runs})
+            families = sorted({os.path.relpath(run.run_dir.parent / parse_run_name(run.name)[0], root) for run in runs})
             pattern = families[0] + "__*" if len(families) == 1 else "outputs/*"
             try:
                 run_compare(project, pattern, args.compare_dir)
