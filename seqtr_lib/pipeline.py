@@ -3,6 +3,8 @@
     python -m seqtr_lib.pipeline --demo     # make demo: 00 -> 04, box then mask, with the demo schedule
     python -m seqtr_lib.pipeline --fast     # a throwaway project under outputs/demo_fast (also DEMO_FAST=1)
     python -m seqtr_lib.pipeline --params params/refcoco-unc_det.yaml --notebooks 00,01,02   # as they are
+    python -m seqtr_lib.pipeline --params params/synthetic_mask.yaml --demo --sweep model.num_ray=12,18,24 \
+        --seeds 2 --notebooks 00,01,02    # a grid of runs, one folder each (seqtr_lib.sweeps)
 
 ``--demo`` trains the params files as they are, with a shorter schedule (the mask fine-tuning the box
 run just made), and writes where they point (``data/``, ``outputs/<experiment>/``): the notebooks opened
@@ -13,7 +15,7 @@ aside first, never overwritten.
 whose params files carry a tiny data set and a few steps, then runs the notebooks there: a quick look
 that touches nothing of yours. Executed copies go to ``<run_dir>/notebooks/`` next to the figures and
 metrics the notebooks write. A failing cell stops the run with `NotebookFailed`, naming the notebook and
-the cell.
+the cell. 05_compare_runs runs once at the end: every run under outputs/ in one table and plot.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ NOTEBOOKS = {
     "02": "02_evaluate.ipynb",
     "03": "03_visualize_sequences.ipynb",
     "04": "04_demo.ipynb",
+    "05": "05_compare_runs.ipynb",  # not per experiment: once over every run of the project (`run_compare`)
 }
+COMPARE_DIR = "outputs/compare"  # 05's executed copy, table (CSV, Markdown) and plots
 DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 
 # make demo must finish in 20 minutes on 2 CPU cores for both experiments: the params files' data (so that
@@ -82,7 +86,12 @@ def ipc_kernel_manager() -> type:
 
 
 class NotebookFailed(RuntimeError):
-    """A cell of a notebook raised; the message names the notebook, the cell and the error."""
+    """A cell of a notebook raised; the message names the notebook, the cell and the error (also as the
+    attributes ``notebook`` and ``cell``)."""
+
+    def __init__(self, message: str, notebook: str = "", cell: int | None = None) -> None:
+        super().__init__(message)
+        self.notebook, self.cell = notebook, cell
 
 
 def execute(notebook: str, output_path: Path, parameters: dict[str, Any], project: Path | None = None) -> Path:
@@ -109,7 +118,7 @@ def execute(notebook: str, output_path: Path, parameters: dict[str, Any], projec
         raise NotebookFailed(
             f"{source.name} failed in cell {error.cell_index} (execution count {error.exec_count}, starting "
             f"{first_line!r}): {error.ename}: {error.evalue}\nthe executed notebook with the full traceback is "
-            f"{output_path}") from None
+            f"{output_path}", source.name, error.cell_index) from None
     return output_path
 
 
@@ -183,8 +192,28 @@ def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[
     return run_dirs
 
 
+def run_compare(project: str | Path | None = None, runs: str = "outputs/*", export_dir: str = COMPARE_DIR) -> Path:
+    """Execute 05_compare_runs once over the runs matching ``runs`` (relative to the project); its executed
+    copy, table and plots go to ``export_dir``. Returns the executed notebook."""
+    root = Path(project).resolve() if project else repo_root()
+    started = time.perf_counter()
+    print(f"[compare] {NOTEBOOKS['05']} over {runs} ...", flush=True)
+    path = execute("05", root / export_dir / "notebooks" / NOTEBOOKS["05"], {"runs": runs, "export_dir": export_dir}, root)
+    print(f"[compare] {NOTEBOOKS['05']} done in {time.perf_counter() - started:.0f} s: {root / export_dir}", flush=True)
+    return path
+
+
+def sweep(params_file: str, sweeps: Sequence[Any] = (), **options: Any) -> list:
+    """A grid of runs of one params file (`seqtr_lib.sweeps.sweep`: same options), e.g. from a notebook:
+    ``pipeline.sweep("params/synthetic_mask.yaml", ["model.num_ray=12,18"], demo=True, notebooks=["01", "02"])``."""
+    from seqtr_lib.sweeps import sweep as run_sweep
+
+    return run_sweep(params_file, sweeps, **options)
+
+
 def run_demo(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str] = ("00", "01", "02", "03", "04"),
-             project: str | Path | None = None, overrides: Sequence[str] = ()) -> list[Path]:
+             project: str | Path | None = None, overrides: Sequence[str] = (),
+             parameters: dict[str, Any] | None = None) -> list[Path]:
     """`run_pipeline` with the demo schedule of each experiment's task (``DEMO_SCHEDULES``); a mask
     experiment that follows a box one in ``params_files`` fine-tunes that box run's best.pt."""
     run_dirs: list[Path] = []
@@ -199,7 +228,7 @@ def run_demo(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str]
             else:
                 print(f"{box_checkpoint} is missing: the mask starts as its params say", flush=True)
         run_dirs += run_pipeline([params_file], notebooks, project, overrides=[*schedule, *overrides],
-                                 parameters=dict(DEMO_PARAMETERS))
+                                 parameters={**DEMO_PARAMETERS, **(parameters or {})})
         if task == "box":
             box_checkpoint = run_dirs[-1] / "best.pt"
     return run_dirs
@@ -225,21 +254,66 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--project", default=None,
                         help=f"project folder to run in (default: this repository; {FAST_PROJECT} with --fast)")
     parser.add_argument("--params", nargs="+", default=list(DEMO_PARAMS), help="params files, run in order")
-    parser.add_argument("--notebooks", default="00,01,02,03,04",
-                        help="comma-separated notebook numbers (04 renders the demo screenshot)")
+    parser.add_argument("--notebooks", default=None,
+                        help="comma-separated notebook numbers (default 00,01,02,03,04,05, with --sweep 00,01,02; "
+                        "04 renders the demo screenshot; 05 compares every run of the project, once at the end)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra params override for every notebook (repeatable)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="run every combination of these values (repeatable: a grid), one run folder "
+                        "outputs/<name>__KEY=V... each; finished runs are skipped when the grid starts again")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run each grid point with N seeds (train.seed, train.seed + 1, ...)")
+    parser.add_argument("--compare-dir", default=COMPARE_DIR, metavar="DIR",
+                        help=f"where 05 writes its table and plot (default {COMPARE_DIR}); after a sweep it "
+                        "compares the runs of the params' experiment (outputs/<name>__*), else every run")
+    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                        help="processes per node for 01's training cell (above 1 it launches torchrun)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    project, notebooks = args.project, args.notebooks.split(",")
+    is_sweep = bool(args.sweep) or args.seeds > 1
+    project = args.project
+    notebooks = (args.notebooks or ("00,01,02" if is_sweep else "00,01,02,03,04,05")).split(",")
+    unknown = [n for n in notebooks if n not in NOTEBOOKS]
+    if unknown:
+        parser.error(f"--notebooks {','.join(unknown)}: unknown, choose among {','.join(NOTEBOOKS)}")
+    compare, notebooks = "05" in notebooks, [n for n in notebooks if n != "05"]
     if args.fast:
         project = make_project(project or repo_root() / FAST_PROJECT, args.params)
         print(f"fast project in {project}: its own notebooks/, params/, data/ and outputs/", flush=True)
+    if is_sweep:
+        from seqtr_lib.config import ConfigError
+        from seqtr_lib.sweeps import parse_run_name, sweep_table
+
+        runs = []
+        try:
+            for params_file in args.params:
+                runs += sweep(params_file, args.sweep, seeds=args.seeds, notebooks=notebooks, project=project,
+                              overrides=args.overrides, demo=args.demo and not args.fast,
+                              nproc_per_node=args.nproc_per_node)
+        except (ConfigError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
+        if compare and runs:
+            root = Path(project).resolve() if project else repo_root()
+            families = sorted({os.path.relpath(run.run_dir.parent / parse_run_name(run.name)[0], root) for run in runs})
+            pattern = families[0] + "__*" if len(families) == 1 else "outputs/*"
+            try:
+                run_compare(project, pattern, args.compare_dir)
+            except NotebookFailed as error:
+                print(f"error: {error}", flush=True)
+        print(f"\nthe sweep took {(time.perf_counter() - started) / 60:.1f} min\n{sweep_table(runs)}")
+        if failed := [run for run in runs if run.status == "failed"]:
+            raise SystemExit(f"{len(failed)} of {len(runs)} runs failed; each folder's sweep.json and executed "
+                             "notebook say why")
+        return
+    parameters = {"nproc_per_node": args.nproc_per_node} if args.nproc_per_node != 1 else None
     try:
         if args.demo and not args.fast:
-            run_dirs = run_demo(args.params, notebooks, project, args.overrides)
+            run_dirs = run_demo(args.params, notebooks, project, args.overrides, parameters)
         else:
-            run_dirs = run_pipeline(args.params, notebooks, project, overrides=args.overrides)
+            run_dirs = run_pipeline(args.params, notebooks, project, overrides=args.overrides, parameters=parameters)
+        if compare:
+            run_compare(project, export_dir=args.compare_dir)
     except NotebookFailed as error:
         raise SystemExit(f"error: {error}") from None
     print(f"\nall notebooks ran in {(time.perf_counter() - started) / 60:.1f} min")

@@ -71,9 +71,9 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
 
 @pytest.fixture(scope="session")
 def fast_project(tmp_path_factory) -> Path:
-    """``DEMO_FAST=1 make demo`` in a temporary project: notebooks 00-04 executed headless, once per test
+    """``DEMO_FAST=1 make demo`` in a temporary project: notebooks 00-05 executed headless, once per test
     session. The notebook and browser tests read what it left."""
-    from seqtr_lib.pipeline import DEMO_PARAMS, NOTEBOOKS, make_project, run_pipeline
+    from seqtr_lib.pipeline import DEMO_PARAMS, NOTEBOOKS, make_project, run_compare, run_pipeline
 
     if reuse := os.environ.get("SEQTR_REUSE_FAST_PROJECT"):  # a developer's shortcut while writing these tests
         return Path(reuse)
@@ -81,5 +81,6 @@ def fast_project(tmp_path_factory) -> Path:
     # the mask params share its data, and without a mask run the notebooks use the released mask weights.
     # Raising NotebookFailed (not SystemExit) lets pytest keep a failure for every test that needs the project.
     project = make_project(tmp_path_factory.mktemp("fast_project"), DEMO_PARAMS)
-    run_pipeline(DEMO_PARAMS[:1], tuple(NOTEBOOKS), project)
+    run_pipeline(DEMO_PARAMS[:1], tuple(n for n in NOTEBOOKS if n != "05"), project)
+    run_compare(project)  # 05 once over the project's runs, as the demo ends
     return project

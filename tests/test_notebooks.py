@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import re
 import subprocess
@@ -411,3 +412,42 @@ def test_the_demo_fine_tunes_the_mask_from_the_box_run_it_just_made(tmp_path, mo
     calls.clear()  # the mask alone keeps its params' start (the released box weights)
     pipeline.run_demo(pipeline.DEMO_PARAMS[1:])
     assert not any(o.startswith("train.finetune_from=") for o in calls[0][1])
+
+
+# --- 05: comparing runs ---------------------------------------------------------------------------
+
+
+def test_the_comparison_notebook_is_stored_clean_with_flat_parameters():
+    document = nbformat.read(ROOT / "notebooks" / "05_compare_runs.ipynb", as_version=4)
+    nbformat.validate(document)
+    code = [c for c in document.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    (cell,) = [c for c in document.cells if "parameters" in c.metadata.get("tags", [])]
+    statements = ast.parse(cell.source).body
+    assert all(isinstance(s, ast.AnnAssign) and ast.literal_eval(s.value) is not None for s in statements)
+    import papermill
+
+    assert list(papermill.inspect_notebook(str(ROOT / "notebooks" / "05_compare_runs.ipynb"))) == [
+        s.target.id for s in statements]
+    assert max(len(c.source.splitlines()) for c in code) <= 20
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("fast_project")
+def test_the_fast_demo_ends_with_05_comparing_its_runs(fast_project):
+    compare_dir = fast_project / "outputs" / "compare"
+    text, errors = _executed(compare_dir / "notebooks" / "05_compare_runs.ipynb")
+    assert not errors
+    assert "1 runs matching 'outputs/*'" in text and "0 of 41 published cells have a run" in text
+    metrics = json.loads((fast_project / "outputs" / "synthetic_det" / "metrics.json").read_text())
+    with open(compare_dir / "runs.csv") as file:
+        (row,) = list(csv.DictReader(file))
+    assert (row["name"], row["dataset"], row["task"], row["status"]) == ("synthetic_det", "synthetic", "box", "done")
+    for split in ("val", "testA", "testB"):
+        for weights in ("raw", "ema"):
+            assert float(row[f"{split} acc@0.5 {weights}"]) == metrics["splits"][split][weights]["acc@0.5"]
+    # the fast project trains 2 epochs of 3 steps of 16 samples
+    assert int(row["samples"]) == 2 * 3 * 16
+    assert (compare_dir / "runs.md").read_text().startswith("| name | status |")
+    assert "| SeqTR | detection (Acc@0.5) | 81.23 | 85.00 | 76.08 |" in (compare_dir / "paper_comparison.md").read_text()
+    _assert_figure(compare_dir / "metric_plot.png")

@@ -19,9 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fast_project")]
 
 ROOT = Path(__file__).resolve().parents[2]
 
-NOTEBOOKS = ["00_prepare_data", "01_train", "02_evaluate", "03_visualize_sequences", "04_demo"]
+NOTEBOOKS = ["00_prepare_data", "01_train", "02_evaluate", "03_visualize_sequences", "04_demo", "05_compare_runs"]
 # Run All on the notebooks opened as they are: 00-02 and 04 show the box experiment, 03 the mask one. 04 runs
-# in the widget tests below.
+# in the widget tests below; 05 compares the project's runs.
 SHOTS = ROOT / "outputs" / "browser"
 # Run All is over when every code cell has its execution count, or a cell failed (the rest never run).
 RUN_ALL_OVER = ("() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
@@ -100,7 +100,7 @@ def wait_for_status(page, text: str) -> str:
     return status.first.inner_text()
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS[:4])
+@pytest.mark.parametrize("name", [*NOTEBOOKS[:4], "05_compare_runs"])
 def test_each_notebook_runs_all_without_an_error(page, lab, name):
     open_and_run_all(page, lab, name)
     assert errors_on_page(page) == []
