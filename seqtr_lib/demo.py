@@ -67,12 +67,14 @@ def render_attention_png(image: np.ndarray, prediction: Prediction, expression: 
 
 
 def describe(prediction: Prediction) -> str:
-    """One line of plain numbers: the box or the number of polygon points, and the latency."""
+    """One line of plain numbers: the box or the number of polygon points, the latency and how the network
+    ran (`seqtr_lib.execution`)."""
     if prediction.task == "box":
         where = "box (x1, y1, x2, y2) " + ", ".join(f"{v:.0f}" for v in prediction.box)
     else:
         where = f"mask from {len(prediction.polygon)} points, {int(prediction.mask.sum())} pixels"
-    return f"{where}; {prediction.seconds * 1000:.0f} ms"
+    ran = f" ({prediction.execution})" if prediction.execution else ""
+    return f"{where}; {prediction.seconds * 1000:.0f} ms{ran}"
 
 
 class GroundingDemo:
