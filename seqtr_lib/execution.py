@@ -17,6 +17,12 @@ the whole encoder side under autocast 95.7 %, the whole backbone 96.5 %, all but
 second stage on 99.2 %, at the same speed there. So the stem, the first stage (6.7 % of DarkNet-53's
 multiply-adds), the fusion, the transformer and the token decoder stay float32.
 
+RECHECK. Even so bf16 moves some tokens: where the model hesitates between two bins (or two memory cells
+for query selection) a small error decides. `generate` therefore watches every greedy choice of a bf16
+run and generates a sample again in float32 when a winning logit led the runner-up by less than
+RECHECK_MARGIN; only near-ties pay for float32, and the tokens are float32's unless bf16 moved a logit
+by more than that margin.
+
 bf16 is chosen only on a CPU with bf16 units (`cpu_bf16_units`: the CPU's flags, what oneDNN is allowed to
 use, and torch's own check), never assumed. Elsewhere torch emulates bfloat16, correct but slower than
 float32, so ``auto`` keeps float32 there; naming ``bf16`` still runs it (tests do, to check the agreement).
@@ -26,7 +32,9 @@ float32, so ``auto`` keeps float32 there; naming ``bf16`` still runs it (tests d
 from __future__ import annotations
 
 import copy
+import math
 import os
+import weakref
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,11 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # DarkNet channels x image area, relative to the paper's (width 1 at 640 px). Measured on a 2-core AMD EPYC
 # (avx512_bf16): the paper model gains 2x; the synthetic model (width 0.125 at 128 px, 1/1600 of it) does not.
 BF16_MIN_WORK = 0.05
+# A bf16 sample is generated again in float32 when any of its greedy choices led the runner-up by less than
+# this (in logits). Measured on the released synthetic weights: see RECHECK in the module docstring.
+RECHECK_MARGIN = 0.5
+# Prepared bf16 models -> their float32 counterparts (`Execution.prepare`, `generate`).
+_FALLBACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # The first DarkNet module run in bf16 (`seqtr_lib.model.darknet.DarkNet53.layers`); those before stay float32.
 BF16_FROM = "down2"
 
@@ -74,12 +87,17 @@ class Execution:
         """``model`` ready for inference under this execution: the same module when no step changes it
         (channels_last is applied in place and does not change values), else a copy (BatchNorm folded, the
         backbone's bf16 part wrapped); the weights given are never changed."""
+        fallback = None
+        if self.bf16:  # float32 for the samples whose choices were too close to call in bf16 (`generate`)
+            fallback = Execution(channels_last=self.channels_last, fold_bn=self.fold_bn).prepare(model)
         if self.fold_bn or self.bf16:
             model = fold_batchnorm(model) if self.fold_bn else copy.deepcopy(model)
         if self.bf16:
             _backbone_in_bf16(model.backbone, store_bf16=self.fold_bn)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if fallback is not None:
+            _FALLBACKS[model] = fallback
         return model
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
@@ -272,9 +290,68 @@ def runs_in_bf16(model: nn.Module) -> bool:
 def generate(model: nn.Module, execution: Execution, images: torch.Tensor, pad_mask: torch.Tensor,
              expression_ids: torch.Tensor, decoder: Any = None, **decoding: Any) -> dict[str, torch.Tensor]:
     """`SeqTR.generate` of a model that ``execution.prepare`` returned: images in its memory format; decoding
-    by ``decoder`` (e.g. a GraphDecoder) when given."""
+    by ``decoder`` (e.g. a GraphDecoder) when given.
+
+    With bf16 and greedy decoding, every choice the model made (each token, and the query-selection cell) is
+    checked: a sample whose winning logit led the runner-up by less than ``RECHECK_MARGIN`` anywhere is
+    generated again in float32 and takes that result. The output then also holds ``min_margin`` float (B,)
+    (the smallest lead, bf16) and ``rechecked`` bool (B,).
+    """
     images = execution.images(images)
-    memory = model.encode(images, pad_mask, expression_ids)
-    if decoder is not None:
-        return decoder.generate_from_memory(memory, **decoding)
-    return model.generate_from_memory(memory, **decoding)
+    fallback = _FALLBACKS.get(model)
+    check = (fallback is not None and decoder is None and decoding.get("strategy", "greedy") == "greedy"
+             and RECHECK_MARGIN > 0)
+    steps: list[torch.Tensor] = []
+    handle = model.predictor.register_forward_hook(lambda m, i, out: steps.append(out.float())) if check else None
+    try:
+        memory = model.encode(images, pad_mask, expression_ids)
+        if decoder is not None:
+            return decoder.generate_from_memory(memory, **decoding)
+        generated = model.generate_from_memory(memory, **decoding)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if not check:
+        return generated
+    margin = _smallest_lead(model, memory, steps, generated, decoding.get("task"))
+    unsure = margin < RECHECK_MARGIN
+    if bool(unsure.any()):
+        rows = unsure.nonzero()[:, 0]
+        again = generate(fallback, FP32, images[rows], pad_mask[rows], expression_ids[rows], **decoding)
+        for key, value in again.items():
+            generated[key][rows] = value.to(generated[key].dtype)
+    return {**generated, "min_margin": margin, "rechecked": unsure}
+
+
+def _lead(logits: torch.Tensor) -> torch.Tensor:
+    """How far the largest of each row's logits (B, V) is ahead of the second: (B,), inf for one value."""
+    if logits.shape[-1] < 2:
+        return torch.full(logits.shape[:1], math.inf, device=logits.device)
+    top = logits.topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+def _smallest_lead(model: nn.Module, memory: Any, steps: list[torch.Tensor], generated: dict[str, torch.Tensor],
+                   task: str | None) -> torch.Tensor:
+    """Each sample's smallest lead of a winning logit over the runner-up, over the query-selection cell
+    (with query selection) and every emitted token up to its EOS (``steps``: the predictor's logits (B, V),
+    one per decoding step, in order)."""
+    layout = model.layout
+    batch = memory.features.shape[0]
+    smallest = torch.full((batch,), math.inf, device=memory.features.device)
+    if getattr(model, "query_projection", None) is not None:
+        smallest = torch.minimum(smallest, _lead(model.cell_logits(memory).float()))
+    offset = 0
+    for part in layout.parts_to_generate(task):
+        tokens = generated[f"{part}_tokens"]
+        count = layout.length(part) if not layout.stops_at_eos(part) else len(steps) - offset
+        for step in range(count):
+            logits = steps[offset + step]
+            if layout.stops_at_eos(part):
+                live = ~(tokens[:, :step] == layout.eos).any(dim=1)  # rows that had not ended yet
+                lead = _lead(logits).masked_fill(~live, math.inf)
+            else:
+                lead = _lead(logits[:, :layout.eos])  # a box never emits EOS
+            smallest = torch.minimum(smallest, lead)
+        offset += count
+    return smallest
