@@ -55,9 +55,10 @@ from seqtr_lib.model.seqtr import build_model, without_weight_files  # noqa: E40
 from seqtr_lib.text import Vocabulary  # noqa: E402
 
 VOCABULARY = Vocabulary.build(EXPRESSIONS)
-INFERENCE_CHOICES = ("fp32", "channels_last", "bf16", "channels_last+bf16", "channels_last+fold_bn",
-                     "channels_last+bf16+fold_bn", "autocast_whole_model")
-EVALUATION_CHOICES = ("fp32", "channels_last+fold_bn", "channels_last+bf16+fold_bn")
+INFERENCE_CHOICES = ("fp32", "channels_last", "channels_last+fold_bn", "channels_last+bf16+fold_bn",
+                     "channels_last+bf16+fold_bn+recheck", "autocast_whole_model")
+EVALUATION_CHOICES = ("fp32", "channels_last+fold_bn", "channels_last+bf16+fold_bn",
+                      "channels_last+bf16+fold_bn+recheck")
 TRAINING_CHOICES = {"fp32": ("none", False), "channels_last": ("none", True), "channels_last+bf16": ("bf16", True)}
 
 

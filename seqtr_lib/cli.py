@@ -188,7 +188,7 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
 def _add_execution(p: argparse.ArgumentParser) -> None:
     p.add_argument("--execution", default="auto",
                    help="how the network runs on a CPU: auto (the fastest safe choice, printed), fp32, or steps "
-                        "joined by '+' from channels_last, bf16, fold_bn (e.g. channels_last+bf16+fold_bn)")
+                        "joined by '+' from channels_last, bf16, fold_bn, recheck (e.g. channels_last+bf16+fold_bn+recheck)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,9 @@ An execution is a set of steps, written as a spec string joined by ``+``::
     bf16                              the backbone's convolutions from `BF16_FROM` on in bfloat16 (under
                                       autocast; with fold_bn the weights are stored in bf16 once)
     fold_bn                           inference only: each DarkNet conv absorbs its BatchNorm (a bias)
-    channels_last+bf16+fold_bn        all three (the fastest on a CPU with bf16 units, measured)
+    recheck                           with bf16: samples whose greedy choices were near-ties are generated
+                                      again in float32 (see RECHECK below)
+    channels_last+bf16+fold_bn+recheck  auto's choice on a CPU with bf16 units and a large backbone
     auto                              `pick_execution`: the fastest safe choice for this model and device
 
 Only the backbone's bulk runs in bf16: it is nearly all of a 640 px inference (the convolutions were 71 % of
@@ -43,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-STEPS = ("channels_last", "bf16", "fold_bn")
+STEPS = ("channels_last", "bf16", "fold_bn", "recheck")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above which it may use bf16 dot-product instructions.
 _BF16_ISAS = ("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX",
               "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2")
@@ -73,6 +75,7 @@ class Execution:
     channels_last: bool = False
     bf16: bool = False
     fold_bn: bool = False
+    recheck: bool = False  # with bf16: near-tie samples generated again in float32 (`generate`)
     reason: str = ""  # why auto chose it (empty when named)
 
     @property
@@ -88,7 +91,7 @@ class Execution:
         (channels_last is applied in place and does not change values), else a copy (BatchNorm folded, the
         backbone's bf16 part wrapped); the weights given are never changed."""
         fallback = None
-        if self.bf16:  # float32 for the samples whose choices were too close to call in bf16 (`generate`)
+        if self.bf16 and self.recheck:  # float32 for the samples whose choices were too close to call in bf16 (`generate`)
             fallback = Execution(channels_last=self.channels_last, fold_bn=self.fold_bn).prepare(model)
         if self.fold_bn or self.bf16:
             model = fold_batchnorm(model) if self.fold_bn else copy.deepcopy(model)
@@ -189,7 +192,7 @@ def pick_execution(device: torch.device | str, model_config: Any, image_size: in
         reason = f"bf16 units ({why}) but a small backbone ({work:.4f} of the paper's work) gains nothing"
     else:
         reason = f"bf16 units: {why}"
-    return Execution(channels_last=True, bf16=bf16, fold_bn=True, reason=reason)
+    return Execution(channels_last=True, bf16=bf16, fold_bn=True, recheck=bf16, reason=reason)
 
 
 def resolve(spec: str | Execution | None, device: torch.device | str, model_config: Any,
@@ -292,7 +295,7 @@ def generate(model: nn.Module, execution: Execution, images: torch.Tensor, pad_m
     """`SeqTR.generate` of a model that ``execution.prepare`` returned: images in its memory format; decoding
     by ``decoder`` (e.g. a GraphDecoder) when given.
 
-    With bf16 and greedy decoding, every choice the model made (each token, and the query-selection cell) is
+    With bf16, recheck and greedy decoding, every choice the model made (each token, and the query-selection cell) is
     checked: a sample whose winning logit led the runner-up by less than ``RECHECK_MARGIN`` anywhere is
     generated again in float32 and takes that result. The output then also holds ``min_margin`` float (B,)
     (the smallest lead, bf16) and ``rechecked`` bool (B,).

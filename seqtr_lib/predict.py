@@ -82,7 +82,7 @@ class Grounder:
     """A trained SeqTR ready for single-image inference (EMA weights when the checkpoint has them).
 
     ``execution`` is how the network runs (`seqtr_lib.execution`): ``auto`` picks the fastest safe choice
-    for this model and device (on a CPU with bf16 units and a large backbone, ``channels_last+bf16+fold_bn``;
+    for this model and device (on a CPU with bf16 units and a large backbone, ``channels_last+bf16+fold_bn+recheck``;
     float32 on a GPU), ``fp32`` or steps joined by ``+`` force one; `Grounder.execution` says which ran.
     """
 

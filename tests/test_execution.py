@@ -24,14 +24,14 @@ from seqtr_lib.metrics import headline_score
 from seqtr_lib.model.darknet import ConvBNLeaky, DarkNet53
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = "channels_last+bf16+fold_bn"
+FAST = "channels_last+bf16+fold_bn+recheck"
 
 
 def test_parse_execution_names_steps_in_any_order_and_refuses_unknown_ones():
     assert ex.parse_execution("fp32") == ex.Execution()
     assert ex.parse_execution("bf16+channels_last").name == "channels_last+bf16"
-    assert ex.parse_execution(FAST) == ex.Execution(channels_last=True, bf16=True, fold_bn=True)
-    with pytest.raises(ValueError, match="unknown step.*'int8'.*channels_last, bf16, fold_bn"):
+    assert ex.parse_execution(FAST) == ex.Execution(channels_last=True, bf16=True, fold_bn=True, recheck=True)
+    with pytest.raises(ValueError, match="unknown step.*'int8'.*channels_last, bf16, fold_bn, recheck"):
         ex.parse_execution("channels_last+int8")
 
 
@@ -154,7 +154,7 @@ def test_samples_too_close_to_call_in_bf16_are_generated_again_in_float32(monkey
     model, inputs = _tiny_model(task)
     with torch.inference_mode():
         expected = model.generate(*inputs)  # float32, the model as given
-        execution = ex.parse_execution("bf16")  # no folding: the float32 counterpart is the model itself
+        execution = ex.parse_execution("bf16+recheck")  # no folding: the float32 counterpart is the model itself
         prepared = execution.prepare(model)
         monkeypatch.setattr(ex, "RECHECK_MARGIN", math.inf)  # every sample is too close to call
         everything = ex.generate(prepared, execution, *inputs)
