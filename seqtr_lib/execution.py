@@ -13,10 +13,9 @@ An execution is a set of steps, written as a spec string joined by ``+``::
     auto                              `pick_execution`: the fastest safe choice for this model and device
 
 Only the backbone's bulk runs in bf16: it is nearly all of a 640 px inference (the convolutions were 71 % of
-a channels_last bf16 run's time), and the rest is where bfloat16's 8-bit mantissa moved the tokens. Measured
-on the released synthetic box weights (486 val expressions of a held-out set, tokens equal to float32's):
-the whole encoder side under autocast 95.7 %, the whole backbone 96.5 %, all but its stem 98.2 %, from its
-second stage on 99.2 %, at the same speed there. So the stem, the first stage (6.7 % of DarkNet-53's
+a channels_last bf16 run's time). Measured on the released synthetic box weights (tokens equal to float32's):
+the whole encoder side under autocast 95.7 % of 486 held-out val expressions; DarkNet from its second stage
+on, 97.9 % of 1,650 (from its fourth, 98.3 %). The stem and first stage (6.7 % of DarkNet-53's
 multiply-adds), the fusion, the transformer and the token decoder stay float32.
 
 RECHECK. Even so bf16 moves some tokens: where the model hesitates between two bins (or two memory cells
