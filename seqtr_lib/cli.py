@@ -107,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
     results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation,
                        strategy=args.strategy, top_p=args.top_p, limit=args.limit or None,
-                       cuda_graphs=args.cuda_graphs)
+                       cuda_graphs=args.cuda_graphs, execution=args.execution)
     for split, per_weights in results["splits"].items():
         for weights, metrics in per_weights.items():
             shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
@@ -126,7 +126,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         experiment = load_params(args.params, args.overrides)
         path, which = resolve_checkpoint(experiment.run_dir, experiment.name)
     print(which)
-    grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None)
+    grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None,
+                                        execution=args.execution)
+    print(f"execution: {grounder.execution.describe()}")
     prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention),
                                   strategy=args.strategy, top_p=args.top_p, seed=args.seed)
     if prediction.box is not None:
@@ -181,6 +183,12 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=("greedy", "top_p"), default="greedy",
                    help="greedy: the most likely token at every step (the paper's); top_p: nucleus sampling")
     p.add_argument("--top-p", type=_top_p, default=0.9, help="probability mass of the nucleus (--strategy top_p)")
+
+
+def _add_execution(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--execution", default="auto",
+                   help="how the network runs on a CPU: auto (the fastest safe choice, printed), fp32, or steps "
+                        "joined by '+' from channels_last, bf16, fold_bn, recheck (e.g. channels_last+bf16+fold_bn+recheck)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only the first N expressions of each split (whole batches; default 0: all)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="greedy decoding replayed from CUDA graphs (the same tokens; faster on a GPU)")
+    _add_execution(p)
     _add_strategy(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -255,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help=f"refuse larger images before decoding them (default {MAX_IMAGE_PIXELS:,}; 0: no limit)")
+    _add_execution(p)
     _add_strategy(p)
     p.add_argument("--seed", type=int, default=0, help="seed of top_p sampling")
     p.set_defaults(run=cmd_predict)

@@ -26,6 +26,8 @@ from seqtr_lib.config import DECODING_KEYS, TASK_PARTS, Experiment, experiment_f
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset, scene_classes
+from seqtr_lib.execution import Execution, resolve, training_bf16
+from seqtr_lib.execution import generate as generate_under
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
@@ -33,7 +35,10 @@ from seqtr_lib.text import Vocabulary
 
 
 def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA; nothing on CPU (where AMP only slows the small models down)."""
+    """The training step's autocast: bf16/fp16 on CUDA; bf16 on a CPU with bf16 units
+    (`execution.training_bf16`: emulated bf16 is slower than float32 there); otherwise nothing."""
+    if device.type == "cpu" and training_bf16(device, amp):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     if amp == "none" or device.type != "cuda":
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -101,7 +106,7 @@ TOKEN_FORMAT_KEYS = ("task", "num_bin", "num_ray", "mapping")
 def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
                    device: torch.device, limit: int | None = None,
                    shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9,
-                   cuda_graphs: bool = False) -> dict[str, Any]:
+                   cuda_graphs: bool = False, execution: Execution | None = None) -> dict[str, Any]:
     """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
 
     Metrics are computed at the original image size from the complete list of expressions, never as a
@@ -110,10 +115,16 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     ``strategy`` "top_p" samples each token from the nucleus of mass ``top_p`` (seeded by train.seed and the
     rank) instead of taking the most likely one. ``cuda_graphs`` decodes greedily with
     `seqtr_lib.model.graph_decoding.GraphDecoder` (the same tokens; CUDA graphs on a GPU).
+    ``execution`` (`seqtr_lib.execution`) runs the model that way, on a prepared copy when it folds
+    BatchNorm; None runs it as the training step does (train.amp, train.channels_last: validation).
     """
     if cuda_graphs and strategy != "greedy":
         raise ValueError("cuda_graphs decodes greedily; use strategy 'greedy' or turn cuda_graphs off")
     codec = SequenceCodec.from_experiment(experiment)  # what Collate quantized with
+    given, was_training = model, model.training
+    model.eval()
+    if execution is not None:
+        model = execution.prepare(model)
     graph_decoder = GraphDecoder(model) if cuda_graphs else None
     sampling = None
     if strategy == "top_p":
@@ -121,8 +132,6 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     dataset = build_dataset(experiment, split, vocabulary, training=False)
     loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0)
     permutation_rng = torch.Generator().manual_seed(experiment.train.seed)
-    was_training = model.training
-    model.eval()
     records: list[dict[str, Any]] = []
     skipped = 0
     # A bar that does not wrap the loader: tqdm.notebook would keep a finished loader (and its workers) alive.
@@ -137,14 +146,15 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
             batch["expression_ids"] = batch["expression_ids"][order]
             batch["metas"] = [{**meta, "expression": batch["metas"][j]["expression"]}
                               for meta, j in zip(batch["metas"], order.tolist())]
-        batch = move_batch(batch, device, experiment.train.channels_last)
-        with autocast(device, experiment.train.amp):
-            if graph_decoder is not None:
-                memory = model.encode(batch["images"], batch["pad_mask"], batch["expression_ids"])
-                generated = graph_decoder.generate_from_memory(memory)
-            else:
-                generated = model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"],
-                                           strategy=strategy, top_p=top_p, generator=sampling)
+        if execution is not None:
+            batch = move_batch(batch, device, execution.channels_last)
+            decoding = {} if graph_decoder is not None else dict(strategy=strategy, top_p=top_p, generator=sampling)
+            generated = generate_under(model, execution, batch["images"], batch["pad_mask"], batch["expression_ids"],
+                                       decoder=graph_decoder, **decoding)
+        else:
+            batch = move_batch(batch, device, experiment.train.channels_last)
+            generated = _generate_as_trained(model, graph_decoder, batch, device, experiment.train.amp, strategy,
+                                             top_p, sampling)
         generated = {k: v.float().cpu().numpy() if k.endswith("scores") else v.cpu().numpy()
                      for k, v in generated.items()}
         for i, meta in enumerate(batch["metas"]):
@@ -158,7 +168,7 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
             break
     bar.close()
     if was_training:
-        model.train()
+        given.train()  # a copy that execution.prepare made is dropped
     unique: dict[tuple[int, int], dict[str, Any]] = {}
     for record in distributed.gather_objects(records):
         unique.setdefault((record["ann_index"], record["expression_index"]), record)
@@ -166,6 +176,18 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     skipped = sum(distributed.gather_objects([skipped]))
     return {"metrics": metrics_from_records(ordered, experiment.model.task), "records": ordered, "num_expressions": len(ordered),
             "skipped_images": skipped}
+
+
+def _generate_as_trained(model: SeqTR, graph_decoder: GraphDecoder | None, batch: dict[str, Any], device: torch.device,
+                         amp: str, strategy: str, top_p: float, sampling: torch.Generator | None
+                         ) -> dict[str, torch.Tensor]:
+    """Generation as the training step runs the model (train.amp's autocast around encoder and decoder)."""
+    with autocast(device, amp):
+        if graph_decoder is not None:
+            memory = model.encode(batch["images"], batch["pad_mask"], batch["expression_ids"])
+            return graph_decoder.generate_from_memory(memory)
+        return model.generate(batch["images"], batch["pad_mask"], batch["expression_ids"],
+                              strategy=strategy, top_p=top_p, generator=sampling)
 
 
 def metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, float]:
@@ -212,14 +234,16 @@ def _load_models(path: str | Path, device: torch.device | str
 
 def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
              save_predictions: bool = True, shuffle_ablation: bool = False, strategy: str = "greedy",
-             top_p: float = 0.9, limit: int | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
+             top_p: float = 0.9, limit: int | None = None, cuda_graphs: bool = False,
+             execution: str = "auto") -> dict[str, Any]:
     """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
 
     With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
     (keys ``raw_shuffled``/``ema_shuffled``): a model that reads the words must fall far below its score.
     ``limit`` scores only the first expressions of each split (whole batches, in file order).
     Predictions go to ``<run_dir>/predictions/<split>_<weights>.json``: the records without their RLEs, each
-    with its ``box_iou`` / ``mask_iou``.
+    with its ``box_iou`` / ``mask_iou``. ``execution`` (`seqtr_lib.execution`: ``auto``, ``fp32`` or steps
+    such as ``channels_last+bf16+fold_bn``) is how the models run; the results name it.
     """
     context = distributed.setup(experiment.train.device)
     try:
@@ -237,9 +261,14 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
         if decoding != stored and context.is_main:
             print(f"decoding as the params say, {decoding}; the checkpoint stores {stored} (predict and the "
                   "notebooks use the checkpoint's)", flush=True)
+        chosen = resolve(execution, context.device, trained.model, experiment.data.image_size)
+        ran_as = chosen.describe() if chosen is not None else f"as trained (train.amp {experiment.train.amp})"
+        if context.is_main:
+            print(f"execution: {ran_as}", flush=True)
         splits = splits or tuple(s for s in DATASETS[experiment.data.dataset].splits if s != "train")
         results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
-                                   "epoch": payload["epoch"], "decoding": decoding, "splits": {}}
+                                   "epoch": payload["epoch"], "decoding": decoding,
+                                   "execution": chosen.name if chosen is not None else "as_trained", "splits": {}}
         if strategy != "greedy":
             results.update(strategy=strategy, top_p=top_p)
         if limit:
@@ -251,7 +280,7 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
                     key = f"{name}_shuffled" if shuffled else name
                     outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
                                              limit=limit, shuffle_expressions=shuffled, strategy=strategy, top_p=top_p,
-                                             cuda_graphs=cuda_graphs)
+                                             cuda_graphs=cuda_graphs, execution=chosen)
                     per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
                                       "skipped_images": outcome["skipped_images"]}
                     if save_predictions and context.is_main:

@@ -24,6 +24,8 @@ from seqtr_lib.config import Experiment
 from seqtr_lib.data.loader import pad_images
 from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
 from seqtr_lib.evaluation import load_trained
+from seqtr_lib.execution import FP32, Execution, resolve
+from seqtr_lib.execution import generate as generate_under
 from seqtr_lib.images import MAX_IMAGE_PIXELS, to_rgb_uint8
 from seqtr_lib.model.seqtr import SeqTR
 from seqtr_lib.metrics import box_iou, mask_ious
@@ -74,6 +76,7 @@ class Prediction:
     # With return_attention, per emitted coordinate token (K: 4 for a box, the tokens before EOS for a mask):
     attention: np.ndarray | None = None  # (K, H, W) over the original pixels, mean over layers and heads
     attention_grid: np.ndarray | None = None  # (L, nh, K, h, w) every layer and head, on the memory grid
+    execution: str = ""  # how the network ran (`seqtr_lib.execution`), e.g. "channels_last+bf16+fold_bn"
 
     @property
     def outlines(self) -> bool:
@@ -100,7 +103,8 @@ class Prediction:
             where = f"mask from {len(self.polygon)} points, {int(self.mask.sum())} pixels"
         else:
             where = "box (x1, y1, x2, y2) " + ", ".join(f"{v:.0f}" for v in self.box)
-        return f"{where}; {self.seconds * 1000:.0f} ms"
+        ran = f" ({self.execution})" if self.execution else ""  # how the network ran (`seqtr_lib.execution`)
+        return f"{where}; {self.seconds * 1000:.0f} ms{ran}"
 
     def attention_panels(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(label, attention map (H, W), the point it produced) per token of a box (x1, y1, x2, y2: the point is
@@ -122,11 +126,19 @@ class Prediction:
 
 
 class Grounder:
-    """A trained SeqTR ready for single-image inference (EMA weights when the checkpoint has them)."""
+    """A trained SeqTR ready for single-image inference (EMA weights when the checkpoint has them).
+
+    ``execution`` is how the network runs (`seqtr_lib.execution`): ``auto`` picks the fastest safe choice
+    for this model and device (on a CPU with bf16 units and a large backbone, ``channels_last+bf16+fold_bn+recheck``;
+    float32 on a GPU), ``fp32`` or steps joined by ``+`` force one; `Grounder.execution` says which ran.
+    """
 
     def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device,
-                 max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
-        self.model = model.eval().to(device)
+                 max_pixels: int | None = MAX_IMAGE_PIXELS, execution: str | Execution = "auto") -> None:
+        device = torch.device(device)
+        self.execution: Execution = resolve(execution, device, experiment.model, experiment.data.image_size) or FP32
+        # fold_bn works on a copy: the model given keeps its weights
+        self.model = self.execution.prepare(model.eval().to(device))
         self.codec = SequenceCodec.from_experiment(experiment)
         self.experiment = experiment
         self.vocabulary = vocabulary
@@ -135,11 +147,12 @@ class Grounder:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        weights: str = "ema", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Grounder:
+                        weights: str = "ema", max_pixels: int | None = MAX_IMAGE_PIXELS,
+                        execution: str | Execution = "auto") -> Grounder:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         experiment, vocabulary, models = load_trained(path, device)
         model = models.get(weights) or models["raw"]
-        return cls(model, experiment, vocabulary, device, max_pixels)
+        return cls(model, experiment, vocabulary, device, max_pixels, execution)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -167,9 +180,9 @@ class Grounder:
         images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
         ids = torch.from_numpy(self.vocabulary.encode(expression, self.experiment.max_token))[None]
         sampling = torch.Generator(self.device).manual_seed(seed) if strategy == "top_p" else None
-        generated = self.model.generate(images.to(self.device), pad_mask.to(self.device), ids.to(self.device),
-                                        task=task, strategy=strategy, top_p=top_p, generator=sampling,
-                                        return_attention=return_attention)
+        generated = generate_under(self.model, self.execution, images.to(self.device), pad_mask.to(self.device),
+                                   ids.to(self.device), task=task, strategy=strategy, top_p=top_p,
+                                   generator=sampling, return_attention=return_attention)
         tokens = generated[f"{task}_tokens"][0].cpu().numpy()
         scores = generated[f"{task}_scores"][0].float().cpu().numpy()
         decoded = self.codec.decode({f"{task}_tokens": tokens[None]}, 0, meta)
@@ -185,7 +198,7 @@ class Grounder:
             attention_grid = raw.reshape(*raw.shape[:3], *grid_shape).cpu().numpy()
             attention = attention_in_original_pixels(raw.mean(dim=(0, 1)).reshape(emitted, *grid_shape), meta, stride)
         return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started,
-                          attention, attention_grid)
+                          attention, attention_grid, self.execution.name)
 
     def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
         """Draw the prediction over the image (numbered points for masks) and write a PNG."""
