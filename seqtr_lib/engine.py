@@ -349,7 +349,11 @@ class Trainer:
             outputs = self.forward_model(**_model_inputs(batch, self.model))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         m = self.experiment.model
-        losses = sequence_loss(outputs, batch, self.model.layout, m.target_cell_loss, m.scene_loss, m.attribute_prior)
+        # Under DDP every term is divided by the global batch's counts (over the processes), so the objective
+        # does not depend on how the batch is split (docs/training.md).
+        share = distributed.count_share if self.context.world_size > 1 else None
+        losses = sequence_loss(outputs, batch, self.model.layout, m.target_cell_loss, m.scene_loss, m.attribute_prior,
+                               count_share=share)
         loss = losses["loss"]
         if distributed.broadcast_flag(not bool(torch.isfinite(loss)), self.device):
             raise NonFiniteLossError(
