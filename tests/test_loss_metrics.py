@@ -188,3 +188,66 @@ def test_mask_ious_reject_masks_of_different_sizes():
         mask_ious([rectangle(0, 0, 1, 1, size=(4, 4))], [rectangle(0, 0, 1, 1, size=(4, 5))])
     with pytest.raises(ValueError, match="no mask IoUs"):
         summarize_mask_ious([], [], [])
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_two_halves_with_shared_counts_train_the_whole_batchs_objective(tiny_data_root, tmp_path, task):
+    # DDP averages the processes' gradients, so the processes' losses must average to the whole batch's loss.
+    # The losses are computed once on the whole batch's outputs and split by sample: what is compared is only
+    # how each term is normalised (the model's per-sample outputs are the torchrun test's business).
+    from conftest import write_params
+    from seqtr_lib.codec import SequenceCodec
+    from seqtr_lib.config import load_params
+    from seqtr_lib.data.loader import Collate
+    from seqtr_lib.data.refer import build_dataset, load_vocabulary
+    from seqtr_lib.engine import _model_inputs
+    from seqtr_lib.model.seqtr import build_model
+
+    departures = {"memory_stride": 16, "target_cell_loss": 1.0, "query_selection": True, "scene_loss": 1.0,
+                  "colour_pathway": 4, "attribute_prior": 1.0}
+    experiment = load_params(write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path, task=task, model=departures))
+    vocabulary = load_vocabulary(experiment)
+    dataset = build_dataset(experiment, "train", vocabulary, training=True)
+    from seqtr_lib.evaluation import move_batch
+
+    batch = move_batch(Collate(SequenceCodec.from_experiment(experiment))([dataset[i] for i in range(6)]),
+                       torch.device("cpu"), False)
+    # Each tiny scene has five objects: unlabel two of one image so the halves hold 13 and 15 (the per-process
+    # mean then weighs an object of the first half by 1/13 and one of the second by 1/15).
+    batch["scene_labels"][0, :2] = -1
+    objects = (batch["scene_labels"][..., 0] != -1).sum(dim=1)
+    halves = [[0, 2, 4], [1, 3, 5]]
+    assert objects[halves[0]].sum() != objects[halves[1]].sum()
+    torch.manual_seed(0)
+    model = build_model(experiment.model, vocabulary).eval()
+    with torch.no_grad():
+        outputs = model(**_model_inputs(batch, model))
+    m = experiment.model
+    weights = (m.target_cell_loss, m.scene_loss, m.attribute_prior)
+
+    def part(values, rows):
+        return {k: v[rows] for k, v in values.items() if isinstance(v, torch.Tensor) and v.ndim and len(v) == 6}
+
+    whole = sequence_loss(outputs, batch, model.layout, *weights)
+    recorded: list[torch.Tensor] = []
+    for rows in halves:  # each process's counts, as the all-reduce would receive them
+        sequence_loss(part(outputs, rows), part(batch, rows), model.layout, *weights,
+                      count_share=lambda counts: recorded.append(counts) or counts)
+
+    def shared(counts):
+        return (recorded[0] + recorded[1]) / 2  # the all-reduced sum over the two processes
+
+    for share, should_match in ((shared, True), (None, False)):
+        split = [sequence_loss(part(outputs, rows), part(batch, rows), model.layout, *weights, count_share=share)
+                 for rows in halves]
+        for name in whole:
+            mean = float((split[0][name] + split[1][name]) / 2)
+            # Every term is a sum of non-negative cross-entropies divided by a count: float32 summation of n
+            # terms errs by at most n * u of the sum (u = 2^-24), n at most the batch's tokens or objects; a few
+            # more roundings for the divisions and the mean.
+            n = batch[f"{model.layout.parts[0]}_tokens"].numel() + int(objects.sum()) + 8
+            agrees = abs(mean - float(whole[name])) <= n * 2.0**-24 * float(whole[name])
+            if should_match:
+                assert agrees, (name, mean, float(whole[name]))
+            elif name == "loss_scene":  # a mean per process weighs an object by its process's object count
+                assert not agrees, (name, mean, float(whole[name]))
