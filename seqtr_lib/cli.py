@@ -103,7 +103,7 @@ def cmd_pretrain_backbone(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from seqtr_lib.evaluation import evaluate
 
-    experiment = load_params(args.params, args.overrides)
+    experiment = load_params(args.params, args.overrides, start_files=False)
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
     results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation,
                        strategy=args.strategy, top_p=args.top_p, limit=args.limit or None,
@@ -123,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.checkpoint:  # the checkpoint holds everything the Grounder needs: no params to find from any cwd
         path, which = resolve_checkpoint(Path(), "", args.checkpoint)
     else:
-        experiment = load_params(args.params, args.overrides)
+        experiment = load_params(args.params, args.overrides, start_files=False)
         path, which = resolve_checkpoint(experiment.run_dir, experiment.name)
     print(which)
     grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None,
@@ -153,7 +153,7 @@ def cmd_import_seqtr(args: argparse.Namespace) -> None:
     from seqtr_lib.original import import_release
     from seqtr_lib.text import load_token_to_ix
 
-    experiment = load_params(args.params, args.overrides)
+    experiment = load_params(args.params, args.overrides, start_files=False)
     if args.token_to_ix:
         vocabulary, source = load_token_to_ix(args.token_to_ix), args.token_to_ix
     else:

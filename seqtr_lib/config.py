@@ -168,8 +168,13 @@ MOVED_KEYS = {
 }
 
 
-def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Experiment:
-    """Read a params YAML file (or only defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                start_files: bool = True) -> Experiment:
+    """Read a params YAML file (or only defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    ``start_files=False`` is for commands that build the model from a checkpoint, which holds every weight
+    (evaluate, predict, import-seqtr, notebooks 02-04): the files a new model starts from
+    (`START_FILE_KEYS`) need not exist then."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -186,7 +191,7 @@ def load_params(path: str | Path | None = None, overrides: typing.Sequence[str] 
         _set_nested(raw, key.split("."), yaml.safe_load(value) if value else None, source=item)
     # Params files and overrides must use the current names; only stored configs are upgraded.
     experiment = experiment_from_dict(raw, source=str(path) if path else "defaults", upgrade_moved_keys=False)
-    validate(experiment)
+    validate(experiment, start_files)
     return experiment
 
 
@@ -216,8 +221,13 @@ def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
     return values
 
 
-def validate(experiment: Experiment) -> None:
-    """Check value ranges and referenced files; raise ConfigError naming the key."""
+# The files only a new model reads (its start weights and word vectors); a checkpoint holds all of them.
+START_FILE_KEYS = ("model.darknet_weights", "model.word_vectors", "train.finetune_from")
+
+
+def validate(experiment: Experiment, start_files: bool = True) -> None:
+    """Check value ranges and referenced files; raise ConfigError naming the key. ``start_files=False`` skips
+    the files of `START_FILE_KEYS` (see `load_params`)."""
     m, d, t = experiment.model, experiment.data, experiment.train
     checks = [
         ("model.task", m.task in TASKS, f"must be one of {', '.join(TASKS)}"),
@@ -276,6 +286,8 @@ def validate(experiment: Experiment) -> None:
         value = _lookup(experiment, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{key} = {value!r}: no such file")
+    if not start_files:
+        return
     for key in ("model.darknet_weights", "train.finetune_from"):
         value = _lookup(experiment, key)
         if value and not repository_file(value).is_file():

@@ -100,3 +100,28 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def global_count(local_count: int | float | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """The sum over every process of a count (float64 tensor, same shape; the count itself when alone).
+
+    The counts a loss divides by (samples, labelled objects) are summed here, so a loss can be normalised
+    by the count of the global batch rather than of this process's share (DETR does this for its boxes).
+    """
+    count = torch.as_tensor(local_count, dtype=torch.float64,
+                            device=device if device is not None else getattr(local_count, "device", None))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+    return count
+
+
+def count_share(local_count: int | float | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """`global_count` divided by the number of processes: the divisor of a process's loss sum that makes the
+    mean of the processes' losses (which DDP's gradient averaging takes) the mean over the global batch.
+
+    Alone it is the local count, so a loss divided by it is the ordinary mean. A process whose share of the
+    batch is empty (all its labels ignored) still contributes a zero sum, and every count stays positive as
+    long as one process holds one item.
+    """
+    return global_count(local_count, device) / world_size()

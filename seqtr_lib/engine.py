@@ -160,6 +160,20 @@ def load_finetune_start(model: SeqTR, model_config: ModelConfig, start: dict[str
     return "; ".join(notes)
 
 
+def training_objective(model: SeqTR, outputs: dict[str, torch.Tensor], batch: dict[str, Any],
+                       count_share: Callable[[Any], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The paper's sequence loss plus the training aids' terms: ``loss`` and each part. ``count_share`` turns
+    this process's counts (samples, labelled objects) into the divisors (`seqtr_lib.distributed.count_share`
+    under DDP); default: the counts themselves."""
+    layout = model.layout
+    samples = outputs[f"{layout.parts[0]}_logits"].shape[0]
+    parts = sequence_loss(outputs, batch, layout, None if count_share is None else count_share(samples).float())
+    del parts["loss"]
+    if model.aids is not None:
+        parts.update(model.aids.losses(outputs, batch, count_share))
+    return {**parts, "loss": sum(parts.values())}  # type: ignore[dict-item]
+
+
 @dataclass
 class RunStart:
     """Where a run starts: a checkpoint to resume (every weight, counter and generator state), or one whose
@@ -402,12 +416,10 @@ class Trainer:
         return inputs
 
     def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The paper's sequence loss plus the training aids' terms: ``loss`` and each part."""
-        parts = sequence_loss(outputs, batch, self.model.layout)
-        del parts["loss"]
-        if self.model.aids is not None:
-            parts.update(self.model.aids.losses(outputs, batch))
-        return {**parts, "loss": sum(parts.values())}  # type: ignore[dict-item]
+        # Under DDP every term is divided by the global batch's counts over the processes, so that the objective
+        # does not depend on how the batch is split (docs/training.md).
+        share = (lambda count: distributed.count_share(count, self.device)) if self.context.world_size > 1 else None
+        return training_objective(self.model, outputs, batch, share)
 
     def run(self, after_epoch: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Train the remaining epochs; ``after_epoch(record)`` sees each epoch's log record and may

@@ -80,9 +80,11 @@ def notebook_overrides(overrides: Sequence[str] = (), output_dir: str = "", data
 
 
 def load_experiment(params_file: str, overrides: Sequence[str] | str = (), output_dir: str = "",
-                    data_root: str = "") -> Experiment:
-    """The Experiment of a params file with the notebook's overrides applied (validated, paths as written)."""
-    return load_params(params_file, notebook_overrides(overrides, output_dir, data_root))
+                    data_root: str = "", start_files: bool = True) -> Experiment:
+    """The Experiment of a params file with the notebook's overrides applied (validated, paths as written).
+    ``start_files=False`` (notebooks that read a checkpoint): the backbone's start weights and word vectors
+    need not exist (`seqtr_lib.config.load_params`)."""
+    return load_params(params_file, notebook_overrides(overrides, output_dir, data_root), start_files)
 
 
 def default_checkpoint(experiment: Experiment, checkpoint: str = "") -> Path:

@@ -188,3 +188,70 @@ def test_mask_ious_reject_masks_of_different_sizes():
         mask_ious([rectangle(0, 0, 1, 1, size=(4, 4))], [rectangle(0, 0, 1, 1, size=(4, 5))])
     with pytest.raises(ValueError, match="no mask IoUs"):
         summarize_mask_ious([], [], [])
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_two_halves_with_shared_counts_train_the_whole_batchs_objective(tiny_data_root, tmp_path, task):
+    # DDP averages the processes' gradients, so the processes' losses must average to the whole batch's loss.
+    # The losses are computed once on the whole batch's outputs and split by sample: what is compared is only
+    # how each term is normalised (the model's per-sample outputs are the torchrun test's business).
+    from conftest import write_params
+    from seqtr_lib.codec import SequenceCodec
+    from seqtr_lib.config import load_params
+    from seqtr_lib.data.loader import Collate
+    from seqtr_lib.data.refer import build_dataset, load_vocabulary
+    from seqtr_lib.data.refer import scene_classes
+    from seqtr_lib.engine import training_objective
+    from seqtr_lib.model.seqtr import build_model
+
+    departures = {"memory_stride": 16, "target_cell_loss": 1.0, "query_selection": True, "scene_loss": 1.0,
+                  "colour_pathway": 4, "attribute_prior": 1.0}
+    experiment = load_params(write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path, task=task, model=departures))
+    vocabulary = load_vocabulary(experiment)
+    dataset = build_dataset(experiment, "train", vocabulary, training=True)
+    from seqtr_lib.evaluation import move_batch
+
+    batch = move_batch(Collate(SequenceCodec.from_experiment(experiment))([dataset[i] for i in range(6)]),
+                       torch.device("cpu"), False)
+    # Each tiny scene has five objects: unlabel two of one image so the halves hold 13 and 15 (the per-process
+    # mean then weighs an object of the first half by 1/13 and one of the second by 1/15).
+    batch["scene_labels"][0, :2] = -1
+    objects = (batch["scene_labels"][..., 0] != -1).sum(dim=1)
+    halves = [[0, 2, 4], [1, 3, 5]]
+    assert objects[halves[0]].sum() != objects[halves[1]].sum()
+    torch.manual_seed(0)
+    model = build_model(experiment.model, vocabulary, scene_classes(experiment)).eval()
+    inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids", f"{task}_tokens")}
+    with torch.no_grad():
+        outputs = model(**inputs, aid_inputs={k: batch[k] for k in model.aids.forward_keys})
+
+    def part(values, rows):
+        return {k: v[rows] for k, v in values.items() if isinstance(v, torch.Tensor) and v.ndim and len(v) == 6}
+
+    whole = training_objective(model, outputs, batch)
+    recorded: list[list[torch.Tensor]] = [[], []]
+    for half, rows in enumerate(halves):  # each process's counts, in the order the all-reduces would see them
+        def record(count, calls=recorded[half]):
+            calls.append(torch.as_tensor(count, dtype=torch.float64))
+            return calls[-1]
+
+        training_objective(model, part(outputs, rows), part(batch, rows), record)
+
+    def shared_counts():
+        calls = iter(range(len(recorded[0])))
+        return lambda count: (lambda k: (recorded[0][k] + recorded[1][k]) / 2)(next(calls))  # the global mean
+
+    for shared, should_match in ((True, True), (False, False)):
+        split = [training_objective(model, part(outputs, rows), part(batch, rows), shared_counts() if shared else None)
+                 for rows in halves]
+        for name in whole:
+            mean = float((split[0][name] + split[1][name]) / 2)
+            # Every term is a sum of non-negative cross-entropies divided by a count: float32 summation of n
+            # terms errs by at most n * u of the sum (u = 2^-24), n at most the batch's tokens or objects; a few
+            # more roundings for the divisions and the mean.
+            n = batch[f"{model.layout.parts[0]}_tokens"].numel() + int(objects.sum()) + 8
+            agrees = abs(mean - float(whole[name])) <= n * 2.0**-24 * float(whole[name])
+            if should_match:
+                assert agrees, (name, mean, float(whole[name]))
+            elif name == "loss_scene":  # a mean per process weighs an object by its process's object count
+                assert not agrees, (name, mean, float(whole[name]))

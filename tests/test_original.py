@@ -219,3 +219,65 @@ def test_frozen_pretrained_vectors_keep_words_seen_only_in_val(tmp_path, vectors
         pickle.dump({"PAD": 0, "UNK": 1, "CLS": 2, **{w: i for i, w in enumerate(vocabulary.to_list()[3:], 3)}}, file)
     assert load_token_to_ix(tmp_path / "t.pkl") == vocabulary
     np.testing.assert_array_equal(ids, vocabulary.encode("the zebra", 4))
+
+
+def test_a_release_and_its_pickle_alone_import_predict_and_ground(tmp_path):
+    # A user with only det_best.pth and token_to_ix.pkl (no GloVe, no DarkNet file, no dataset) in a folder:
+    # the paper's params name data/weights/darknet.weights and GloVe, which a release's tensors make irrelevant.
+    import subprocess
+    import sys
+
+    import cv2
+
+    from conftest import ROOT, cli_env
+    from seqtr_lib.predict import Grounder
+
+    folder = tmp_path / "only_the_release"
+    folder.mkdir()
+    params = ROOT / "params" / "refcoco-unc_det.yaml"
+    sizes = [*TINY, "model.word_dim=8"]  # the paper's architecture at a test's size; files as the params name them
+    experiment = load_params(params, sizes, start_files=False)
+    assert experiment.model.darknet_weights and experiment.model.word_vectors.endswith(".txt")
+    vocabulary = Vocabulary.build(["the red circle on the left", "a big blue square"])
+    torch.manual_seed(0)
+    model = build_model(without_weight_files(experiment.model), vocabulary)
+    _release(folder, model, vocabulary, ddp=True, ema=True)
+    (folder / "plain.pth").unlink()  # the helper's intermediate file
+    assert sorted(p.name for p in folder.iterdir()) == ["det_best.pth", "token_to_ix.pkl"]
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-m", "seqtr_lib", *args], cwd=folder, env=cli_env(),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    cli("import-seqtr", "--checkpoint", "det_best.pth", "--params", str(params),
+        *(f"--set={item}" for item in sizes), "--token-to-ix", "token_to_ix.pkl", "--out", "imported.pt")
+    image = np.zeros((96, 128, 3), np.uint8)
+    cv2.circle(image, (30, 40), 12, (0, 0, 255), -1)
+    cv2.imwrite(str(folder / "image.jpg"), image)
+    printed = cli("predict", "--checkpoint", "imported.pt", "--image", "image.jpg", "--expression",
+                  "the red circle on the left", "--out", "overlay.png")
+    assert "box (x1, y1, x2, y2):" in printed and (folder / "overlay.png").is_file()
+    grounder = Grounder.from_checkpoint(folder / "imported.pt", device="cpu")
+    box = grounder.predict(folder / "image.jpg", "the red circle on the left").box
+    assert box.shape == (4,) and np.all((box >= 0) & (box <= 128))
+    # The imported weights are the release's: the Grounder's raw model holds the model's tensors.
+    _, _, models = load_trained(folder / "imported.pt")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(models["raw"].state_dict()[key], tensor), key
+
+
+def test_commands_that_read_a_checkpoint_skip_only_the_start_files(tmp_path):
+    from seqtr_lib.config import ConfigError
+    from seqtr_lib.notebook import load_experiment
+
+    params = Path(__file__).resolve().parent.parent / "params" / "refcoco-unc_det.yaml"
+    with pytest.raises(ConfigError, match="model.darknet_weights"):
+        load_params(params)  # a new model starts from these files: training still needs them
+    # What notebooks 02-04 and evaluate/predict/import-seqtr load: the files a checkpoint replaces are not read.
+    experiment = load_experiment(str(params), start_files=False)
+    assert experiment.model.darknet_weights == "data/weights/darknet.weights"
+    # Every other file check stays.
+    with pytest.raises(ConfigError, match="data.annotation_file"):
+        load_params(params, [f"data.annotation_file={tmp_path / 'missing.json'}"], start_files=False)

@@ -26,13 +26,13 @@ model's forward) and `losses`; `forward_keys` and `loss_keys` name the batch ent
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from seqtr_lib.loss import scene_loss, target_cell_loss
+from seqtr_lib.loss import labelled_counts, scene_loss, target_cell_loss
 from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 
 
@@ -211,26 +211,36 @@ class TrainingAids(nn.Module):
         cells = cell_index(scene_centres[..., 0], scene_centres[..., 1], self.stride, width, height)
         return logits.gather(1, cells[..., None].expand(-1, -1, logits.shape[-1]))
 
-    def losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+               count_share: Callable[[Any], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weighted aid losses: ``loss_cell`` (`seqtr_lib.loss.target_cell_loss`), ``loss_scene`` (every
         labelled object's colour, kind and size, `seqtr_lib.loss.scene_loss`) and ``loss_words`` (the colour
-        and kind the expression names), each present when its weight is on."""
+        and kind the expression names), each present when its weight is on. Each is a sum divided by a count;
+        ``count_share`` (under DDP, `seqtr_lib.distributed.count_share`) turns this process's counts into the
+        divisors, default the counts themselves."""
+        def divisor(count: Any) -> torch.Tensor | None:
+            return None if count_share is None else count_share(count).float()
+
         losses: dict[str, torch.Tensor] = {}
         if self.cell_scorer is not None:
             if "target_cells" not in outputs:
                 raise ValueError("the target-cell loss needs outputs from a forward given the batch's target_box")
-            losses["loss_cell"] = target_cell_loss(outputs["cell_logits"], outputs["target_cells"])
+            samples = divisor(outputs["cell_logits"].shape[0])
+            losses["loss_cell"] = target_cell_loss(outputs["cell_logits"], outputs["target_cells"], samples)
         if self.scene_head is not None:
             if "scene_logits" not in outputs or batch.get("scene_labels") is None:
                 raise ValueError("the scene loss needs scene_logits (a forward given the batch's scene_centres) "
                                  "and the batch's scene_labels")
-            losses["loss_scene"] = scene_loss(outputs["scene_logits"], batch["scene_labels"], self.scene_counts)
+            labels = batch["scene_labels"]
+            losses["loss_scene"] = scene_loss(outputs["scene_logits"], labels, self.scene_counts,
+                                              divisor(labelled_counts(labels)))
         if self.word_head is not None:
             if batch.get("named_attributes") is None:
                 raise ValueError("the attribute prior's word loss needs the batch's named_attributes")
             counts = (self.scene_counts[0] + 1, self.scene_counts[1] + 1)
-            losses["loss_words"] = scene_loss(outputs["word_logits"][:, None], batch["named_attributes"][:, None],
-                                              counts)
+            named = batch["named_attributes"][:, None]
+            losses["loss_words"] = scene_loss(outputs["word_logits"][:, None], named, counts,
+                                              divisor(labelled_counts(named)))
         return {name: self.weights[name] * loss for name, loss in losses.items()}
 
 
