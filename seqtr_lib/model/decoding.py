@@ -11,15 +11,16 @@ the fixed-shape greedy variant that a GPU replays from CUDA graphs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from seqtr_lib.model.transformer import DecoderCache
 
-if TYPE_CHECKING:
-    from seqtr_lib.model.seqtr import Memory, SeqTR
+# The model is a `seqtr_lib.model.seqtr.SeqTR` and the memory its `Memory`; that module calls this one, so
+# they are named here only in words (an import back would make a circle).
 
 STRATEGIES = ("greedy", "top_p")
 
@@ -33,7 +34,7 @@ class Decoding:
     `next_logits` returned.
     """
 
-    def __init__(self, model: SeqTR, memory: Memory, first: torch.Tensor, use_cache: bool,
+    def __init__(self, model: nn.Module, memory: Any, first: torch.Tensor, use_cache: bool,
                  record_attention: bool = False) -> None:
         self.model = model
         self.memory = memory
@@ -75,8 +76,8 @@ def top_p_sample(probs: torch.Tensor, top_p: float, generator: torch.Generator |
 
 @torch.no_grad()
 def generate_from_memory(
-    model: SeqTR,
-    memory: Memory,
+    model: nn.Module,
+    memory: Any,
     task: str | None = None,
     strategy: str = "greedy",
     top_p: float = 0.9,
@@ -117,7 +118,7 @@ def generate_from_memory(
 
 
 def _decode(
-    model: SeqTR,
+    model: nn.Module,
     decoding: Decoding,
     steps: int,
     with_eos: bool,

@@ -7,6 +7,7 @@ under CI=true, where a missing Chromium fails them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -53,25 +54,21 @@ class Lab:
         return f"{self.url}/lab/tree/{name}?token={self.token}&reset"
 
 
-@pytest.fixture(scope="session")
-def lab(fast_project: Path, tmp_path_factory) -> Iterator[Lab]:
-    """JupyterLab on the fast project's notebooks, on 127.0.0.1 with a random token. Its settings, runtime
-    files, workspaces and notebook checkpoints live in a temporary folder, autosave is off, and it is
-    stopped by its PID at the end."""
-    _chromium_or_skip()
-    state = tmp_path_factory.mktemp("jupyter_state")
-    settings = state / "settings" / "@jupyterlab" / "docmanager-extension"
-    settings.mkdir(parents=True)
-    (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
-    news = state / "settings" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+@contextlib.contextmanager
+def running_lab(notebooks: Path, state: Path, extra_env: dict[str, str] | None = None) -> Iterator[Lab]:
+    """JupyterLab serving ``notebooks`` on 127.0.0.1 with a random token, its settings, runtime files,
+    workspaces and notebook checkpoints under ``state``, autosave off; stopped by its PID on leaving."""
+    for plugin, settings in (("docmanager-extension/plugin", {"autosave": False}),
+                             ("apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False})):
+        path = state / "settings" / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(state / "runtime"), "JUPYTER_CONFIG_DIR": str(state / "config"),
-           "OMP_NUM_THREADS": "2"}
+           **(extra_env or {})}
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-               f"--ServerApp.root_dir={fast_project / 'notebooks'}", f"--LabApp.user_settings_dir={state / 'settings'}",
+               f"--ServerApp.root_dir={notebooks}", f"--LabApp.user_settings_dir={state / 'settings'}",
                f"--LabApp.workspaces_dir={state / 'workspaces'}",
                f"--FileCheckpoints.checkpoint_dir={state / 'checkpoints'}", "--ServerApp.open_browser=False"]
     if hasattr(os, "getuid") and os.getuid() == 0:
@@ -89,7 +86,7 @@ def lab(fast_project: Path, tmp_path_factory) -> Iterator[Lab]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"JupyterLab did not start:\n{(state / 'lab.log').read_text()[-3000:]}") from None
                 time.sleep(0.5)
-        yield Lab(url, token, fast_project / "notebooks")
+        yield Lab(url, token, notebooks)
     finally:
         process.terminate()
         try:
@@ -98,6 +95,15 @@ def lab(fast_project: Path, tmp_path_factory) -> Iterator[Lab]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def lab(fast_project: Path, tmp_path_factory) -> Iterator[Lab]:
+    """JupyterLab on the fast project's notebooks (`running_lab`)."""
+    _chromium_or_skip()
+    with running_lab(fast_project / "notebooks", tmp_path_factory.mktemp("jupyter_state"),
+                     {"OMP_NUM_THREADS": "2"}) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="session")
