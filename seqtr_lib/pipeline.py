@@ -24,14 +24,18 @@ import argparse
 import os
 import shutil
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from seqtr_lib.config import Experiment, experiment_to_dict, load_params
+from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.config import ConfigError, Experiment, experiment_to_dict, load_params
 from seqtr_lib.notebook import load_experiment, repo_root
+from seqtr_lib.sweeps import (MARKER, SweepRun, finished_notebooks, grid, machine, parse_run_name, parse_sweep,
+                              run_name, sweep_table)
 
 NOTEBOOKS = {
     "00": "00_prepare_data.ipynb",
@@ -203,12 +207,77 @@ def run_compare(project: str | Path | None = None, runs: str = "outputs/*", expo
     return path
 
 
-def sweep(params_file: str, sweeps: Sequence[Any] = (), **options: Any) -> list:
-    """A grid of runs of one params file (`seqtr_lib.sweeps.sweep`: same options), e.g. from a notebook:
-    ``pipeline.sweep("params/synthetic_mask.yaml", ["model.num_ray=12,18"], demo=True, notebooks=["01", "02"])``."""
-    from seqtr_lib.sweeps import sweep as run_sweep
-
-    return run_sweep(params_file, sweeps, **options)
+def sweep(params_file: str, sweeps: Sequence[str] | Sequence[tuple[str, Sequence[str]]] = (), seeds: int = 1,
+          notebooks: Sequence[str] = ("00", "01", "02"), project: str | Path | None = None,
+          overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None, nproc_per_node: int = 1,
+          demo: bool = False, output_root: str | None = None, data_root: str | None = None,
+          log: Any = print) -> list[SweepRun]:
+    """Run ``notebooks`` for every grid point of ``sweeps`` (``"key=V1,V2"`` texts or (key, values) pairs)
+    and ``seeds``; returns one SweepRun per point. Finished points (`is_finished`) are skipped; a failing
+    point is recorded and the next one starts. ``demo`` applies the demo schedule of the params' task
+    (`DEMO_OVERRIDES` and `DEMO_SCHEDULES`) before ``overrides``; ``nproc_per_node`` goes to 01.
+    Every point is checked (its params load) before the first one runs."""
+    root = Path(project).resolve() if project else repo_root()
+    pairs = [parse_sweep(s) if isinstance(s, str) else (s[0], [str(v) for v in s[1]]) for s in sweeps]
+    base = _project_experiment(root, params_file, overrides, output_root or "", data_root or "")
+    schedule: list[str] = []
+    values = {**(parameters or {})}
+    if demo:
+        schedule = [*DEMO_OVERRIDES, *DEMO_SCHEDULES.get(base.model.task, DEMO_SCHEDULES["box"])]
+        values = {**DEMO_PARAMETERS, **values}
+    if nproc_per_node != 1:
+        values["nproc_per_node"] = nproc_per_node
+    runs, plans = [], []
+    for point in grid(pairs, seeds, base.train.seed):
+        name = run_name(base.name, point)
+        everything = [*schedule, *overrides, *point, f"name={name}"]
+        try:
+            experiment = _project_experiment(root, params_file, everything, output_root or "", data_root or "")
+        except (ConfigError, ValueError) as error:
+            raise ConfigError(f"grid point {' '.join(point)} of {params_file}: {error}") from None
+        runs.append(SweepRun(name, point, (root / experiment.run_dir).resolve()))
+        plans.append((everything, experiment))
+    log(f"sweep of {params_file}: {len(runs)} runs x notebooks {','.join(notebooks)} in {root / base.output_dir}", flush=True)
+    for index, (run, (everything, experiment)) in enumerate(zip(runs, plans), 1):
+        prefix = f"[{index}/{len(runs)} {run.name}]"
+        done = finished_notebooks(run.run_dir, everything)
+        todo = [n for n in notebooks if n not in done]
+        if not todo:
+            run.status = "skipped"
+            log(f"{prefix} finished earlier: skipped ({run.run_dir / MARKER})", flush=True)
+            continue
+        # Only a complete run keeps its marker; a run started again from scratch keeps its old checkpoints aside.
+        (run.run_dir / MARKER).unlink(missing_ok=True)
+        if "01" in todo and (moved := move_aside(run.run_dir)):
+            log(f"{prefix} moved the earlier, unfinished run to {moved}", flush=True)
+            done = []
+        log(f"{prefix} {' '.join(run.swept) or '(no overrides)'}: notebooks {','.join(todo)}", flush=True)
+        started = time.perf_counter()
+        run.status = "done"
+        for notebook in todo:
+            try:
+                run_pipeline([params_file], (notebook,), root, output_root, data_root, everything, values)
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # noqa: BLE001 - a failing run is recorded and the next one starts
+                run.status, run.notebook = "failed", NOTEBOOKS.get(notebook, notebook)
+                run.cell = getattr(error, "cell", None)
+                run.error = str(error) if isinstance(error, NotebookFailed) else \
+                    "".join(traceback.format_exception_only(error)).strip()
+                log(f"{prefix} FAILED in {run.notebook}" + (f" cell {run.cell}" if run.cell is not None else "")
+                    + f": {run.error.splitlines()[0]}", flush=True)
+                break
+        run.seconds = time.perf_counter() - started
+        marker = {"status": run.status, "params_file": params_file, "base_name": base.name, "swept": run.swept,
+                  "overrides": everything,
+                  "notebooks": [n for n in NOTEBOOKS if n in done or n in todo], "parameters": values,
+                  "seconds": round(run.seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                  "machine": machine(), "config": experiment_to_dict(experiment)}
+        if run.status == "failed":
+            marker.update(notebook=run.notebook, cell=run.cell, error=run.error)
+        write_json_atomic(run.run_dir / MARKER, marker)
+        log(f"{prefix} {run.status} in {run.seconds / 60:.1f} min", flush=True)
+    return runs
 
 
 def run_demo(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[str] = ("00", "01", "02", "03", "04"),
@@ -282,9 +351,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         project = make_project(project or repo_root() / FAST_PROJECT, args.params)
         print(f"fast project in {project}: its own notebooks/, params/, data/ and outputs/", flush=True)
     if is_sweep:
-        from seqtr_lib.config import ConfigError
-        from seqtr_lib.sweeps import parse_run_name, sweep_table
-
         runs = []
         try:
             for params_file in args.params:

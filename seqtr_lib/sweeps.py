@@ -19,15 +19,12 @@ import json
 import os
 import platform
 import re
-import time
-import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from seqtr_lib.atomic import write_json_atomic
-from seqtr_lib.config import ConfigError, Experiment, _valid_keys, _unknown_key, experiment_to_dict
+from seqtr_lib.config import ConfigError, Experiment, _valid_keys, _unknown_key
 
 MARKER = "sweep.json"
 SEPARATOR = "__"
@@ -179,81 +176,6 @@ def finished_notebooks(run_dir: Path, overrides: Sequence[str]) -> list[str]:
 def is_finished(run_dir: Path, notebooks: Sequence[str], overrides: Sequence[str]) -> bool:
     """Whether an earlier sweep ran ``notebooks`` (or more) here successfully with the same overrides."""
     return set(notebooks) <= set(finished_notebooks(run_dir, overrides))
-
-
-def sweep(params_file: str, sweeps: Sequence[str] | Sequence[tuple[str, Sequence[str]]] = (), seeds: int = 1,
-          notebooks: Sequence[str] = ("00", "01", "02"), project: str | Path | None = None,
-          overrides: Sequence[str] = (), parameters: dict[str, Any] | None = None, nproc_per_node: int = 1,
-          demo: bool = False, output_root: str | None = None, data_root: str | None = None,
-          log: Any = print) -> list[SweepRun]:
-    """Run ``notebooks`` for every grid point of ``sweeps`` (``"key=V1,V2"`` texts or (key, values) pairs)
-    and ``seeds``; returns one SweepRun per point. Finished points (`is_finished`) are skipped; a failing
-    point is recorded and the next one starts. ``demo`` applies the demo schedule of the params' task
-    (`pipeline.DEMO_OVERRIDES` and `DEMO_SCHEDULES`) before ``overrides``; ``nproc_per_node`` goes to 01.
-    Every point is checked (its params load) before the first one runs."""
-    from seqtr_lib import pipeline
-
-    root = Path(project).resolve() if project else pipeline.repo_root()
-    pairs = [parse_sweep(s) if isinstance(s, str) else (s[0], [str(v) for v in s[1]]) for s in sweeps]
-    base = pipeline._project_experiment(root, params_file, overrides, output_root or "", data_root or "")
-    schedule: list[str] = []
-    values = {**(parameters or {})}
-    if demo:
-        schedule = [*pipeline.DEMO_OVERRIDES, *pipeline.DEMO_SCHEDULES.get(base.model.task, pipeline.DEMO_SCHEDULES["box"])]
-        values = {**pipeline.DEMO_PARAMETERS, **values}
-    if nproc_per_node != 1:
-        values["nproc_per_node"] = nproc_per_node
-    runs, plans = [], []
-    for point in grid(pairs, seeds, base.train.seed):
-        name = run_name(base.name, point)
-        everything = [*schedule, *overrides, *point, f"name={name}"]
-        try:
-            experiment = pipeline._project_experiment(root, params_file, everything, output_root or "", data_root or "")
-        except (ConfigError, ValueError) as error:
-            raise ConfigError(f"grid point {' '.join(point)} of {params_file}: {error}") from None
-        runs.append(SweepRun(name, point, (root / experiment.run_dir).resolve()))
-        plans.append((everything, experiment))
-    log(f"sweep of {params_file}: {len(runs)} runs x notebooks {','.join(notebooks)} in {root / base.output_dir}", flush=True)
-    for index, (run, (everything, experiment)) in enumerate(zip(runs, plans), 1):
-        prefix = f"[{index}/{len(runs)} {run.name}]"
-        done = finished_notebooks(run.run_dir, everything)
-        todo = [n for n in notebooks if n not in done]
-        if not todo:
-            run.status = "skipped"
-            log(f"{prefix} finished earlier: skipped ({run.run_dir / MARKER})", flush=True)
-            continue
-        # Only a complete run keeps its marker; a run started again from scratch keeps its old checkpoints aside.
-        (run.run_dir / MARKER).unlink(missing_ok=True)
-        if "01" in todo and (moved := pipeline.move_aside(run.run_dir)):
-            log(f"{prefix} moved the earlier, unfinished run to {moved}", flush=True)
-            done = []
-        log(f"{prefix} {' '.join(run.swept) or '(no overrides)'}: notebooks {','.join(todo)}", flush=True)
-        started = time.perf_counter()
-        run.status = "done"
-        for notebook in todo:
-            try:
-                pipeline.run_pipeline([params_file], (notebook,), root, output_root, data_root, everything, values)
-            except KeyboardInterrupt:
-                raise
-            except Exception as error:  # noqa: BLE001 - a failing run is recorded and the next one starts
-                run.status, run.notebook = "failed", pipeline.NOTEBOOKS.get(notebook, notebook)
-                run.cell = getattr(error, "cell", None)
-                run.error = str(error) if isinstance(error, pipeline.NotebookFailed) else \
-                    "".join(traceback.format_exception_only(error)).strip()
-                log(f"{prefix} FAILED in {run.notebook}" + (f" cell {run.cell}" if run.cell is not None else "")
-                    + f": {run.error.splitlines()[0]}", flush=True)
-                break
-        run.seconds = time.perf_counter() - started
-        marker = {"status": run.status, "params_file": params_file, "base_name": base.name, "swept": run.swept,
-                  "overrides": everything,
-                  "notebooks": [n for n in pipeline.NOTEBOOKS if n in done or n in todo], "parameters": values,
-                  "seconds": round(run.seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                  "machine": machine(), "config": experiment_to_dict(experiment)}
-        if run.status == "failed":
-            marker.update(notebook=run.notebook, cell=run.cell, error=run.error)
-        write_json_atomic(run.run_dir / MARKER, marker)
-        log(f"{prefix} {run.status} in {run.seconds / 60:.1f} min", flush=True)
-    return runs
 
 
 def sweep_table(runs: Iterable[SweepRun]) -> str:
