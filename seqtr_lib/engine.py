@@ -166,11 +166,12 @@ def training_objective(model: SeqTR, outputs: dict[str, torch.Tensor], batch: di
     this process's counts (samples, labelled objects) into the divisors (`seqtr_lib.distributed.count_share`
     under DDP); default: the counts themselves."""
     layout = model.layout
-    samples = outputs[f"{layout.parts[0]}_logits"].shape[0]
-    parts = sequence_loss(outputs, batch, layout, None if count_share is None else count_share(samples).float())
+    batch_size = outputs[f"{layout.parts[0]}_logits"].shape[0]
+    samples = None if count_share is None else count_share(batch_size).float()
+    parts = sequence_loss(outputs, batch, layout, samples)
     del parts["loss"]
     if model.aids is not None:
-        parts.update(model.aids.losses(outputs, batch, count_share))
+        parts.update(model.aids.losses(outputs, batch, count_share, samples))
     return {**parts, "loss": sum(parts.values())}  # type: ignore[dict-item]
 
 

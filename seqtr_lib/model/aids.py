@@ -20,7 +20,7 @@ training data, so the training step applies it: `seqtr_lib.codec.noisy_coordinat
 
 The model calls four hooks: `backbone_input`, `visual_map` (additions to the visual map, and the notes the
 aids keep for later), `cell_logits` (with the prior) and `first_input`. Training calls `outputs` (inside the
-model's forward) and `losses`; `forward_keys` and `loss_keys` name the batch entries they read.
+model's forward) and `losses`; `forward_keys` names the batch entries the forward reads.
 """
 
 from __future__ import annotations
@@ -169,12 +169,6 @@ class TrainingAids(nn.Module):
         return (("target_box",) if self.cell_scorer is not None else ()) + \
             (("scene_centres",) if self.scene_head is not None else ())
 
-    @property
-    def loss_keys(self) -> tuple[str, ...]:
-        """The batch entries `losses` reads besides the outputs."""
-        return (("scene_labels",) if self.scene_head is not None else ()) + \
-            (("named_attributes",) if self.word_head is not None else ())
-
     def outputs(self, memory: Any, image_width: int, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The aids' part of a teacher-forced forward pass.
 
@@ -212,12 +206,14 @@ class TrainingAids(nn.Module):
         return logits.gather(1, cells[..., None].expand(-1, -1, logits.shape[-1]))
 
     def losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
-               count_share: Callable[[Any], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+               count_share: Callable[[Any], torch.Tensor] | None = None,
+               samples: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The weighted aid losses: ``loss_cell`` (`seqtr_lib.loss.target_cell_loss`), ``loss_scene`` (every
         labelled object's colour, kind and size, `seqtr_lib.loss.scene_loss`) and ``loss_words`` (the colour
         and kind the expression names), each present when its weight is on. Each is a sum divided by a count;
         ``count_share`` (under DDP, `seqtr_lib.distributed.count_share`) turns this process's counts into the
-        divisors, default the counts themselves."""
+        divisors, default the counts themselves; ``samples``, the batch size's divisor when the caller has it
+        already (one all-reduce fewer per step)."""
         def divisor(count: Any) -> torch.Tensor | None:
             return None if count_share is None else count_share(count).float()
 
@@ -225,7 +221,8 @@ class TrainingAids(nn.Module):
         if self.cell_scorer is not None:
             if "target_cells" not in outputs:
                 raise ValueError("the target-cell loss needs outputs from a forward given the batch's target_box")
-            samples = divisor(outputs["cell_logits"].shape[0])
+            if samples is None:
+                samples = divisor(outputs["cell_logits"].shape[0])
             losses["loss_cell"] = target_cell_loss(outputs["cell_logits"], outputs["target_cells"], samples)
         if self.scene_head is not None:
             if "scene_logits" not in outputs or batch.get("scene_labels") is None:
