@@ -49,6 +49,20 @@ def setup(device_preference: str = "auto") -> Context:
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def synchronised_batchnorm(model: torch.nn.Module, device: torch.device, world_size: int) -> torch.nn.Module:
+    """``model`` with every BatchNorm a `torch.nn.SyncBatchNorm` (statistics over all processes) when there
+    are several; alone it is returned as it is. torch computes SyncBatchNorm's statistics only on a GPU, so
+    several CPU processes are refused: there `train.freeze_batchnorm` is the way to identical runs."""
+    if world_size == 1:
+        return model
+    if device.type != "cuda":
+        raise ValueError(f"train.sync_batchnorm needs CUDA: torch has no CPU SyncBatchNorm, and this run has "
+                         f"{world_size} processes on {device.type}. Set train.sync_batchnorm=false (each process "
+                         "then normalises by its own batch) or train.freeze_batchnorm=true (every BatchNorm in "
+                         "eval mode: the runs equal one process)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def rank() -> int:
     """This process's rank (0 when alone)."""
     return dist.get_rank() if dist.is_initialized() else 0

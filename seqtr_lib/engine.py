@@ -243,8 +243,8 @@ class Trainer:
             note = load_finetune_start(model, self.experiment.model, start.finetune, t.finetune_from)
             if self.context.is_main:
                 print(note)
-        if self.context.world_size > 1 and t.sync_batchnorm and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if t.sync_batchnorm:
+            model = distributed.synchronised_batchnorm(model, self.device, self.context.world_size)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if t.channels_last else model
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -413,3 +415,37 @@ def test_small_model_overfits_eight_toy_samples_to_full_accuracy():
     swapped[expression_ids == red], swapped[expression_ids == blue] = blue, red
     predicted = dequantize(model.generate(images, pad_mask, swapped)["box_tokens"], 64, 64, NUM_BIN)
     assert box_metrics(predicted, boxes)["acc@0.5"] < 50.0
+
+
+def test_sync_batchnorm_keeps_the_padding_zeroed_and_the_weights():
+    from seqtr_lib.distributed import synchronised_batchnorm
+
+    model = tiny_model("box", seed=5)
+    with torch.no_grad():  # trained-like statistics, under which padded zeros do not stay zero by themselves
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.uniform_(-1, 1)
+                norm.bias.uniform_(-1, 1)
+    alone = copy.deepcopy(model)
+    # Converting needs no GPU (only SyncBatchNorm's training-mode statistics do); this names the device the
+    # conversion is meant for.
+    synced = synchronised_batchnorm(model, torch.device("cuda"), world_size=2).eval()
+    norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert alone.state_dict().keys() == synced.state_dict().keys()
+    assert all(torch.equal(alone.state_dict()[k], v) for k, v in synced.state_dict().items())
+    images, pad_mask, expression_ids = make_batch([(45, 77), (120, 150)], seed=5)
+    # In eval mode a SyncBatchNorm calls the same batch_norm as a BatchNorm2d: equal bit for bit, the
+    # fusion's padding included (its hooks must find the SyncBatchNorms).
+    expected = alone.generate(images, pad_mask, expression_ids)
+    got = synced.generate(images, pad_mask, expression_ids)
+    assert all(torch.equal(got[key], value) for key, value in expected.items())
+
+
+def test_sync_batchnorm_is_refused_for_several_cpu_processes_and_skipped_alone():
+    from seqtr_lib.distributed import synchronised_batchnorm
+
+    model = tiny_model("box")
+    assert synchronised_batchnorm(model, torch.device("cpu"), world_size=1) is model
+    with pytest.raises(ValueError, match=r"sync_batchnorm needs CUDA.*freeze_batchnorm=true"):
+        synchronised_batchnorm(model, torch.device("cpu"), world_size=2)

@@ -25,7 +25,7 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
 
 @contextmanager
 def padding_zeroed(module: nn.Module, pad_mask: torch.Tensor) -> Iterator[None]:
-    """Within the block, zero every BatchNorm2d output of ``module`` outside each image.
+    """Within the block, zero every BatchNorm output of ``module`` outside each image.
 
     pad_mask: bool (B, H, W), True on padding. A map of size (h, w) is masked by nearest sampling
     (a cell is padding when the top-left pixel of its block is). The following activations map 0
@@ -51,7 +51,9 @@ def padding_zeroed(module: nn.Module, pad_mask: torch.Tensor) -> Iterator[None]:
             by_size[size] = F.interpolate(valid_pixels, size=size, mode="nearest").to(output.dtype)
         return output * by_size[size]
 
-    handles = [m.register_forward_hook(zero_padding) for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    # _BatchNorm: also a SyncBatchNorm (train.sync_batchnorm), which is no BatchNorm2d.
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [norm.register_forward_hook(zero_padding) for norm in norms]
     try:
         yield
     finally:
