@@ -102,9 +102,11 @@ def summary(times: dict[str, list[float]], **extra: Any) -> list[dict[str, Any]]
 
 
 def generation_runs(model: torch.nn.Module, batch: dict[str, torch.Tensor], choices: tuple[str, ...],
-                    auto: ex.Execution) -> tuple[dict[str, Callable[[], Any]], dict[str, bool]]:
-    """One callable per choice generating for ``batch``, and whether each gives fp32's tokens."""
+                    auto: ex.Execution) -> tuple[dict[str, Callable[[], Any]], dict[str, bool], dict[str, Any]]:
+    """One callable per choice generating for ``batch``, whether each gives fp32's tokens, and the recheck
+    tallies of the choices with one."""
     runs: dict[str, Callable[[], Any]] = {}
+    tallies: dict[str, Any] = {}
     for name in choices:
         if name == "autocast_whole_model":
             def run(prepared: Any = model.to(memory_format=torch.contiguous_format)) -> Any:
@@ -114,6 +116,8 @@ def generation_runs(model: torch.nn.Module, batch: dict[str, torch.Tensor], choi
         else:
             execution = auto if name == "auto" else ex.parse_execution(name)
             prepared = execution.prepare(model)
+            if ex.recheck_tally(prepared) is not None:
+                tallies[name] = ex.recheck_tally(prepared)
 
             def run(prepared: Any = prepared, execution: ex.Execution = execution) -> Any:
                 with torch.inference_mode():
@@ -125,7 +129,7 @@ def generation_runs(model: torch.nn.Module, batch: dict[str, torch.Tensor], choi
     for name, run in runs.items():
         got = run()
         equal[name] = all(torch.equal(reference[key], got[key]) for key in reference if key.endswith("_tokens"))
-    return runs, equal
+    return runs, equal, tallies
 
 
 def measure_generation(section: str, experiment: Any, batch_size: int, choices: tuple[str, ...],
@@ -138,11 +142,13 @@ def measure_generation(section: str, experiment: Any, batch_size: int, choices: 
     if "auto" not in choices and auto.name not in choices:
         choices = (*choices, "auto")
     batch = inputs(batch_size, experiment.data.image_size, experiment.max_token, experiment.model)
-    runs, equal = generation_runs(model, batch, choices, auto)
+    runs, equal, tallies = generation_runs(model, batch, choices, auto)
     times = interleaved(runs, repeats)
     for row in summary(times, section=section, task=task, batch=batch_size, image_size=experiment.data.image_size):
         row["tokens_equal_fp32"] = equal[row["choice"]]
         row["is_auto"] = row["choice"] == auto.name or row["choice"] == "auto"
+        if row["choice"] in tallies:  # how many samples the recheck redid, and whether it gave bf16 up (when)
+            row["recheck"] = dataclasses.asdict(tallies[row["choice"]])
         results.append(row)
     return results
 

@@ -8,6 +8,7 @@ size; the per-expression records feed the evaluation notebook (IoU histograms, f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -26,7 +27,7 @@ from seqtr_lib.config import DECODING_KEYS, TASK_PARTS, Experiment, experiment_f
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset, scene_classes
-from seqtr_lib.execution import Execution, resolve, training_bf16
+from seqtr_lib.execution import Execution, ran_as, recheck_tally, resolve, training_bf16
 from seqtr_lib.execution import generate as generate_under
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
@@ -174,8 +175,12 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
         unique.setdefault((record["ann_index"], record["expression_index"]), record)
     ordered = [unique[key] for key in sorted(unique)]
     skipped = sum(distributed.gather_objects([skipped]))
-    return {"metrics": metrics_from_records(ordered, experiment.model.task), "records": ordered, "num_expressions": len(ordered),
-            "skipped_images": skipped}
+    outcome = {"metrics": metrics_from_records(ordered, experiment.model.task), "records": ordered,
+               "num_expressions": len(ordered), "skipped_images": skipped}
+    tally = recheck_tally(model)
+    if tally is not None:  # this process's samples
+        outcome.update(recheck=tally, ran_as=ran_as(model, execution))
+    return outcome
 
 
 def _generate_as_trained(model: SeqTR, graph_decoder: GraphDecoder | None, batch: dict[str, Any], device: torch.device,
@@ -283,6 +288,12 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
                                              cuda_graphs=cuda_graphs, execution=chosen)
                     per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
                                       "skipped_images": outcome["skipped_images"]}
+                    if "recheck" in outcome:  # bf16 + recheck: how often float32 was needed, on this process
+                        tally = outcome["recheck"]
+                        results.setdefault("recheck", {})[f"{split}/{key}"] = {**dataclasses.asdict(tally),
+                                                                              "ran_as": outcome["ran_as"]}
+                        if context.is_main:
+                            print(f"{split} ({key}): {tally.describe()}", flush=True)
                     if save_predictions and context.is_main:
                         write_json_atomic(experiment.run_dir / "predictions" / f"{split}_{key}.json",
                                           [{k: v for k, v in r.items() if not k.endswith("rle")}

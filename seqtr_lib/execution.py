@@ -22,7 +22,9 @@ RECHECK. Even so bf16 moves some tokens: where the model hesitates between two b
 for query selection) a small error decides. `generate` therefore watches every greedy choice of a bf16
 run and generates a sample again in float32 when a winning logit led the runner-up by less than
 RECHECK_MARGIN; only near-ties pay for float32, and the tokens are float32's unless bf16 moved a logit
-by more than that margin.
+by more than that margin. A model that hesitates on most samples (random weights: all of them) would pay
+twice, so once more than RECHECK_GIVE_UP of its first RECHECK_TRIAL or more samples were rechecked it runs
+float32 alone (`RecheckTally`, `ran_as` names what runs).
 
 bf16 is chosen only on a CPU with bf16 units (`cpu_bf16_units`: the CPU's flags, what oneDNN is allowed to
 use, and torch's own check), never assumed. Elsewhere torch emulates bfloat16, correct but slower than
@@ -59,10 +61,45 @@ BF16_MIN_WORK = 0.05
 # 99.4 % of float32's boxes with 6 % of the samples rechecked, 0.02 all of them with 12 %, 0.1 with 52 %.
 # A mask cannot be kept so: 93 % of the synthetic mask's samples had a lead under 0.01 (36 near-tie chances).
 RECHECK_MARGIN = 0.02
-# Prepared bf16 models -> their float32 counterparts (`Execution.prepare`, `generate`).
+# bf16 + recheck costs t_bf16 + r x t_fp32 a sample at a recheck rate r, more than float32 alone once
+# r > 1 - t_bf16 / t_fp32: 0.42 on the 2-core EPYC (0.675 s against 1.157 s, paper box model), higher where
+# bf16 gains more. Past RECHECK_GIVE_UP, after RECHECK_TRIAL samples, a prepared model runs float32 only.
+RECHECK_GIVE_UP = 1 / 3
+RECHECK_TRIAL = 16
+# Prepared bf16 models -> their float32 counterparts and how often they were needed (`prepare`, `generate`).
 _FALLBACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TALLIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # The first DarkNet module run in bf16 (`seqtr_lib.model.darknet.DarkNet53.layers`); those before stay float32.
 BF16_FROM = "down2"
+
+
+@dataclass
+class RecheckTally:
+    """How many samples a bf16 + recheck model generated and how many it generated again in float32; once
+    more than RECHECK_GIVE_UP of at least RECHECK_TRIAL were rechecked, bf16 no longer pays and `generate`
+    runs float32 alone (``float32_from``: the samples seen by then)."""
+
+    samples: int = 0
+    rechecked: int = 0
+    float32_from: int | None = None
+
+    def add(self, samples: int, rechecked: int) -> None:
+        self.samples += samples
+        self.rechecked += rechecked
+        if (self.float32_from is None and self.samples >= RECHECK_TRIAL
+                and self.rechecked > RECHECK_GIVE_UP * self.samples):
+            self.float32_from = self.samples
+
+    def describe(self) -> str:
+        if self.float32_from is not None:
+            return (f"bf16 given up: {self.rechecked} of the first {self.float32_from} samples were near-ties "
+                    f"rechecked in float32 (over {RECHECK_GIVE_UP:.0%} costs more than float32 alone); float32 since")
+        return f"{self.rechecked} of {self.samples} samples rechecked in float32"
+
+
+def recheck_tally(model: nn.Module) -> RecheckTally | None:
+    """The `RecheckTally` of a model `Execution.prepare` returned with bf16 + recheck, else None."""
+    return _TALLIES.get(model)
 
 
 class ExecutionError(ValueError):
@@ -102,6 +139,7 @@ class Execution:
             model = model.to(memory_format=torch.channels_last)
         if fallback is not None:
             _FALLBACKS[model] = fallback
+            _TALLIES[model] = RecheckTally()
         return model
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
@@ -290,6 +328,15 @@ def _backbone_in_bf16(backbone: nn.Module, store_bf16: bool) -> None:
         setattr(backbone.layers, name, Bf16Module(module, to_float=name in OUTPUT_MODULES))
 
 
+def ran_as(model: nn.Module, execution: Execution) -> str:
+    """The name of what ``model`` (prepared by ``execution``) now runs: ``execution``'s, or its float32
+    counterpart's once the recheck gave bf16 up (`RecheckTally`)."""
+    tally = _TALLIES.get(model)
+    if tally is not None and tally.float32_from is not None:
+        return Execution(channels_last=execution.channels_last, fold_bn=execution.fold_bn).name
+    return execution.name
+
+
 def runs_in_bf16(model: nn.Module) -> bool:
     """Whether ``model`` (as `Execution.prepare` returns it) runs part of its backbone in bf16."""
     return any(isinstance(module, Bf16Module) for module in model.modules())
@@ -303,12 +350,15 @@ def generate(model: nn.Module, execution: Execution, images: torch.Tensor, pad_m
     With bf16, recheck and greedy decoding, every choice the model made (each token, and the query-selection cell) is
     checked: a sample whose winning logit led the runner-up by less than ``RECHECK_MARGIN`` anywhere is
     generated again in float32 and takes that result. The output then also holds ``min_margin`` float (B,)
-    (the smallest lead, bf16) and ``rechecked`` bool (B,).
+    (the smallest lead, bf16) and ``rechecked`` bool (B,). Once a model's `RecheckTally` gives bf16 up, its
+    samples are generated in float32 alone (no such keys).
     """
     images = execution.images(images)
-    fallback = _FALLBACKS.get(model)
+    fallback, tally = _FALLBACKS.get(model), _TALLIES.get(model)
     check = (fallback is not None and decoder is None and decoding.get("strategy", "greedy") == "greedy"
              and RECHECK_MARGIN > 0)
+    if check and tally.float32_from is not None:  # near-ties were so common that bf16 stopped paying
+        return generate(fallback, FP32, images, pad_mask, expression_ids, **decoding)
     steps: list[torch.Tensor] = []
     handle = model.predictor.register_forward_hook(lambda m, i, out: steps.append(out.float())) if check else None
     try:
@@ -323,6 +373,7 @@ def generate(model: nn.Module, execution: Execution, images: torch.Tensor, pad_m
         return generated
     margin = _smallest_lead(model, memory, steps, generated, decoding.get("task"))
     unsure = margin < RECHECK_MARGIN
+    tally.add(len(unsure), int(unsure.sum()))
     if bool(unsure.any()):
         rows = unsure.nonzero()[:, 0]
         again = generate(fallback, FP32, images[rows], pad_mask[rows], expression_ids[rows], **decoding)

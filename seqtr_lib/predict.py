@@ -24,7 +24,7 @@ from seqtr_lib.config import Experiment
 from seqtr_lib.data.loader import pad_images
 from seqtr_lib.data.transforms import resize_long_side, to_tv_tensors
 from seqtr_lib.evaluation import load_trained
-from seqtr_lib.execution import FP32, Execution, resolve
+from seqtr_lib.execution import FP32, Execution, ran_as, resolve
 from seqtr_lib.execution import generate as generate_under
 from seqtr_lib.images import MAX_IMAGE_PIXELS, to_rgb_uint8
 from seqtr_lib.model.seqtr import SeqTR
@@ -198,7 +198,7 @@ class Grounder:
             attention_grid = raw.reshape(*raw.shape[:3], *grid_shape).cpu().numpy()
             attention = attention_in_original_pixels(raw.mean(dim=(0, 1)).reshape(emitted, *grid_shape), meta, stride)
         return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started,
-                          attention, attention_grid, self.execution.name)
+                          attention, attention_grid, ran_as(self.model, self.execution))
 
     def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
         """Draw the prediction over the image (numbered points for masks) and write a PNG."""

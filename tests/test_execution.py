@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from seqtr_lib import evaluation
 from seqtr_lib import execution as ex
 from seqtr_lib.config import ModelConfig, load_params
 from seqtr_lib.evaluation import autocast, evaluate_model, load_trained
@@ -168,6 +167,37 @@ def test_samples_too_close_to_call_in_bf16_are_generated_again_in_float32(monkey
     assert (nothing["min_margin"] >= 0).all() and torch.isfinite(nothing["min_margin"]).all()
 
 
+def test_bf16_is_given_up_when_most_samples_need_the_float32_recheck(monkeypatch):
+    model, inputs = _tiny_model("box")
+    execution = ex.parse_execution("bf16+recheck")
+    with torch.inference_mode():
+        expected = model.generate(*inputs)
+        monkeypatch.setattr(ex, "RECHECK_MARGIN", 1e-30)  # no sample is a near-tie: bf16 stays
+        steady = execution.prepare(model)
+        for _ in range(2 * ex.RECHECK_TRIAL):
+            ex.generate(steady, execution, *inputs)
+        monkeypatch.setattr(ex, "RECHECK_MARGIN", math.inf)  # every sample is one (random weights are like that)
+        hesitant = execution.prepare(model)
+        calls = -(-ex.RECHECK_TRIAL // len(inputs[0]))  # the first call that reaches the trial size decides
+        for _ in range(calls):
+            assert "rechecked" in ex.generate(hesitant, execution, *inputs)
+        dtypes: set[torch.dtype] = set()
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: dtypes.add(out.dtype) if isinstance(module, nn.Conv2d) else None)
+        try:
+            after = ex.generate(hesitant, execution, *inputs)
+        finally:
+            handle.remove()
+    assert ex.recheck_tally(steady).float32_from is None and ex.recheck_tally(steady).rechecked == 0
+    assert ex.ran_as(steady, execution) == "bf16+recheck"
+    tally = ex.recheck_tally(hesitant)
+    assert tally.float32_from == tally.samples == calls * len(inputs[0]) == tally.rechecked
+    assert ex.ran_as(hesitant, execution) == "fp32" and "given up" in tally.describe()
+    assert dtypes == {torch.float32} and "rechecked" not in after  # float32 alone, no bf16 pass first
+    assert all(torch.equal(after[key], expected[key]) for key in expected)
+    assert ex.recheck_tally(model) is None  # the model as given has no tally: only a prepared copy does
+
+
 # --- quality: the fast path against float32 on the released synthetic weights --------------------------------
 
 AGREEMENT = 0.99  # the share of val expressions whose tokens must equal float32's (the issue's bound)
@@ -204,14 +234,6 @@ def test_fast_path_keeps_the_released_models_tokens_and_metric(held_out_scenes, 
         if isinstance(module, nn.Conv2d):
             convolution_dtypes.add(output.dtype)
 
-    rechecked: list[int] = []
-
-    def counting(*args, **kwargs):
-        generated = ex.generate(*args, **kwargs)
-        rechecked.append(int(generated["rechecked"].sum()) if "rechecked" in generated else 0)
-        return generated
-
-    monkeypatch.setattr(evaluation, "generate_under", counting)
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         fast = evaluate_model(model, experiment, vocabulary, "val", cpu, execution=ex.parse_execution(spec))
@@ -219,8 +241,10 @@ def test_fast_path_keeps_the_released_models_tokens_and_metric(held_out_scenes, 
         handle.remove()
     expected_dtypes = {torch.float32, torch.bfloat16} if "bf16" in spec else {torch.float32}
     assert convolution_dtypes == expected_dtypes  # bf16 really ran (and float32 around it) where asked
-    # and decided most samples itself: float32 only for the near-ties
-    assert sum(rechecked) <= MAX_RECHECKED * fast["num_expressions"]
+    # and decided most samples itself (float32 only for the near-ties), so bf16 was never given up
+    if "recheck" in spec:
+        assert fast["recheck"].float32_from is None
+        assert fast["recheck"].rechecked <= MAX_RECHECKED * fast["num_expressions"]
     assert reference["num_expressions"] == fast["num_expressions"] >= 900
     pairs = list(zip(reference["records"], fast["records"]))
     assert all((r["ann_index"], r["expression_index"]) == (f["ann_index"], f["expression_index"]) for r, f in pairs)
