@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -139,3 +140,14 @@ def count_share(local_count: int | float | torch.Tensor, device: torch.device | 
     long as one process holds one item.
     """
     return global_count(local_count, device) / world_size()
+
+
+def count_shares(local_counts: Mapping[str, int | float | torch.Tensor],
+                 device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """`count_share` of several named counts at once, in one all-reduce: the counts are laid end to end in
+    one float64 tensor, summed over the processes and cut back into their names and shapes."""
+    counts = {name: torch.as_tensor(count, dtype=torch.float64, device=device)
+              for name, count in local_counts.items()}
+    packed = count_share(torch.cat([count.reshape(-1) for count in counts.values()]), device)
+    pieces = packed.split([count.numel() for count in counts.values()])
+    return {name: piece.reshape(count.shape) for (name, count), piece in zip(counts.items(), pieces)}

@@ -161,17 +161,23 @@ def load_finetune_start(model: SeqTR, model_config: ModelConfig, start: dict[str
 
 
 def training_objective(model: SeqTR, outputs: dict[str, torch.Tensor], batch: dict[str, Any],
-                       count_share: Callable[[Any], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The paper's sequence loss plus the training aids' terms: ``loss`` and each part. ``count_share`` turns
-    this process's counts (samples, labelled objects) into the divisors (`seqtr_lib.distributed.count_share`
-    under DDP); default: the counts themselves."""
+                       count_shares: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None
+                       ) -> dict[str, torch.Tensor]:
+    """The paper's sequence loss plus the training aids' terms: ``loss`` and each part.
+
+    Every term is a sum divided by a count of this process's batch: ``samples`` (the batch size) and the
+    aids' `~seqtr_lib.model.aids.TrainingAids.counts`. ``count_shares`` turns all of them into the divisors at
+    once (`seqtr_lib.distributed.count_shares` under DDP: one all-reduce per step); default: the counts
+    themselves."""
     layout = model.layout
-    batch_size = outputs[f"{layout.parts[0]}_logits"].shape[0]
-    samples = None if count_share is None else count_share(batch_size).float()
-    parts = sequence_loss(outputs, batch, layout, samples)
+    counts = {"samples": outputs[f"{layout.parts[0]}_logits"].shape[0]}
+    if model.aids is not None:
+        counts.update(model.aids.counts(batch))
+    divisors = None if count_shares is None else {name: share.float() for name, share in count_shares(counts).items()}
+    parts = sequence_loss(outputs, batch, layout, None if divisors is None else divisors["samples"])
     del parts["loss"]
     if model.aids is not None:
-        parts.update(model.aids.losses(outputs, batch, count_share, samples))
+        parts.update(model.aids.losses(outputs, batch, divisors))
     return {**parts, "loss": sum(parts.values())}  # type: ignore[dict-item]
 
 
@@ -419,8 +425,8 @@ class Trainer:
     def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         # Under DDP every term is divided by the global batch's counts over the processes, so that the objective
         # does not depend on how the batch is split (docs/training.md).
-        share = (lambda count: distributed.count_share(count, self.device)) if self.context.world_size > 1 else None
-        return training_objective(self.model, outputs, batch, share)
+        shares = (lambda counts: distributed.count_shares(counts, self.device)) if self.context.world_size > 1 else None
+        return training_objective(self.model, outputs, batch, shares)
 
     def run(self, after_epoch: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Train the remaining epochs; ``after_epoch(record)`` sees each epoch's log record and may

@@ -229,20 +229,20 @@ def test_two_halves_with_shared_counts_train_the_whole_batchs_objective(tiny_dat
         return {k: v[rows] for k, v in values.items() if isinstance(v, torch.Tensor) and v.ndim and len(v) == 6}
 
     whole = training_objective(model, outputs, batch)
-    recorded: list[list[torch.Tensor]] = [[], []]
-    for half, rows in enumerate(halves):  # each process's counts, in the order the all-reduces would see them
-        def record(count, calls=recorded[half]):
-            calls.append(torch.as_tensor(count, dtype=torch.float64))
-            return calls[-1]
+    recorded: list[dict[str, torch.Tensor]] = []
+    for rows in halves:  # each process's counts, as the all-reduce would see them
+        def record(counts):
+            recorded.append({name: torch.as_tensor(count, dtype=torch.float64) for name, count in counts.items()})
+            return recorded[-1]
 
         training_objective(model, part(outputs, rows), part(batch, rows), record)
+    assert len(recorded) == 2  # one call per process: every count travels in one all-reduce
 
-    def shared_counts():
-        calls = iter(range(len(recorded[0])))
-        return lambda count: (lambda k: (recorded[0][k] + recorded[1][k]) / 2)(next(calls))  # the global mean
+    def global_share(counts):  # what distributed.count_shares returns to each of the two processes
+        return {name: (recorded[0][name] + recorded[1][name]) / 2 for name in counts}
 
     for shared, should_match in ((True, True), (False, False)):
-        split = [training_objective(model, part(outputs, rows), part(batch, rows), shared_counts() if shared else None)
+        split = [training_objective(model, part(outputs, rows), part(batch, rows), global_share if shared else None)
                  for rows in halves]
         for name in whole:
             mean = float((split[0][name] + split[1][name]) / 2)

@@ -26,7 +26,7 @@ model's forward) and `losses`; `forward_keys` names the batch entries the forwar
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -205,39 +205,45 @@ class TrainingAids(nn.Module):
         cells = cell_index(scene_centres[..., 0], scene_centres[..., 1], self.stride, width, height)
         return logits.gather(1, cells[..., None].expand(-1, -1, logits.shape[-1]))
 
+    def counts(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """This process's counts, besides the batch size, that `losses` divides by: ``scene``, the labelled
+        objects per attribute (A,), and ``words``, the expressions that name a colour and a kind (2,), each
+        when its loss is on and the batch holds its labels. Under DDP they are summed over the processes
+        together with the batch size, in one all-reduce (`seqtr_lib.engine.training_objective`)."""
+        counts: dict[str, torch.Tensor] = {}
+        if self.scene_head is not None and batch.get("scene_labels") is not None:
+            counts["scene"] = labelled_counts(batch["scene_labels"])
+        if self.word_head is not None and batch.get("named_attributes") is not None:
+            counts["words"] = labelled_counts(batch["named_attributes"][:, None])
+        return counts
+
     def losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
-               count_share: Callable[[Any], torch.Tensor] | None = None,
-               samples: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               divisors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weighted aid losses: ``loss_cell`` (`seqtr_lib.loss.target_cell_loss`), ``loss_scene`` (every
         labelled object's colour, kind and size, `seqtr_lib.loss.scene_loss`) and ``loss_words`` (the colour
-        and kind the expression names), each present when its weight is on. Each is a sum divided by a count;
-        ``count_share`` (under DDP, `seqtr_lib.distributed.count_share`) turns this process's counts into the
-        divisors, default the counts themselves; ``samples``, the batch size's divisor when the caller has it
-        already (one all-reduce fewer per step)."""
-        def divisor(count: Any) -> torch.Tensor | None:
-            return None if count_share is None else count_share(count).float()
-
+        and kind the expression names), each present when its weight is on. Each is a sum divided by a count:
+        ``divisors["samples"]`` (the batch size's), ``divisors["scene"]`` and ``divisors["words"]`` (those of
+        `counts`) replace this process's own counts (under DDP: their shares of the global batch's,
+        `seqtr_lib.distributed.count_shares`); default the counts themselves."""
+        divisors = divisors or {}
         losses: dict[str, torch.Tensor] = {}
         if self.cell_scorer is not None:
             if "target_cells" not in outputs:
                 raise ValueError("the target-cell loss needs outputs from a forward given the batch's target_box")
-            if samples is None:
-                samples = divisor(outputs["cell_logits"].shape[0])
-            losses["loss_cell"] = target_cell_loss(outputs["cell_logits"], outputs["target_cells"], samples)
+            losses["loss_cell"] = target_cell_loss(outputs["cell_logits"], outputs["target_cells"],
+                                                   divisors.get("samples"))
         if self.scene_head is not None:
             if "scene_logits" not in outputs or batch.get("scene_labels") is None:
                 raise ValueError("the scene loss needs scene_logits (a forward given the batch's scene_centres) "
                                  "and the batch's scene_labels")
-            labels = batch["scene_labels"]
-            losses["loss_scene"] = scene_loss(outputs["scene_logits"], labels, self.scene_counts,
-                                              divisor(labelled_counts(labels)))
+            losses["loss_scene"] = scene_loss(outputs["scene_logits"], batch["scene_labels"], self.scene_counts,
+                                              divisors.get("scene"))
         if self.word_head is not None:
             if batch.get("named_attributes") is None:
                 raise ValueError("the attribute prior's word loss needs the batch's named_attributes")
             counts = (self.scene_counts[0] + 1, self.scene_counts[1] + 1)
-            named = batch["named_attributes"][:, None]
-            losses["loss_words"] = scene_loss(outputs["word_logits"][:, None], named, counts,
-                                              divisor(labelled_counts(named)))
+            losses["loss_words"] = scene_loss(outputs["word_logits"][:, None], batch["named_attributes"][:, None],
+                                              counts, divisors.get("words"))
         return {name: self.weights[name] * loss for name, loss in losses.items()}
 
 
