@@ -17,6 +17,11 @@ from seqtr_lib.codec import TokenLayout
 NEG_FACTOR = 0.1  # smoothing: 1 - NEG_FACTOR on the true token, NEG_FACTOR / V on every other one
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 and fp16 (autocast) logits in float32; float32 and float64 as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def label_smooth_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, neg_factor: float = NEG_FACTOR,
     samples: torch.Tensor | float | None = None,
@@ -28,14 +33,15 @@ def label_smooth_cross_entropy(
 
     logits: (B, T, V); targets: int64 (B, T) in [0, V); weights: (B, T). The soft target is
     ``1 - neg_factor`` on the true token and ``neg_factor / V`` on each other token; the loss of a
-    token is ``-sum(target * log_softmax(logits))``. Computed in float32. Returns a scalar.
+    token is ``-sum(target * log_softmax(logits))``. Computed in float32 (float64 for float64 logits).
+    Returns a scalar.
     """
     batch, length, classes = logits.shape
-    log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    log_probs = F.log_softmax(_at_least_float32(logits), dim=-1)  # (B, T, V)
     true = log_probs.gather(-1, targets[..., None])[..., 0]  # (B, T)
     others = log_probs.sum(dim=-1) - true
     per_token = -((1.0 - neg_factor) * true + neg_factor / classes * others)
-    return (per_token * weights.float()).sum() / ((batch if samples is None else samples) * length)
+    return (per_token * weights.to(per_token.dtype)).sum() / ((batch if samples is None else samples) * length)
 
 
 def target_cell_loss(cell_logits: torch.Tensor, target_cells: torch.Tensor,
@@ -44,9 +50,10 @@ def target_cell_loss(cell_logits: torch.Tensor, target_cells: torch.Tensor,
     ``samples``, default the batch size).
 
     cell_logits: (B, S), -inf on padding; target_cells: int64 (B,). The one-stage grounding objective
-    (FAOA, Yang et al. 2019) applied to SeqTR's memory. Computed in float32. Returns a scalar.
+    (FAOA, Yang et al. 2019) applied to SeqTR's memory. Computed in float32 (float64 for float64 logits).
+    Returns a scalar.
     """
-    total = F.cross_entropy(cell_logits.float(), target_cells, reduction="sum")
+    total = F.cross_entropy(_at_least_float32(cell_logits), target_cells, reduction="sum")
     return total / (cell_logits.shape[0] if samples is None else samples)
 
 
@@ -64,9 +71,9 @@ def scene_loss(scene_logits: torch.Tensor, scene_labels: torch.Tensor, class_cou
     divided by ``labelled[k]`` (default `labelled_counts` of these labels; under DDP the processes' share of
     the global count, `seqtr_lib.distributed.count_share`: a mean per process would weigh an object by how
     many objects its process's batch holds). An attribute without any labelled object contributes 0.
-    Computed in float32. Returns a scalar.
+    Computed in float32 (float64 for float64 logits). Returns a scalar.
     """
-    logits = scene_logits.float().flatten(0, 1).split(list(class_counts), dim=-1)
+    logits = _at_least_float32(scene_logits).flatten(0, 1).split(list(class_counts), dim=-1)
     labels = scene_labels.flatten(0, 1)
     labelled = labelled_counts(scene_labels) if labelled is None else labelled
     sums = torch.stack([F.cross_entropy(part, labels[:, k], ignore_index=-1, reduction="sum")

@@ -79,16 +79,17 @@ def detection_loss(class_logits: torch.Tensor, objectness: torch.Tensor, centres
 
     ``loss_classes``: `seqtr_lib.loss.scene_loss` of the class logits at each object's centre cell;
     ``loss_objectness``: binary cross-entropy, averaged over all cells, of "an object is centred here";
-    ``loss``: their sum. Computed in float32.
+    ``loss``: their sum. Computed in float32 (float64 for float64 logits).
     """
     batch, channels, height, width = class_logits.shape
+    dtype = torch.promote_types(class_logits.dtype, torch.float32)
     cells = object_cells(centres, stride, (height, width))
     real = labels[..., 0] >= 0
-    per_object = class_logits.float().flatten(2).transpose(1, 2).gather(1, cells[..., None].expand(-1, -1, channels))
-    target = torch.zeros(batch, height * width, device=objectness.device)
-    target.scatter_reduce_(1, cells, real.float(), reduce="amax")
+    per_object = class_logits.to(dtype).flatten(2).transpose(1, 2).gather(1, cells[..., None].expand(-1, -1, channels))
+    target = torch.zeros(batch, height * width, dtype=dtype, device=objectness.device)
+    target.scatter_reduce_(1, cells, real.to(dtype), reduce="amax")
     losses = {"loss_classes": scene_loss(per_object, labels, CLASS_COUNTS),
-              "loss_objectness": F.binary_cross_entropy_with_logits(objectness.float().flatten(1), target)}
+              "loss_objectness": F.binary_cross_entropy_with_logits(objectness.to(dtype).flatten(1), target)}
     losses["loss"] = losses["loss_classes"] + losses["loss_objectness"]
     return losses
 

@@ -17,35 +17,38 @@ from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.text import Vocabulary
 from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
+from rounding import U32, assert_same_function, double
 
 
 def test_grey_puts_the_luma_in_every_channel():
     images = torch.tensor([100.0, 200.0, 50.0]).view(1, 3, 1, 1).repeat(2, 1, 2, 3)
     images[1] = 255
     expected = torch.tensor([0.299 * 100 + 0.587 * 200 + 0.114 * 50, 255.0])  # 153.0, and white stays white
-    assert torch.allclose(grey(images), expected.view(2, 1, 1, 1).expand(2, 3, 2, 3))
+    # float32: three rounded weights, three products, two additions (4u of the terms' sum, at most 255) and
+    # expected's own rounding (u)
+    torch.testing.assert_close(grey(images), expected.view(2, 1, 1, 1).expand(2, 3, 2, 3), atol=5 * U32 * 255, rtol=0)
 
 
 def _pathway() -> ColourPathway:
     torch.manual_seed(0)
-    return ColourPathway(hidden=8, out_channels=5, stride=4)
+    return ColourPathway(hidden=8, out_channels=5, stride=4).double()
 
 
 def test_pathway_is_blind_to_where_the_pixels_lie_inside_a_cell():
     pathway = _pathway()
-    images = torch.rand(1, 3, 8, 12) * 255
+    images = torch.rand(1, 3, 8, 12, dtype=torch.float64) * 255
     no_padding = torch.zeros(1, 8, 12, dtype=torch.bool)
     # Reverse the pixel order inside every 4 x 4 cell: the shapes change, each cell's colours do not.
     cells = images.view(1, 3, 2, 4, 3, 4).flip(3, 5).reshape(1, 3, 8, 12)
     assert not torch.equal(cells, images)
     features = pathway(images, no_padding)
     assert features.shape == (1, 5, 2, 3)
-    torch.testing.assert_close(pathway(cells, no_padding), features)
+    assert_same_function(pathway(cells, no_padding), features)  # float64: a convolution's pixels in other orders
 
 
 def test_a_pixel_changes_only_its_own_cell_and_padding_carries_no_colour():
     pathway = _pathway()
-    images = torch.rand(1, 3, 8, 8) * 25  # dark, so that a bright pixel raises its cell's maximum
+    images = torch.rand(1, 3, 8, 8, dtype=torch.float64) * 25  # dark, so that a bright pixel raises its cell's maximum
     padding = torch.zeros(1, 8, 8, dtype=torch.bool)
     padding[:, :, 4:] = True  # the right half is padding
     features = pathway(images, padding)
@@ -64,18 +67,18 @@ def _model(**departures):
 
 
 def test_with_the_pathway_the_backbone_sees_only_grey_and_colour_still_reaches_the_memory():
-    model = _model(colour_pathway=8).eval()
+    model = _model(colour_pathway=8).eval().double()  # float64: the luma is kept up to rounding (tests/rounding.py)
     seen = []
     model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    inputs = fixed_inputs("box")
+    inputs = dict(zip(fixed_inputs("box"), double(*fixed_inputs("box").values())))
     images = inputs["images"]
     # The same luma in a different colour: swap red and blue and put the luma difference into green.
     recoloured = images[:, [2, 1, 0]].clone()
     recoloured[:, 1] += (0.299 - 0.114) * (images[:, 0] - images[:, 2]) / 0.587
     memories = [model.encode(x, inputs["pad_mask"], inputs["expression_ids"]).features for x in (images, recoloured)]
     assert torch.all(seen[0][:, 0] == seen[0][:, 1]) and torch.all(seen[0][:, 1] == seen[0][:, 2])
-    torch.testing.assert_close(seen[1], seen[0], atol=1e-3, rtol=0)
-    assert (memories[0] - memories[1]).abs().max() > 1e-3
+    assert_same_function(seen[1], seen[0])
+    assert (memories[0] - memories[1]).abs().max() > 1e-3  # colour reaches the memory: far above rounding
 
 
 def test_the_pathway_learns_with_the_model():
@@ -95,8 +98,8 @@ def test_negative_colour_pathway_is_refused():
 def test_scene_classifiers_read_colour_from_the_pathway_and_kind_from_the_grey_map():
     # In float64: the recolouring keeps the luma only up to the rounding of the images (u * 255), which the
     # backbone amplifies; in float32 (u = 6e-8) that reached 1.9e-3 on an AVX-512 machine, 1e-3 on others, as
-    # oneDNN's kernels differ. In float64 the same gain on u = 1.1e-16 leaves about 1e-11, so 1e-8 is a margin
-    # of a thousand on any kernel, and the colour logits, which must change, differ by more than 1e-3.
+    # oneDNN's kernels differ. In float64 the same gain leaves 2**-28 of the logits' scale at most
+    # (tests/rounding.py), and the colour logits, which must change, differ by more than 1e-3.
     model = _model(colour_pathway=8, scene_loss=1.0).eval().double()
     aids = model.aids
     counts = [len(classes) for classes in SCENE_ATTRIBUTES.values()]
@@ -111,8 +114,8 @@ def test_scene_classifiers_read_colour_from_the_pathway_and_kind_from_the_grey_m
         notes = model.encode(x, inputs["pad_mask"], inputs["expression_ids"]).notes
         logits.append(aids.scene_logits(notes, centres))
         expected_colour = aids.colour_head(notes.colours[0, :, 1, 2])
-        torch.testing.assert_close(logits[-1][0, 0, :counts[0]], expected_colour)
-    torch.testing.assert_close(logits[0][..., counts[0]:], logits[1][..., counts[0]:], atol=1e-8, rtol=0)
+        assert_same_function(logits[-1][0, 0, :counts[0]], expected_colour)  # one head, batched otherwise
+    assert_same_function(logits[0][..., counts[0]:], logits[1][..., counts[0]:])
     assert (logits[0][..., :counts[0]] - logits[1][..., :counts[0]]).abs().max() > 1e-3
 
 
@@ -133,16 +136,18 @@ def test_named_attributes_are_the_targets_own_words_before_any_relation(expressi
 
 def test_attribute_match_by_hand():
     # Two colours, two kinds; the words name colour 0 for sure and no kind for sure.
-    word_logits = torch.tensor([[0.0, -math.inf, -math.inf, -math.inf, -math.inf, 0.0]])
+    # float64 both: one function in two orders (tests/rounding.py)
+    word_logits = torch.tensor([[0.0, -math.inf, -math.inf, -math.inf, -math.inf, 0.0]], dtype=torch.float64)
     cell_logits = torch.tensor([[[math.log(3), 0.0, 0.0, 0.0],  # cell 0: colour 0 with 3/4
-                                 [0.0, math.log(4), 5.0, -1.0]]])  # cell 1: colour 0 with 1/5
-    expected = torch.tensor([[math.log(3 / 4), math.log(1 / 5)]])
-    torch.testing.assert_close(attribute_match(word_logits, cell_logits, (2, 2)), expected)
+                                 [0.0, math.log(4), 5.0, -1.0]]], dtype=torch.float64)  # cell 1: colour 0 with 1/5
+    expected = torch.tensor([[math.log(3 / 4), math.log(1 / 5)]], dtype=torch.float64)
+    assert_same_function(attribute_match(word_logits, cell_logits, (2, 2)), expected)
     # Half "names colour 1", half "names none"; kind 0 named for sure: P = (1/2 + 1/2 P(c1)) P(k0).
-    word_logits = torch.tensor([[-math.inf, 0.0, 0.0, 0.0, -math.inf, -math.inf]])
+    word_logits = torch.tensor([[-math.inf, 0.0, 0.0, 0.0, -math.inf, -math.inf]], dtype=torch.float64)
     p_k0 = [0.5, 1 / (1 + math.exp(-6))]
-    expected = torch.tensor([[math.log((0.5 + 0.5 * 0.25) * p_k0[0]), math.log((0.5 + 0.5 * 0.8) * p_k0[1])]])
-    torch.testing.assert_close(attribute_match(word_logits, cell_logits, (2, 2)), expected)
+    expected = torch.tensor([[math.log((0.5 + 0.5 * 0.25) * p_k0[0]), math.log((0.5 + 0.5 * 0.8) * p_k0[1])]],
+                            dtype=torch.float64)
+    assert_same_function(attribute_match(word_logits, cell_logits, (2, 2)), expected)
 
 
 def _prior_model():
@@ -150,8 +155,8 @@ def _prior_model():
 
 
 def test_the_prior_adds_to_the_cell_scores_and_trains_only_the_word_head_through_its_own_loss():
-    model = _prior_model()
-    inputs = fixed_inputs("box")
+    model = _prior_model().double()  # float64: the word loss below is summed in two orders
+    inputs = dict(zip(fixed_inputs("box"), double(*fixed_inputs("box").values())))
     target_box = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
     outputs = model(**inputs, aid_inputs={"target_box": target_box,
                                           "scene_centres": torch.tensor([[[5.0, 5.0]], [[30.0, 30.0]]])})
@@ -161,14 +166,14 @@ def test_the_prior_adds_to_the_cell_scores_and_trains_only_the_word_head_through
     counts = (len(SCENE_ATTRIBUTES["color"]), len(SCENE_ATTRIBUTES["kind"]))
     prior = attribute_match(word_logits, aids.scene_cells(memory.notes), counts)
     base = aids.cell_scorer(memory.features)[..., 0].masked_fill(memory.padding, -math.inf)
-    torch.testing.assert_close(outputs["cell_logits"], base + prior)
+    assert torch.equal(outputs["cell_logits"], base + prior)  # exact: the forward's own operations, repeated
     assert word_logits.shape == (2, counts[0] + 1 + counts[1] + 1)
     named = torch.tensor([[0, counts[1]], [counts[0], 2]])
     tokens = {**inputs, "scene_labels": torch.tensor([[[0, 1, 2]], [[5, 2, 0]]]), "named_attributes": named}
     losses = aids.losses(outputs, tokens)  # the prior's weight: 0.5
     colour_loss = torch.nn.functional.cross_entropy(outputs["word_logits"][:, :counts[0] + 1], named[:, 0])
     kind_loss = torch.nn.functional.cross_entropy(outputs["word_logits"][:, counts[0] + 1:], named[:, 1])
-    assert float(losses["loss_words"].detach()) == pytest.approx(0.5 * float((colour_loss + kind_loss).detach()) / 2, rel=1e-5)
+    assert_same_function(losses["loss_words"].detach(), 0.5 * (colour_loss + kind_loss).detach() / 2)
     losses["loss_cell"].backward()  # the prior is detached: the cell loss leaves the classifiers alone
     assert aids.word_head.weight.grad is None and aids.colour_head.weight.grad is None
     assert aids.cell_scorer.weight.grad.abs().sum() > 0

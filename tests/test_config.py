@@ -70,7 +70,7 @@ def test_overrides_are_coerced_to_the_annotated_types(tmp_path):
         "train.lr=1e-4", "train.epochs=3", "data.lsj=false", "train.decay_epochs=[2, 3]",
         "data.lsj_scale=[0.5, 1]", "model.darknet_width=1", "name=renamed", "data.max_token=7",
     ])
-    assert experiment.train.lr == pytest.approx(1e-4) and isinstance(experiment.train.lr, float)
+    assert experiment.train.lr == 1e-4 and isinstance(experiment.train.lr, float)  # exact: float("1e-4")
     assert experiment.train.epochs == 3 and experiment.data.lsj is False
     assert experiment.train.decay_epochs == (2, 3) and experiment.data.lsj_scale == (0.5, 1.0)
     assert isinstance(experiment.model.darknet_width, float)
@@ -80,7 +80,7 @@ def test_overrides_are_coerced_to_the_annotated_types(tmp_path):
 def test_yaml_exponent_without_dot_is_still_a_float(tmp_path):
     # PyYAML reads "5e-4" as a string (YAML 1.1); the config must not.
     experiment = load_params(write(tmp_path, "train:\n  lr: 5e-4\n"))
-    assert experiment.train.lr == pytest.approx(5e-4)
+    assert experiment.train.lr == 5e-4  # exact: the same decimal parsed
 
 
 def test_configs_are_frozen():

@@ -20,6 +20,9 @@ from seqtr_lib.metrics import (
     summarize_box_ious,
     summarize_mask_ious,
 )
+from rounding import assert_same_function
+
+F64 = torch.float64  # the losses below in float64 against float64 hand sums: one function in two orders
 
 # ------------------------------------------------------------------------------------------------
 # Loss
@@ -46,28 +49,28 @@ def hand_loss(logits, targets, weights, neg_factor=0.1):
 
 
 def test_label_smoothed_loss_equals_a_hand_computed_2x3x5_example():
-    loss = label_smooth_cross_entropy(torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor(WEIGHTS))
-    assert loss.item() == pytest.approx(hand_loss(LOGITS, TARGETS, WEIGHTS), rel=1e-6)
+    loss = label_smooth_cross_entropy(torch.tensor(LOGITS, dtype=F64), torch.tensor(TARGETS), torch.tensor(WEIGHTS))
+    assert_same_function(loss, torch.tensor(hand_loss(LOGITS, TARGETS, WEIGHTS), dtype=F64))
 
 
 def test_label_smoothed_loss_of_uniform_logits_has_a_closed_form():
     vocab = 7
     targets = torch.zeros(2, 3, dtype=torch.int64)
-    loss = label_smooth_cross_entropy(torch.zeros(2, 3, vocab), targets, torch.ones(2, 3))
-    assert loss.item() == pytest.approx((1 - 0.1 / vocab) * math.log(vocab), rel=1e-6)
+    loss = label_smooth_cross_entropy(torch.zeros(2, 3, vocab, dtype=F64), targets, torch.ones(2, 3))
+    assert_same_function(loss, torch.tensor((1 - 0.1 / vocab) * math.log(vocab), dtype=F64))
 
 
 def test_without_smoothing_the_loss_is_weighted_cross_entropy_over_batch_times_tokens():
-    logits, targets, weights = torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor(WEIGHTS)
+    logits, targets, weights = torch.tensor(LOGITS, dtype=F64), torch.tensor(TARGETS), torch.tensor(WEIGHTS, dtype=F64)
     plain = F.cross_entropy(logits.reshape(6, 5), targets.reshape(6), reduction="none") * weights.reshape(6)
     loss = label_smooth_cross_entropy(logits, targets, weights, neg_factor=0.0)
-    torch.testing.assert_close(loss, plain.sum() / 6)
+    assert_same_function(loss, plain.sum() / 6)
 
 
 def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
     generator = torch.Generator().manual_seed(0)
-    outputs = {"box_logits": torch.randn(2, 5, 6, generator=generator),
-               "mask_logits": torch.randn(2, 7, 6, generator=generator)}
+    outputs = {"box_logits": torch.randn(2, 5, 6, generator=generator, dtype=F64),
+               "mask_logits": torch.randn(2, 7, 6, generator=generator, dtype=F64)}
     box_tokens = torch.tensor([[0, 1, 2, 3], [4, 4, 0, 1]])
     mask_tokens = torch.tensor([[1, 2, 3, 4, 5, 5], [0, 0, 1, 1, 2, 2]])
     multi = TokenLayout("multi", num_bin=5, num_ray=3)
@@ -76,9 +79,8 @@ def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
                          [[1.5, 1, 1, 1, 1]] * 2)
     mask_hand = hand_loss(outputs["mask_logits"].tolist(), [[1, 2, 3, 4, 5, 5, 5], [0, 0, 1, 1, 2, 2, 5]],
                           [[1, 1, 1, 1, 0.1, 0.1, 0.1], [1, 1, 1, 1, 1, 1, 0.1]])
-    assert losses["loss_box"].item() == pytest.approx(box_hand, rel=1e-6)
-    assert losses["loss_mask"].item() == pytest.approx(mask_hand, rel=1e-6)
-    assert losses["loss"].item() == pytest.approx(box_hand + mask_hand, rel=1e-6)
+    for key, hand in (("loss_box", box_hand), ("loss_mask", mask_hand), ("loss", box_hand + mask_hand)):
+        assert_same_function(losses[key], torch.tensor(hand, dtype=F64), msg=key)
     box_only = sequence_loss({"box_logits": outputs["box_logits"]}, {"box_tokens": box_tokens},
                              TokenLayout("box", num_bin=5, num_ray=3))
     assert set(box_only) == {"loss", "loss_box"}
@@ -96,8 +98,9 @@ def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
 def test_box_iou_of_hand_made_pairs():
     a = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 1, 1], [5, 5, 5, 5]], dtype=torch.float32)
     b = torch.tensor([[1, 1, 3, 3], [0, 0, 1, 1], [2, 2, 3, 3], [5, 5, 5, 5]], dtype=torch.float32)
-    # overlap 1 of union 7; half; disjoint; two zero-area boxes (empty union counts as IoU 0)
-    torch.testing.assert_close(box_iou(a, b), torch.tensor([1 / 7, 0.5, 0.0, 0.0], dtype=torch.float64))
+    # overlap 1 of union 7; half; disjoint; two zero-area boxes (empty union counts as IoU 0). Exact: whole
+    # areas, one correctly rounded float64 division each, as Python's.
+    assert torch.equal(box_iou(a, b), torch.tensor([1 / 7, 0.5, 0.0, 0.0], dtype=torch.float64))
 
 
 def test_box_iou_matches_torchvision_on_random_boxes():
@@ -106,7 +109,7 @@ def test_box_iou_matches_torchvision_on_random_boxes():
     boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)  # (50, 4)
     a, b = boxes[:25], boxes[25:] * 0.5 + 20
     expected = torchvision.ops.box_iou(a.double(), b.double()).diagonal()
-    torch.testing.assert_close(box_iou(a, b), expected)
+    assert_same_function(box_iou(a, b), expected, scale=1.0)  # float64, two formulas of one IoU
     assert isinstance(box_iou(a.numpy(), b.numpy()), np.ndarray)
 
 

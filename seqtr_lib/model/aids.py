@@ -142,7 +142,8 @@ class TrainingAids(nn.Module):
     def cell_logits(self, memory: Any) -> torch.Tensor:
         """Target-cell scores (B, S) of the memory cells (plus the attribute prior), -inf on padding."""
         assert self.cell_scorer is not None
-        scores = self.cell_scorer(memory.features)[..., 0].float()
+        scores = self.cell_scorer(memory.features)[..., 0]
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         if memory.notes.cell_prior is not None:
             scores = scores + memory.notes.cell_prior
         return scores.masked_fill(memory.padding, -math.inf)

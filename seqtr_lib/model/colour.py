@@ -66,11 +66,12 @@ def attribute_match(word_logits: torch.Tensor, cell_scene_logits: torch.Tensor,
     cell_scene_logits: (B, S, >= C + K), colour then kind logits of the object in each cell; counts: (C, K).
     Per attribute, P(match) = P(names none) + sum_c P(names c) P(cell is c); the two are independent.
     """
-    total = torch.zeros(cell_scene_logits.shape[:2], dtype=torch.float32, device=cell_scene_logits.device)
+    dtype = torch.promote_types(word_logits.dtype, torch.float32)  # float32 under autocast, float64 for float64
+    total = torch.zeros(cell_scene_logits.shape[:2], dtype=dtype, device=cell_scene_logits.device)
     word_start = cell_start = 0
     for count in counts:
-        named = word_logits[:, word_start:word_start + count + 1].float().softmax(dim=-1)  # (B, count + 1)
-        cell = cell_scene_logits[..., cell_start:cell_start + count].float().softmax(dim=-1)  # (B, S, count)
+        named = word_logits[:, word_start:word_start + count + 1].to(dtype).softmax(dim=-1)  # (B, count + 1)
+        cell = cell_scene_logits[..., cell_start:cell_start + count].to(dtype).softmax(dim=-1)  # (B, S, count)
         match = named[:, None, count] + torch.einsum("bc,bsc->bs", named[:, :count], cell)
         total = total + match.clamp_min(1e-12).log()
         word_start, cell_start = word_start + count + 1, cell_start + count

@@ -129,23 +129,24 @@ def _decode(
     """Emit up to ``steps`` tokens; EOS allowed (and ending a sequence) only ``with_eos``.
 
     Each emitted token's embedding is appended to ``decoding``. Returns tokens int64 (B, steps), scores
-    float32 (B, steps) and, when ``decoding`` records it, the attention float32 (B, L, nh, steps, S) of each
-    emitting query (else None).
+    (B, steps) and, when ``decoding`` records it, the attention (B, L, nh, steps, S) of each emitting query
+    (else None); scores and attention float32, or float64 for a float64 model (its tests compare them exactly).
     """
     batch = decoding.inputs.shape[0]
     device = decoding.inputs.device
     eos = model.layout.eos
     tokens = torch.full((batch, steps), eos, dtype=torch.int64, device=device)
-    scores = torch.zeros(batch, steps, device=device)
+    dtype = torch.promote_types(decoding.inputs.dtype, torch.float32)  # bf16 under autocast: float32
+    scores = torch.zeros(batch, steps, dtype=dtype, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     attention = None
     for step in range(steps):
-        logits = decoding.next_logits().float()
+        logits = decoding.next_logits().to(dtype)
         if decoding.last_attention is not None:
             if attention is None:
                 layers, heads, cells = decoding.last_attention.shape[1:]
-                attention = torch.zeros(batch, layers, heads, steps, cells, device=device)
-            attention[:, :, :, step] = decoding.last_attention.float().masked_fill(finished[:, None, None, None], 0.0)
+                attention = torch.zeros(batch, layers, heads, steps, cells, dtype=dtype, device=device)
+            attention[:, :, :, step] = decoding.last_attention.to(dtype).masked_fill(finished[:, None, None, None], 0.0)
         if not with_eos:
             logits = logits[:, :eos]  # EOS is the last id: coordinates only
         probs = F.softmax(logits, dim=-1)

@@ -66,13 +66,14 @@ class MaskedGroupNorm(nn.GroupNorm):
 
     Departure from the reference, which normalises over the whole padded map: there a sample's
     features (and so its prediction) change with how much the batch pads it. With no padding this is
-    exactly ``nn.GroupNorm``. Statistics are computed in float32 (also under autocast).
+    exactly ``nn.GroupNorm``. Statistics are computed in float32 (also under autocast), in float64 for a
+    float64 model.
     """
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """x: (B, C, h, w); padding: bool (B, h, w), True outside the image. Returns (B, C, h, w)."""
         batch, channels, height, width = x.shape
-        values = x.float().reshape(batch, self.num_groups, -1, height * width)  # (B, G, C/G, h*w)
+        values = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(batch, self.num_groups, -1, height * width)  # (B, G, C/G, h*w)
         valid = (~padding).reshape(batch, 1, 1, height * width).to(values.dtype)
         count = valid.sum(dim=(2, 3), keepdim=True) * values.shape[2]
         mean = (values * valid).sum(dim=(2, 3), keepdim=True) / count

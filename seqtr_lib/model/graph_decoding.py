@@ -82,7 +82,9 @@ class _StepState:
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)  # the token's place in its part
         longest = max(model.layout.length(part) for part in model.layout.parts)
         self.tokens = torch.zeros(batch, longest, dtype=torch.int64, device=device)
-        self.scores = torch.zeros(batch, longest, device=device)
+        # float32 scores, float64 for a float64 model (as the cached decoder's)
+        self.scores = torch.zeros(batch, longest, dtype=torch.promote_types(self.input.dtype, torch.float32),
+                                  device=device)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
 
@@ -114,7 +116,7 @@ class _StepState:
         """One token: every write goes to this state's buffers, so the step can be captured and replayed."""
         model, eos = self.model, self.model.layout.eos
         hidden = model.decoder.step(self.input, self.index, self.cache)
-        logits = model.predictor(hidden[:, 0]).float()
+        logits = model.predictor(hidden[:, 0]).to(self.scores.dtype)
         if not with_eos:
             logits = logits[:, :eos]  # EOS is the last id: coordinates only
         probs = F.softmax(logits, dim=-1)

@@ -19,24 +19,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def sine_position_2d(padding: torch.Tensor, channels: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_position_2d(padding: torch.Tensor, channels: int, temperature: float = 10000.0,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Normalized 2-D sine position of a padded feature map (DETR's ``PositionEmbeddingSine``).
 
     padding: bool (B, h, w), True outside the image. Rows and columns are counted over the valid
     area only and scaled to (0, 2 pi], so the encoding of a position does not depend on how much the
-    batch pads the image. Returns (B, h * w, channels): the first half encodes y, the second x,
+    batch pads the image. Returns (B, h * w, channels) of ``dtype``: the first half encodes y, the second x,
     each as interleaved sin, cos pairs.
     """
     if channels % 2:
         raise ValueError(f"the 2-D sine position needs an even number of channels, got {channels}")
-    valid = (~padding).float()
+    valid = (~padding).to(dtype)
     y = valid.cumsum(dim=1)
     x = valid.cumsum(dim=2)
     eps, scale = 1e-6, 2 * math.pi
     y = y / (y[:, -1:, :] + eps) * scale
     x = x / (x[:, :, -1:] + eps) * scale
     half = channels // 2
-    steps = torch.arange(half, dtype=torch.float32, device=padding.device)
+    steps = torch.arange(half, dtype=dtype, device=padding.device)
     frequencies = temperature ** (2 * (steps // 2) / half)
 
     def encode(coordinate: torch.Tensor) -> torch.Tensor:
