@@ -116,7 +116,10 @@ def execute(notebook: str, output_path: Path, parameters: dict[str, Any], projec
         papermill.execute_notebook(str(source), str(output_path), kernel_name="python3", cwd=str(folder),
                                    parameters={k: v for k, v in parameters.items() if k in declared},
                                    progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                                   kernel_manager_class=ipc_kernel_manager())
+                                   kernel_manager_class=ipc_kernel_manager(),
+                                   # papermill waits 60 s for a kernel by default; on a loaded 2-core machine
+                                   # a kernel importing torch took longer, and the notebook failed unrun
+                                   start_timeout=300)
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
