@@ -50,6 +50,7 @@ from seqtr_lib import distributed  # noqa: E402
 from seqtr_lib import execution as ex  # noqa: E402
 from seqtr_lib.atomic import write_json_atomic  # noqa: E402
 from seqtr_lib.config import REPOSITORY, experiment_from_dict  # noqa: E402
+from seqtr_lib.data.refer import scene_classes  # noqa: E402
 from seqtr_lib.engine import Trainer  # noqa: E402
 from seqtr_lib.model.seqtr import build_model  # noqa: E402
 from seqtr_lib.text import Vocabulary  # noqa: E402
@@ -137,7 +138,7 @@ def measure_generation(section: str, experiment: Any, batch_size: int, choices: 
     results = []
     task = experiment.model.task
     torch.manual_seed(0)
-    model = build_model(experiment.model, VOCABULARY).eval()
+    model = build_model(experiment.model, VOCABULARY, scene_classes(experiment)).eval()
     auto = ex.pick_execution("cpu", experiment.model, experiment.data.image_size)
     if "auto" not in choices and auto.name not in choices:
         choices = (*choices, "auto")
