@@ -349,6 +349,13 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
     assert "mask/miou" in sampled["splits"]["val"]["raw"]
     assert 2 <= sampled["splits"]["val"]["raw"]["num_expressions"] <= 8  # whole batches of eval_batch_size 8
     assert sampled["splits"]["val"]["raw"]["num_expressions"] < ablation["raw"]["num_expressions"]
+    result = run_cli("-m", "seqtr_lib", "evaluate", "--params", str(params), "--checkpoint", str(run_dir / "best.pt"),
+                     "--splits", "val", "--limit", "2", "--execution", "channels_last+bf16+fold_bn+recheck")
+    fast = json.loads((run_dir / "metrics.json").read_text())
+    assert fast["execution"] == "channels_last+bf16+fold_bn+recheck"
+    tally = fast["recheck"]["val/raw"]  # how many samples needed float32, said and stored
+    assert tally["samples"] == fast["splits"]["val"]["raw"]["num_expressions"] and 0 <= tally["rechecked"] <= tally["samples"]
+    assert f"{tally['rechecked']} of {tally['samples']} samples rechecked in float32" in result.stdout
     sample = annotations["val"][0]
     image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
     out = tmp_path / "overlay.png"
