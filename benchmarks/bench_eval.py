@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args.image_size = args.image_size or (64 if args.tiny else 640)
     args.batch_size = args.batch_size or (4 if args.tiny else 128)
     device = torch.device(args.device)
-    print(prepare_synthetic(Experiment(data=data_config(args)), workers=args.workers), flush=True)
+    # --workers 0 loads in this process; writing the set takes at least one process.
+    print(prepare_synthetic(Experiment(data=data_config(args)), workers=max(1, args.workers)), flush=True)
     report: dict[str, Any] = {
         "benchmark": "bench_eval",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     if args.real_data is not None:
         print(prepare_synthetic(Experiment(data=real_data_config(args, args.batch_sizes[0], False)),
-                                workers=args.workers), flush=True)
+                                workers=max(1, args.workers)), flush=True)  # --workers 0: loading in this process
     generator = torch.Generator(device).manual_seed(args.seed)
     for batch_size in args.batch_sizes:
         batches = [synthetic_batch(batch_size, args.image_size, args.max_token, len(vocabulary), model_config,

@@ -41,10 +41,14 @@ SCHEDULE = ["train.lr=1e-3", "train.warmup_epochs=1", "train.decay_epochs=[1000]
 
 def _model(memory_stride: int, width: float, cell_loss: bool, selection: bool) -> list[str]:
     """Overrides that set every departure explicitly, whatever the params file says (input-token noise
-    off, scene loss off, 64 bins, trained from scratch; a variant adds its own after these)."""
+    off, scene loss, colour pathway and attribute prior off, 64 bins, the reference's lower-edge decoding
+    without outline offset, trained from scratch: the params files of the recorded curves' time; a variant
+    adds its own after these)."""
     return [f"model.memory_stride={memory_stride}", f"model.darknet_width={width}",
             f"model.target_cell_loss={1.0 if cell_loss else 0.0}", f"model.query_selection={str(selection).lower()}",
-            "model.input_token_noise=0.0", "model.scene_loss=0.0", "model.num_bin=64", "train.finetune_from="]
+            "model.input_token_noise=0.0", "model.scene_loss=0.0", "model.colour_pathway=0",
+            "model.attribute_prior=0.0", "model.decode_bin_centres=false", "model.outline_offset=0.0",
+            "model.num_bin=64", "train.finetune_from="]
 
 
 DET, MASK = "params/synthetic_det.yaml", "params/synthetic_mask.yaml"
