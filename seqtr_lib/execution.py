@@ -66,9 +66,8 @@ RECHECK_MARGIN = 0.02
 # bf16 gains more. Past RECHECK_GIVE_UP, after RECHECK_TRIAL samples, a prepared model runs float32 only.
 RECHECK_GIVE_UP = 1 / 3
 RECHECK_TRIAL = 16
-# Prepared bf16 models -> their float32 counterparts and how often they were needed (`prepare`, `generate`).
-_FALLBACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TALLIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Prepared bf16 + recheck models -> (their float32 counterpart, how often it was needed) (`prepare`, `generate`).
+_RECHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # The first DarkNet module run in bf16 (`seqtr_lib.model.darknet.DarkNet53.layers`); those before stay float32.
 BF16_FROM = "down2"
 
@@ -99,7 +98,7 @@ class RecheckTally:
 
 def recheck_tally(model: nn.Module) -> RecheckTally | None:
     """The `RecheckTally` of a model `Execution.prepare` returned with bf16 + recheck, else None."""
-    return _TALLIES.get(model)
+    return _RECHECKS[model][1] if model in _RECHECKS else None
 
 
 class ExecutionError(ValueError):
@@ -138,8 +137,7 @@ class Execution:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if fallback is not None:
-            _FALLBACKS[model] = fallback
-            _TALLIES[model] = RecheckTally()
+            _RECHECKS[model] = (fallback, RecheckTally())
         return model
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
@@ -331,7 +329,7 @@ def _backbone_in_bf16(backbone: nn.Module, store_bf16: bool) -> None:
 def ran_as(model: nn.Module, execution: Execution) -> str:
     """The name of what ``model`` (prepared by ``execution``) now runs: ``execution``'s, or its float32
     counterpart's once the recheck gave bf16 up (`RecheckTally`)."""
-    tally = _TALLIES.get(model)
+    tally = recheck_tally(model)
     if tally is not None and tally.float32_from is not None:
         return Execution(channels_last=execution.channels_last, fold_bn=execution.fold_bn).name
     return execution.name
@@ -354,7 +352,7 @@ def generate(model: nn.Module, execution: Execution, images: torch.Tensor, pad_m
     samples are generated in float32 alone (no such keys).
     """
     images = execution.images(images)
-    fallback, tally = _FALLBACKS.get(model), _TALLIES.get(model)
+    fallback, tally = _RECHECKS.get(model, (None, None))
     check = (fallback is not None and decoder is None and decoding.get("strategy", "greedy") == "greedy"
              and RECHECK_MARGIN > 0)
     if check and tally.float32_from is not None:  # near-ties were so common that bf16 stopped paying

@@ -17,7 +17,7 @@ from seqtr_lib.codec import TokenLayout
 NEG_FACTOR = 0.1  # smoothing: 1 - NEG_FACTOR on the true token, NEG_FACTOR / V on every other one
 
 
-def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     """bf16 and fp16 (autocast) logits in float32; float32 and float64 as they are."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
@@ -37,7 +37,7 @@ def label_smooth_cross_entropy(
     Returns a scalar.
     """
     batch, length, classes = logits.shape
-    log_probs = F.log_softmax(_at_least_float32(logits), dim=-1)  # (B, T, V)
+    log_probs = F.log_softmax(at_least_float32(logits), dim=-1)  # (B, T, V)
     true = log_probs.gather(-1, targets[..., None])[..., 0]  # (B, T)
     others = log_probs.sum(dim=-1) - true
     per_token = -((1.0 - neg_factor) * true + neg_factor / classes * others)
@@ -53,7 +53,7 @@ def target_cell_loss(cell_logits: torch.Tensor, target_cells: torch.Tensor,
     (FAOA, Yang et al. 2019) applied to SeqTR's memory. Computed in float32 (float64 for float64 logits).
     Returns a scalar.
     """
-    total = F.cross_entropy(_at_least_float32(cell_logits), target_cells, reduction="sum")
+    total = F.cross_entropy(at_least_float32(cell_logits), target_cells, reduction="sum")
     return total / (cell_logits.shape[0] if samples is None else samples)
 
 
@@ -73,7 +73,7 @@ def scene_loss(scene_logits: torch.Tensor, scene_labels: torch.Tensor, class_cou
     many objects its process's batch holds). An attribute without any labelled object contributes 0.
     Computed in float32 (float64 for float64 logits). Returns a scalar.
     """
-    logits = _at_least_float32(scene_logits).flatten(0, 1).split(list(class_counts), dim=-1)
+    logits = at_least_float32(scene_logits).flatten(0, 1).split(list(class_counts), dim=-1)
     labels = scene_labels.flatten(0, 1)
     labelled = labelled_counts(scene_labels) if labelled is None else labelled
     sums = torch.stack([F.cross_entropy(part, labels[:, k], ignore_index=-1, reduction="sum")

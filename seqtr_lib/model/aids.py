@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from seqtr_lib.loss import labelled_counts, scene_loss, target_cell_loss
+from seqtr_lib.loss import at_least_float32, labelled_counts, scene_loss, target_cell_loss
 from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 
 
@@ -142,8 +142,7 @@ class TrainingAids(nn.Module):
     def cell_logits(self, memory: Any) -> torch.Tensor:
         """Target-cell scores (B, S) of the memory cells (plus the attribute prior), -inf on padding."""
         assert self.cell_scorer is not None
-        scores = self.cell_scorer(memory.features)[..., 0]
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        scores = at_least_float32(self.cell_scorer(memory.features)[..., 0])
         if memory.notes.cell_prior is not None:
             scores = scores + memory.notes.cell_prior
         return scores.masked_fill(memory.padding, -math.inf)
