@@ -102,8 +102,9 @@ class SeqTR(nn.Module):
             if aids is not None:
                 visual, notes = aids.visual_map(visual, images, pad_mask, sentence)
             fused = self.fusion.gate(visual, sentence, padding)  # (B, D, h, w)
-        exact = torch.promote_types(fused.dtype, torch.float32)  # float32 under autocast, float64 for float64
-        position = sine_position_2d(padding, fused.shape[1], dtype=exact).to(fused.dtype)  # (B, h * w, D)
+        # computed in float32 under autocast too, in float64 for a float64 model
+        position_dtype = torch.promote_types(fused.dtype, torch.float32)
+        position = sine_position_2d(padding, fused.shape[1], dtype=position_dtype).to(fused.dtype)  # (B, h * w, D)
         padding = padding.flatten(1)
         features = self.encoder(fused.flatten(2).transpose(1, 2), position, padding)
         return Memory(features, position, padding, notes)
