@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -76,7 +77,11 @@ def ipc_kernel_manager() -> type:
 
     Over TCP, jupyter_client picks free ports and the kernel binds them a moment later; another process
     can take one in between ("Address already in use"), and the kernel never starts (it broke two
-    clean-clone test runs, with tests and notebooks running side by side). Socket files cannot collide.
+    clean-clone test runs, with tests and notebooks running side by side). jupyter_client's own socket
+    names have the same race: ``kernel-ipc-1`` ... in the working directory, the first numbers not yet
+    taken, so two processes starting a kernel in one folder can pick the same files and each kernel then
+    refuses the other's messages ("Invalid Signature"; it hung a clean-clone run). Each kernel here gets
+    its sockets in a folder of its own.
     """
     from jupyter_client.manager import KernelManager
     from traitlets import default
@@ -85,6 +90,18 @@ def ipc_kernel_manager() -> type:
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        socket_folder: str | None = None  # made for this kernel's sockets (removed with them)
+
+        @default("ip")
+        def _own_socket_folder(self) -> str:  # an absolute path: the kernel may run in another folder
+            self.socket_folder = tempfile.mkdtemp(prefix="seqtr-kernel-")
+            return os.path.join(self.socket_folder, "kernel")
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()
+            if self.socket_folder is not None:
+                shutil.rmtree(self.socket_folder, ignore_errors=True)
 
     return IPCKernelManager
 

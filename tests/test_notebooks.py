@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -451,3 +452,18 @@ def test_the_fast_demo_ends_with_05_comparing_its_runs(fast_project):
     assert (compare_dir / "runs.md").read_text().startswith("| name | status |")
     assert "| SeqTR | detection (Acc@0.5) | 81.23 | 85.00 | 76.08 |" in (compare_dir / "paper_comparison.md").read_text()
     _assert_figure(compare_dir / "metric_plot.png")
+
+
+def test_two_kernels_started_in_one_folder_get_sockets_of_their_own(tmp_path, monkeypatch):
+    from seqtr_lib.pipeline import ipc_kernel_manager
+
+    monkeypatch.chdir(tmp_path)  # jupyter_client's default names (kernel-ipc-1 ...) would be the same here
+    managers = [ipc_kernel_manager()(kernel_name="python3") for _ in range(2)]
+    for manager in managers:
+        manager.write_connection_file()
+    paths = [{f"{manager.ip}-{port}" for port in manager.ports} for manager in managers]
+    assert all(os.path.isabs(manager.ip) for manager in managers) and not paths[0] & paths[1]
+    for manager in managers:
+        manager.cleanup_connection_file()
+        manager.cleanup_ipc_files()
+        assert not os.path.exists(manager.socket_folder)
