@@ -120,7 +120,10 @@ def to_rgb_uint8(image: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.nd
         from PIL import ImageOps
 
         check_image_size(*image.size, max_pixels)
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I;16"):  # a 16-bit gray PNG or TIFF: convert("RGB") would clip it to white
+            return to_rgb_uint8(np.asarray(upright).astype(np.uint16), None)
+        return np.array(upright.convert("RGB"))  # a writable copy: torch warns about a read-only view
     array = image
     if array.ndim >= 2:
         check_image_size(array.shape[1], array.shape[0], max_pixels)
