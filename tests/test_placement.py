@@ -56,7 +56,7 @@ NUM_RAY = 18
 # Float32 arithmetic on coordinates below 1000 px (a float64 dequantization rounded to float32, one float32
 # division by a float32 scale factor): a few units of 6e-5 px, the float32 spacing at 500 to 1000.
 FLOAT32_PX = 1e-3
-# Rectangles drawn for `Scripted.bright_rectangle`: a dark background and one bright rectangle (upright pixels).
+# The pictures `bright_rectangle` looks at: a dark background and one bright rectangle (upright pixels).
 DARK, BRIGHT = 30, 230
 MIDDLE = (DARK + BRIGHT) / 2
 RECTANGLES = {WIDE: (310, 180, 420, 250), TALL: (40, 330, 150, 440)}  # x1, y1, x2, y2: edges, not pixel centres
@@ -348,12 +348,12 @@ def shape_at(color: str, kind: str, size: str, center: tuple[float, float]):
 
 
 def red_circle_scene(where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic-style scene: one red circle in the quadrant ``where``, a green triangle and a purple diamond
-    in the next two; returns the image and the circle's pixels (H, W) bool."""
+    """A synthetic-style scene: one red circle in the quadrant ``where``, a blue circle and a purple diamond in
+    the next two (so that the colour decides); returns the image and the red circle's pixels (H, W) bool."""
     names = list(QUADRANTS)
     at = names.index(where)
     target = shape_at("red", "circle", "medium", QUADRANTS[where])
-    others = [shape_at("green", "triangle", "medium", QUADRANTS[names[(at + 1) % 4]]),
+    others = [shape_at("blue", "circle", "medium", QUADRANTS[names[(at + 1) % 4]]),
               shape_at("purple", "diamond", "large", QUADRANTS[names[(at + 2) % 4]])]
     image = synthetic._render(np.random.default_rng(1), [target, *others], SCENE)
     return image, synthetic._full_mask(target, SCENE).astype(bool)
