@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary-size", type=int, default=1000,
                    help="words assumed for the embedding when the dataset is absent (default 1000)")
     p.set_defaults(run=cmd_model_summary)
+
+    # --debug before the command or after it: a subcommand's copy leaves the value alone unless given there.
+    for subparser in commands.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback of an error")
     return parser
 
 
@@ -305,5 +310,5 @@ def main(argv: list[str] | None = None) -> None:
         # What a user can fix (a path, a params value, a file that is no checkpoint or image): one line.
         if args.debug:
             raise
-        print(f"error: {error} (--debug shows the traceback)", file=sys.stderr)
+        print(f"error: {error} (--debug, before or after the command, shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None

@@ -165,3 +165,15 @@ def test_predict_with_a_checkpoint_runs_from_any_folder_without_params(tmp_path,
     assert cv2.imread(str(tmp_path / "out.png")) is not None
     err = _one_error_line(capsys, ["predict", "--image", str(image), "--expression", "the red circle"])
     assert "params/synthetic_det.yaml does not exist" in err  # without a checkpoint the params name the run
+
+
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, capsys):
+    image = tmp_path / "scene.jpg"
+    image.write_bytes(b"these bytes are no JPEG")
+    command = ["predict", "--checkpoint", str(RELEASED), "--image", str(image), "--expression", "the red circle",
+               "--out", str(tmp_path / "overlay.png")]
+    for argv in (["--debug", *command], [*command, "--debug"], ["--debug", *command, "--debug"]):
+        with pytest.raises(BadImageError):
+            main(argv)
+    err = _one_error_line(capsys, command)  # without it: one line, which says where --debug goes
+    assert "corrupt or not an image" in err and "(--debug, before or after the command, shows the traceback)" in err
