@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Why the browser tests skip when Chromium is missing (tests/browser/conftest.py); the run's summary counts them.
+NO_CHROMIUM = "no Chromium at /usr/bin/chromium (apt-get install chromium) for the browser tests"
 
 TINY_MODEL = {
     "darknet_width": 0.125,
@@ -84,3 +86,15 @@ def fast_project(tmp_path_factory) -> Path:
     run_pipeline(DEMO_PARAMS[:1], tuple(n for n in NOTEBOOKS if n != "05"), project)
     run_compare(project)  # 05 once over the project's runs, as the demo ends
     return project
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """One line when browser tests skipped for want of Chromium, after pytest's own summary (the outermost
+    wrapper writes last), so that it is among the last lines of `make test` and not lost among the skips."""
+    yield
+    skipped = {report.nodeid for report in terminalreporter.stats.get("skipped", [])
+               if NO_CHROMIUM in str(report.longrepr)}
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} browser tests skipped: Chromium not found; "
+                                    "apt-get install chromium (Debian) to run them")

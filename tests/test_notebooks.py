@@ -272,7 +272,7 @@ def test_an_earlier_run_is_moved_aside_not_overwritten(tmp_path):
 # The README and the documents it points to: every command of their bash blocks runs here (papermill) or
 # is checked against what it names (the rest, which would train for minutes or need a real dataset).
 DOCUMENTS = ["README.md", "docs/results.md", "docs/method.md", "docs/training.md", "docs/notebooks.md",
-             "benchmarks/README.md"]
+             "benchmarks/README.md", "docs/data.md", "docs/gpu_recipe.md", "docs/troubleshooting.md"]
 
 
 def _documented_commands() -> list[str]:
@@ -325,23 +325,29 @@ def test_every_other_documented_command_names_what_exists():
     checked = 0
     for command in _documented_commands():
         words = shlex.split(command)
-        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # environment assignments
+        while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):  # environment assignments
             words.pop(0)
         if "papermill" in words[0]:
             continue  # run verbatim by the next test
         checked += 1
         if words[0] == "make":
-            assert re.search(rf"^{re.escape(words[1])}:", makefile, flags=re.M), command
+            target, *variables = [w for w in words[1:] if "=" not in w] + [w for w in words[1:] if "=" in w]
+            assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), command
+            for variable in variables:  # make PYTHON=...: a variable the Makefile reads
+                assert f"$({variable.split('=')[0]})" in makefile, command
             continue
         if words[0] == "bash":
             assert (ROOT / words[1]).is_file(), command
             continue
-        assert words[0] in ("python", ".venv/bin/python"), f"a kind of command this test does not check: {command}"
+        assert words[0] in ("python", "python3.11", ".venv/bin/python"), \
+            f"a kind of command this test does not check: {command}"
         if words[1].endswith(".py"):
             script, options = ROOT / words[1], [w.split("=")[0] for w in words[2:] if w.startswith("--")]
         else:
             assert words[1] == "-m", command
-            *_, module_at = [i for i, w in enumerate(words) if w == "-m"]  # torchrun lines: the module they run
+            module_at = words.index("-m")  # the first: pytest's -m selects markers
+            if words[module_at + 1] == "torch.distributed.run" and "-m" in words[module_at + 2:]:
+                module_at = words.index("-m", module_at + 2)  # torchrun lines: the module they run
             module, arguments = words[module_at + 1], words[module_at + 2:]
             if module == "seqtr_lib":
                 parser = build_parser()
@@ -349,7 +355,8 @@ def test_every_other_documented_command_names_what_exists():
                 # ... but argparse takes an unambiguous prefix of an option: each must be spelled in full.
                 (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
                 subparser = commands.choices[next(w for w in arguments if not w.startswith("-"))]
-                spelled = {option for action in subparser._actions for option in action.option_strings}
+                spelled = {option for action in [*parser._actions, *subparser._actions]  # --debug is the parser's
+                           for option in action.option_strings}
                 assert {w.split("=")[0] for w in arguments if w.startswith("--")} <= spelled, command
                 for flag, value in zip(arguments, arguments[1:]):
                     if flag == "--params":
@@ -357,12 +364,43 @@ def test_every_other_documented_command_names_what_exists():
                 continue
             if module == "torch.distributed.run":
                 continue
+            if not (ROOT / module.split(".")[0]).is_dir():  # pip, venv, pytest, torch.utils.collect_env
+                _check_installed_module_command(module, arguments, command)
+                continue
             script = ROOT / (module.replace(".", "/") + ".py")
             options = [w.split("=")[0] for w in arguments if w.startswith("--")]
         assert script.is_file(), command
         source = script.read_text()
         assert all(f'"{option}"' in source for option in options), command
     assert checked >= 10
+
+
+def _check_installed_module_command(module: str, arguments: list[str], command: str) -> None:
+    """A documented `python -m <module>` of another package: the module exists; pip installs the versions
+    pyproject pins (from a PyTorch wheel index) and extras it declares; pytest names existing paths and
+    declared markers."""
+    import importlib.util
+    import tomllib
+
+    assert importlib.util.find_spec(module) is not None, command
+    if module == "pip":
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        assert arguments[0] == "install", command
+        for word in arguments[1:]:
+            if "==" in word:
+                assert word in project["dependencies"], f"{command}: pyproject pins another version than {word}"
+            if extras := re.fullmatch(r"\.\[(.*)\]", word):
+                assert set(extras.group(1).split(",")) <= set(project["optional-dependencies"]), command
+        for flag, value in zip(arguments, arguments[1:]):
+            if flag == "--index-url":
+                assert re.fullmatch(r"https://download\.pytorch\.org/whl/(cpu|cu\d+)", value), command
+    if module == "pytest":
+        markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+        declared = {marker.split(":")[0] for marker in markers}
+        for flag, value in zip(arguments, arguments[1:]):
+            if flag == "-m":
+                assert set(re.findall(r"\w+", value)) - {"not", "and", "or"} <= declared, command
+        assert all((ROOT / word.split("::")[0]).exists() for word in arguments if word.startswith("tests")), command
 
 
 @pytest.mark.slow

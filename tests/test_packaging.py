@@ -33,3 +33,13 @@ def test_outputs_holds_only_its_readme_in_git():
 def test_ci_runs_exactly_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_the_license_file_is_apache_2_and_the_package_metadata_names_it():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    # the standard text: its title, its last section and the appendix that tells how to apply it
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "9. Accepting Warranty or Additional Liability." in text
+    assert "END OF TERMS AND CONDITIONS" in text and "http://www.apache.org/licenses/LICENSE-2.0" in text

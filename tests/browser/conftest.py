@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import NO_CHROMIUM
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium must not reach out to the network (refused here, and slow); one sandbox-free headless process.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -32,10 +34,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def _chromium_or_skip() -> str:
     if Path(CHROMIUM).is_file():
         return CHROMIUM
-    message = "no Chromium at /usr/bin/chromium (apt-get install chromium) for the browser tests"
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; CI must run them")
-    pytest.skip(message)
+        pytest.fail(f"{NO_CHROMIUM}; CI must run them")
+    pytest.skip(NO_CHROMIUM)
 
 
 def _free_port() -> int:
@@ -98,9 +99,11 @@ def running_lab(notebooks: Path, state: Path, extra_env: dict[str, str] | None =
 
 
 @pytest.fixture(scope="session")
-def lab(fast_project: Path, tmp_path_factory) -> Iterator[Lab]:
-    """JupyterLab on the fast project's notebooks (`running_lab`)."""
+def lab(request, tmp_path_factory) -> Iterator[Lab]:
+    """JupyterLab on the fast project's notebooks (`running_lab`). Chromium is checked before the project is
+    asked for, so that a run without it skips instead of building the project first (minutes of CPU)."""
     _chromium_or_skip()
+    fast_project = request.getfixturevalue("fast_project")
     with running_lab(fast_project / "notebooks", tmp_path_factory.mktemp("jupyter_state"),
                      {"OMP_NUM_THREADS": "2"}) as lab:
         yield lab
