@@ -77,11 +77,12 @@ def assert_moved_aside(run_dir: Path, first_best: bytes, second_seed: int) -> Pa
     from seqtr_lib.checkpoint import load
 
     beside = [path for path in run_dir.parent.iterdir() if path.name.startswith(f"{run_dir.name}.")]
-    assert len(beside) == 1, f"the first run is not beside {run_dir}: {sorted(p.name for p in run_dir.parent.iterdir())}"
+    assert len(beside) == 1, f"not one run beside {run_dir}: {sorted(p.name for p in run_dir.parent.iterdir())}"
     (moved,) = beside
     assert re.fullmatch(rf"{re.escape(run_dir.name)}\.\d{{8}}-\d{{6}}", moved.name), moved.name
     assert (moved / "best.pt").read_bytes() == first_best
-    assert load(run_dir / "best.pt")["config"]["train"]["seed"] == second_seed != load(moved / "best.pt")["config"]["train"]["seed"]
+    seeds = [load(folder / "best.pt")["config"]["train"]["seed"] for folder in (moved, run_dir)]
+    assert seeds[1] == second_seed != seeds[0]
     return moved
 
 

@@ -138,7 +138,8 @@ def test_a_grid_point_trained_again_keeps_its_earlier_run_and_marker_aside(tiny_
     params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "outputs",
                           train={"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1})
     run_dir = tmp_path / "outputs" / "tiny__train.lr=0.001"
-    (first,) = pipeline.sweep(str(params), ["train.lr=0.001"], notebooks=("01",), project=ROOT, log=lambda *a, **k: None)
+    (first,) = pipeline.sweep(str(params), ["train.lr=0.001"], notebooks=("01",), project=ROOT,
+                              log=lambda *a, **k: None)
     assert (first.run_dir, first.status) == (run_dir, "done")
     best = (run_dir / "best.pt").read_bytes()
     lines = []
@@ -148,7 +149,8 @@ def test_a_grid_point_trained_again_keeps_its_earlier_run_and_marker_aside(tiny_
     assert second.status == "done"
     moved = assert_moved_aside(run_dir, best, second_seed=2)
     assert any(f"an earlier run was in {run_dir}: moved it to {moved}" in line for line in lines)
-    assert json.loads((moved / "sweep.json").read_text())["overrides"] == ["train.lr=0.001", "name=tiny__train.lr=0.001"]
+    marker = json.loads((moved / "sweep.json").read_text())  # the first run's, with it
+    assert marker["overrides"] == ["train.lr=0.001", "name=tiny__train.lr=0.001"]
     assert "train.seed=2" in json.loads((run_dir / "sweep.json").read_text())["overrides"]
 
 
