@@ -252,10 +252,10 @@ def move_aside(path: str | Path) -> Path | None:
         return None
     stem, suffix = (path.name, "") if path.is_dir() else (path.stem, path.suffix)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target, copy = path.with_name(f"{stem}.{stamp}{suffix}"), 1
+    target, number = path.with_name(f"{stem}.{stamp}{suffix}"), 1
     while target.exists() or target.is_symlink():  # rename() would replace an empty folder or a file
-        copy += 1
-        target = path.with_name(f"{stem}.{stamp}-{copy}{suffix}")
+        number += 1
+        target = path.with_name(f"{stem}.{stamp}-{number}{suffix}")
     path.rename(target)
     return target
 

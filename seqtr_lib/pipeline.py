@@ -198,7 +198,7 @@ def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[
                   "data_root": data_root or "", **(parameters or {})}
         experiment = _project_experiment(root, params_file, overrides, values["output_dir"], values["data_root"])
         run_dir = (root / experiment.run_dir).resolve()
-        resume = experiment.train.resume and root / experiment.train.resume
+        resume = root / experiment.train.resume if experiment.train.resume else None
         if "01" in notebooks and (line := keep_earlier_run(run_dir, resume)):
             print(f"[{experiment.name}] {line}", flush=True)
         for notebook in notebooks:
@@ -260,9 +260,9 @@ def sweep(params_file: str, sweeps: Sequence[str] | Sequence[tuple[str, Sequence
             run.status = "skipped"
             log(f"{prefix} finished earlier: skipped ({run.run_dir / MARKER})", flush=True)
             continue
-        # A run started again from scratch keeps the earlier one aside, its marker with it; only a complete run
-        # keeps its marker.
-        resume = experiment.train.resume and root / experiment.train.resume
+        # A run trained here before goes aside with its marker; a marker left without checkpoints goes: only a
+        # complete run keeps one.
+        resume = root / experiment.train.resume if experiment.train.resume else None
         if "01" in todo and (line := keep_earlier_run(run.run_dir, resume)):
             log(f"{prefix} {line}", flush=True)
             done = []
