@@ -15,14 +15,19 @@ A checkpoint is a dict::
 
 A released checkpoint (`export_weights`, the files in weights/) keeps only format, config, vocabulary,
 epoch, step and the EMA weights in half precision: everything `evaluation.load_trained` needs.
+
+Nothing trained is written over: a new run moves an earlier run's folder aside (`keep_earlier_run`), and a
+weights file about to be replaced is moved aside too (`keep_earlier_file`).
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import pickle
 import random
 import re
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -198,32 +203,82 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the EMA (else raw) weights of a training checkpoint as a small released checkpoint.
 
     Floating-point tensors are stored in half precision (the model converts them back on loading);
-    the optimizer, RNG states and history are dropped.
+    the optimizer, RNG states and history are dropped. A file already at ``out`` is moved aside.
     """
     payload = load(checkpoint)
     weights = payload.get("ema") or payload["model"]
     released = {key: payload[key] for key in ("format", "config", "vocabulary", "epoch", "step")}
     released["ema"] = {name: t.half() if t.is_floating_point() else t for name, t in weights.items()}
+    keep_earlier_file(out)
     return save_atomic(released, out)
+
+
+def dated(path: Path) -> str:
+    """``path (file dated 2026-12-07 05:41)``: the file's modification time, local, so that a reader can tell
+    one run's checkpoint from another's."""
+    return f"{path} (file dated {datetime.datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d %H:%M})"
 
 
 def resolve_checkpoint(run_dir: Path, name: str, checkpoint: str | Path = "") -> tuple[Path, str]:
     """The checkpoint to show: ``checkpoint`` if given, else the run's best.pt, else the released weights.
 
-    Returns the path and a sentence saying which one it is; raises FileNotFoundError naming all three.
+    Returns the path and a sentence saying which one it is and its date (`dated`); raises FileNotFoundError
+    naming all three.
     """
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return path, f"using checkpoint {path}"
+        return path, f"using checkpoint {dated(path)}"
     own = Path(run_dir) / "best.pt"
     if own.is_file():
-        return own, f"using your own run {own}"
+        return own, f"using your own run {dated(own)}"
     released = RELEASED_DIR / f"{name}.pt"
     if released.is_file():
-        return released, (f"using the released weights {released} (no run of yours at {own}; train one with "
-                          "01_train.ipynb or `python -m seqtr_lib train`)")
+        return released, (f"using the released weights {dated(released)}: no run of yours at {own} (train one "
+                          "with 01_train.ipynb or `python -m seqtr_lib train`)")
     raise FileNotFoundError(f"no checkpoint: {own} does not exist and there are no released weights "
                             f"{released}; run 01_train.ipynb with the same params_file and overrides first, "
                             "or set the checkpoint parameter")
+
+
+def move_aside(path: str | Path) -> Path | None:
+    """Rename what a new result would replace, beside it, stamped with the time: a folder holding checkpoints
+    (``*.pt``) becomes ``<name>.<YYYYmmdd-HHMMSS>``, a file ``<stem>.<YYYYmmdd-HHMMSS><suffix>``; ``-2``,
+    ``-3`` ... follow the stamp when that name is taken (nothing is renamed onto anything). Returns the new
+    path, or None when there was nothing to keep (no such path, or a folder without checkpoints)."""
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.glob("*.pt"))):
+        return None
+    stem, suffix = (path.name, "") if path.is_dir() else (path.stem, path.suffix)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, number = path.with_name(f"{stem}.{stamp}{suffix}"), 1
+    while target.exists() or target.is_symlink():  # rename() would replace an empty folder or a file
+        number += 1
+        target = path.with_name(f"{stem}.{stamp}-{number}{suffix}")
+    path.rename(target)
+    return target
+
+
+def resumes_in(run_dir: str | Path, resume: str | Path | None) -> bool:
+    """Whether ``resume`` (train.resume) is a checkpoint of the folder ``run_dir``: that run continues there."""
+    return bool(resume) and Path(resume).resolve().parent == Path(run_dir).resolve()
+
+
+def keep_earlier_run(run_dir: str | Path, resume: str | Path | None = None) -> str | None:
+    """Before a run writes into ``run_dir``: unless it resumes a checkpoint of that folder (`resumes_in`), an
+    earlier run there is moved aside (`move_aside`). Returns the line to print (the folder, where it went, how
+    to continue it instead), or None when nothing moved."""
+    if resumes_in(run_dir, resume) or (moved := move_aside(run_dir)) is None:
+        return None
+    line = f"an earlier run was in {run_dir}: moved it to {moved}, not overwritten"
+    if (moved / "last.pt").is_file():
+        line += f"; to continue it instead, train with --set train.resume={moved / 'last.pt'}"
+    return line
+
+
+def keep_earlier_file(path: str | Path) -> Path | None:
+    """Move a file about to be written over aside (`move_aside`), saying so in one line; returns where it went."""
+    if (moved := move_aside(path)) is not None:
+        print(f"{path} existed: moved it to {moved}, not overwritten", flush=True)
+    return moved

@@ -5,9 +5,11 @@ Runs alone or under torchrun::
     python -m seqtr_lib train --params params/synthetic_det.yaml
     python -m torch.distributed.run --nproc_per_node 8 -m seqtr_lib train --params params/refcoco-unc_det.yaml
 
-Only rank 0 writes files. Everything a run needs to continue is in ``last.pt`` (see checkpoint.py);
-SIGINT/SIGTERM write a resumable ``last.pt`` before exiting, and a non-finite loss stops the run without
-overwriting the last good checkpoint. Evaluation of a finished checkpoint is `seqtr_lib.evaluation.evaluate`.
+Only rank 0 writes files. A new run never writes over an earlier one: a run folder holding checkpoints is
+moved aside first (`Trainer._claim_run_dir`), and ``train.resume`` continues a run in its own folder.
+Everything a run needs to continue is in ``last.pt`` (see checkpoint.py); SIGINT/SIGTERM write a resumable
+``last.pt`` before exiting, and a non-finite loss stops the run without overwriting the last good checkpoint.
+Evaluation of a finished checkpoint is `seqtr_lib.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import copy
 import json
 import math
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -235,11 +239,29 @@ class Trainer:
         self.state = RunState()
         if start.resume is not None:
             self._restore(start.resume)
-        elif context.is_main:
-            # A new run starts a new log; a resumed one appends to its own.
-            (self.run_dir / "log.jsonl").unlink(missing_ok=True)
+        self._claim_run_dir()
         self.train_set: ReferDataset | None = None
         self.val_split = "val" if "val" in DATASETS[experiment.data.dataset].splits else None
+
+    def _claim_run_dir(self) -> None:
+        """Make the run folder this run's own, once everything is built (one of its start checkpoints may lie there).
+
+        A run that resumes a checkpoint of the folder continues there and appends to its log. Any other run
+        never writes over an earlier one: rank 0 moves a folder holding checkpoints aside (`ckpt.keep_earlier_run`,
+        one printed line), then starts the log afresh, or with the log of the run it resumes from elsewhere. The
+        other ranks wait for it, so that none touches the folder before it is free.
+        """
+        resume = self.experiment.train.resume
+        if self.context.is_main:
+            if line := ckpt.keep_earlier_run(self.run_dir, resume):
+                print(line, flush=True)
+            log = self.run_dir / "log.jsonl"
+            if not resume:
+                log.unlink(missing_ok=True)
+            elif not ckpt.resumes_in(self.run_dir, resume) and (earlier := Path(resume).parent / "log.jsonl").is_file():
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(earlier, log)
+        distributed.barrier()
 
     def _build_model(self, start: RunStart) -> SeqTR:
         """The params' model, with the fine-tuning start's weights, on the device in its memory format."""

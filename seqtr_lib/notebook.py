@@ -7,8 +7,8 @@ papermill (any cwd) agree.
 - the project and experiment: `repo_root`, `load_experiment` (params file + overrides + the notebooks'
   output_dir/data_root), `parameter_list` (papermill passes lists as text), `default_checkpoint`,
   `optional_grounder`;
-- training from a cell: `launch_torchrun` (streams the log, a failing rank fails the cell),
-  `start_fresh_log`, `live_curves`;
+- training from a cell: `launch_torchrun` (streams the log, a failing rank fails the cell), `live_curves`
+  (the Trainer itself moves an earlier run aside and starts a new log);
 - figures: `save_and_show` writes a matplotlib Figure as PNG and displays that PNG in the cell.
 
 What the cells look at lives beside this module: `reports` (a run's log, metrics and predictions),
@@ -88,7 +88,7 @@ def load_experiment(params_file: str, overrides: Sequence[str] | str = (), outpu
 
 
 def default_checkpoint(experiment: Experiment, checkpoint: str = "") -> Path:
-    """``checkpoint`` when given, else the run's best.pt, else the released weights; prints which."""
+    """``checkpoint`` when given, else the run's best.pt, else the released weights; prints which, and its date."""
     path, which = resolve_checkpoint(experiment.run_dir, experiment.name, checkpoint)
     print(which)
     return path
@@ -154,14 +154,6 @@ def launch_torchrun(params_file: str, overrides: Sequence[str], nproc_per_node: 
                 tail.append(line.rstrip())
     if process.returncode != 0:
         raise subprocess.CalledProcessError(process.returncode, cmd, output="\n".join(tail))
-
-
-def start_fresh_log(experiment: Experiment) -> Path | None:
-    """Before a new (not resumed) run, move an old log.jsonl to log.previous.jsonl so curves show one run."""
-    log = experiment.run_dir / "log.jsonl"
-    if experiment.train.resume or not log.is_file():
-        return None
-    return log.replace(log.with_name("log.previous.jsonl"))
 
 
 @contextmanager

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from seqtr_lib.atomic import atomic_write
-from seqtr_lib.checkpoint import CHECKPOINT_FORMAT, UnreadableCheckpoint, load_weights_only, save_atomic
+from seqtr_lib.checkpoint import (CHECKPOINT_FORMAT, UnreadableCheckpoint, keep_earlier_file, load_weights_only,
+                                  save_atomic)
 from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.model.seqtr import build_model, without_weight_files
 from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
@@ -185,7 +186,8 @@ def check_vocabulary(vocabulary: Vocabulary, original: dict[str, torch.Tensor], 
 
 
 def import_release(path: str | Path, experiment: Experiment, vocabulary: Vocabulary, out: str | Path) -> Path:
-    """Convert an original release file into one of our checkpoints (weights, EMA weights, config, vocabulary)."""
+    """Convert an original release file into one of our checkpoints (weights, EMA weights, config, vocabulary);
+    a file already at ``out`` is moved aside (`keep_earlier_file`)."""
     payload = read_release(path)
     source = str(path)
     model = build_model(without_weight_files(experiment.model), vocabulary)
@@ -204,6 +206,7 @@ def import_release(path: str | Path, experiment: Experiment, vocabulary: Vocabul
                           "scores": {k: payload[k] for k in ("d_acc", "miou", "best_d_acc", "best_miou")
                                      if isinstance(payload.get(k), (int, float))}},
     }
+    keep_earlier_file(out)
     return save_atomic(checkpoint, out)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.checkpoint import keep_earlier_run
 from seqtr_lib.config import ConfigError, Experiment, experiment_to_dict, load_params
 from seqtr_lib.notebook import load_experiment, repo_root
 from seqtr_lib.sweeps import (MARKER, SweepRun, finished_notebooks, grid, machine, parse_run_name, parse_sweep,
@@ -168,15 +169,6 @@ def make_project(folder: str | Path, params_files: Sequence[str] = DEMO_PARAMS,
     return folder
 
 
-def move_aside(run_dir: Path) -> Path | None:
-    """Rename a run folder holding checkpoints to ``<name>.<date-time>`` so a new run cannot overwrite it."""
-    if not any(run_dir.glob("*.pt")):
-        return None
-    target = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.rename(target)
-    return target
-
-
 def _project_experiment(root: Path, params_file: str, overrides: Sequence[str], output_dir: str = "",
                         data_root: str = "") -> Experiment:
     """The experiment of a params file as the notebooks of project ``root`` load it: its relative paths
@@ -195,8 +187,9 @@ def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[
     """Run ``notebooks`` in order for each params file of ``project`` (default: this repository).
 
     ``output_root``/``data_root`` replace the params files' ``output_dir``/``data.data_root`` when given;
-    ``overrides`` and ``parameters`` go to every notebook that declares them. Before 01 trains, an earlier
-    run of the same experiment is moved aside (`move_aside`). Returns the run directories.
+    ``overrides`` and ``parameters`` go to every notebook that declares them. When 01 is to train, an earlier
+    run of the same experiment is moved aside before the first notebook (`keep_earlier_run`), so that the
+    new run's folder holds only what this pipeline writes. Returns the run directories.
     """
     root = Path(project).resolve() if project else repo_root()
     run_dirs = []
@@ -205,8 +198,9 @@ def run_pipeline(params_files: Sequence[str] = DEMO_PARAMS, notebooks: Sequence[
                   "data_root": data_root or "", **(parameters or {})}
         experiment = _project_experiment(root, params_file, overrides, values["output_dir"], values["data_root"])
         run_dir = (root / experiment.run_dir).resolve()
-        if "01" in notebooks and (moved := move_aside(run_dir)):
-            print(f"[{experiment.name}] moved the earlier run to {moved}", flush=True)
+        resume = root / experiment.train.resume if experiment.train.resume else None
+        if "01" in notebooks and (line := keep_earlier_run(run_dir, resume)):
+            print(f"[{experiment.name}] {line}", flush=True)
         for notebook in notebooks:
             started = time.perf_counter()
             print(f"[{experiment.name}] {NOTEBOOKS[notebook]} ...", flush=True)
@@ -266,11 +260,13 @@ def sweep(params_file: str, sweeps: Sequence[str] | Sequence[tuple[str, Sequence
             run.status = "skipped"
             log(f"{prefix} finished earlier: skipped ({run.run_dir / MARKER})", flush=True)
             continue
-        # Only a complete run keeps its marker; a run started again from scratch keeps its old checkpoints aside.
-        (run.run_dir / MARKER).unlink(missing_ok=True)
-        if "01" in todo and (moved := move_aside(run.run_dir)):
-            log(f"{prefix} moved the earlier, unfinished run to {moved}", flush=True)
+        # A run trained here before goes aside with its marker; a marker left without checkpoints goes: only a
+        # complete run keeps one.
+        resume = root / experiment.train.resume if experiment.train.resume else None
+        if "01" in todo and (line := keep_earlier_run(run.run_dir, resume)):
+            log(f"{prefix} {line}", flush=True)
             done = []
+        (run.run_dir / MARKER).unlink(missing_ok=True)
         log(f"{prefix} {' '.join(run.swept) or '(no overrides)'}: notebooks {','.join(todo)}", flush=True)
         started = time.perf_counter()
         run.status = "done"

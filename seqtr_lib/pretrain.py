@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from seqtr_lib.atomic import write_json_atomic
+from seqtr_lib.checkpoint import keep_earlier_file
 from seqtr_lib.config import Experiment, experiment_to_dict
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset, load_vocabulary
@@ -132,7 +133,8 @@ def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: 
 
     Uses the experiment's backbone width, memory stride, image size, batch size, workers and seed; Adam at
     ``lr`` with ``warmup_steps`` of linear warm-up, then a cosine decay to zero over ``epochs`` (or
-    ``max_steps``, when positive). The summary holds the val accuracies of `detection_accuracy`.
+    ``max_steps``, when positive). The summary holds the val accuracies of `detection_accuracy`. A backbone
+    already at ``out`` is moved aside with its summary (`checkpoint.keep_earlier_file`), never overwritten.
     """
     if experiment.data.dataset != "synthetic":
         raise ValueError(f"pretrain-backbone needs the synthetic set (its scenes name every object); "
@@ -170,6 +172,8 @@ def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: 
     bar.close()
     seconds = time.perf_counter() - started
     accuracy = detection_accuracy(model, build_loader(val_set, experiment, training=False), device, val_limit)
+    if (moved := keep_earlier_file(out)) is not None and (summary_file := Path(f"{out}.json")).is_file():
+        summary_file.rename(f"{moved}.json")  # the earlier backbone keeps its summary
     save_darknet_weights(model.backbone, out)
     summary = {"weights": out.name, "epochs": epochs, "steps": step, "samples": step * experiment.data.batch_size,
                "train_seconds": round(seconds, 1), "lr": lr, "warmup_steps": warmup_steps,

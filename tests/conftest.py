@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,22 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def assert_moved_aside(run_dir: Path, first_best: bytes, second_seed: int) -> Path:
+    """After a second run into ``run_dir``: the first run's folder lies beside it as ``<name>.<YYYYmmdd-HHMMSS>``
+    holding its best.pt byte for byte, and ``run_dir`` holds the second run's (trained with ``second_seed``).
+    Returns the moved folder."""
+    from seqtr_lib.checkpoint import load
+
+    beside = [path for path in run_dir.parent.iterdir() if path.name.startswith(f"{run_dir.name}.")]
+    assert len(beside) == 1, f"not one run beside {run_dir}: {sorted(p.name for p in run_dir.parent.iterdir())}"
+    (moved,) = beside
+    assert re.fullmatch(rf"{re.escape(run_dir.name)}\.\d{{8}}-\d{{6}}", moved.name), moved.name
+    assert (moved / "best.pt").read_bytes() == first_best
+    seeds = [load(folder / "best.pt")["config"]["train"]["seed"] for folder in (moved, run_dir)]
+    assert seeds[1] == second_seed != seeds[0]
+    return moved
 
 
 @pytest.fixture(scope="session")

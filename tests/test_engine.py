@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, cli_env, run_cli, write_params
+from conftest import ROOT, assert_moved_aside, cli_env, run_cli, write_params
 from rounding import U32, assert_same_function
 from seqtr_lib import checkpoint as ckpt
 from seqtr_lib.engine import ModelEMA, lr_factor
@@ -421,6 +424,13 @@ def test_exported_weights_are_half_precision_ema_and_ground_like_the_checkpoint(
     with torch.no_grad():
         assert torch.equal(exported["ema"].encode(images, pad_mask, ids).features,
                            rounded.encode(images, pad_mask, ids).features)
+    # Exported again to the same file (another run's weights): the earlier file is moved aside, not replaced.
+    earlier = released.read_bytes()
+    engine.train(load_params(params, ["train.max_steps_per_epoch=2", "train.seed=2"]))
+    export_weights(best, released)
+    (aside,) = [path for path in released.parent.iterdir() if path != released]
+    assert re.fullmatch(r"tiny\.\d{8}-\d{6}\.pt", aside.name) and aside.read_bytes() == earlier
+    assert ckpt.load(released)["config"]["train"]["seed"] == 2
 
 
 def test_the_shown_checkpoint_is_the_given_one_then_the_own_run_then_the_released_weights(tmp_path, monkeypatch):
@@ -443,6 +453,134 @@ def test_the_shown_checkpoint_is_the_given_one_then_the_own_run_then_the_release
     assert checkpoint.resolve_checkpoint(run_dir, "synthetic_det", given)[0] == given
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         checkpoint.resolve_checkpoint(run_dir, "synthetic_det", tmp_path / "missing.pt")
+
+
+def test_the_shown_checkpoint_line_names_the_file_and_the_local_time_it_was_written(tmp_path, monkeypatch, capsys):
+    from seqtr_lib import checkpoint, notebook
+    from seqtr_lib.config import load_params
+
+    experiment = load_params(None, [f"output_dir={tmp_path / 'outputs'}", "name=synthetic_det"])
+    released = tmp_path / "weights" / "synthetic_det.pt"
+    given, own = tmp_path / "other.pt", experiment.run_dir / "best.pt"
+    monkeypatch.setattr(checkpoint, "RELEASED_DIR", released.parent)
+    for path, minute in ((released, 41), (given, 7), (own, 59)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        written = datetime.datetime(2026, 3, 9, 5, minute, 30).timestamp()  # local time, as it is shown
+        os.utime(path, (written, written))
+    assert notebook.default_checkpoint(experiment) == own
+    assert capsys.readouterr().out == f"using your own run {own} (file dated 2026-03-09 05:59)\n"
+    assert checkpoint.resolve_checkpoint(experiment.run_dir, "synthetic_det", given)[1] == \
+        f"using checkpoint {given} (file dated 2026-03-09 05:07)"
+    own.unlink()
+    assert checkpoint.resolve_checkpoint(experiment.run_dir, "synthetic_det")[1].startswith(
+        f"using the released weights {released} (file dated 2026-03-09 05:41): no run of yours at {own} (")
+
+
+def test_move_aside_stamps_the_time_and_never_renames_onto_anything(tmp_path, monkeypatch):
+    run_dir = tmp_path / "synthetic_det"
+    assert ckpt.move_aside(run_dir) is None  # nothing there
+    run_dir.mkdir()
+    (run_dir / "log.jsonl").write_text("{}")
+    assert ckpt.move_aside(run_dir) is None and run_dir.is_dir()  # no checkpoints: nothing to keep
+    (run_dir / "best.pt").write_bytes(b"weights")
+    before = time.strftime("%Y%m%d-%H%M%S")
+    moved = ckpt.move_aside(run_dir)
+    assert not run_dir.exists() and (moved / "best.pt").read_bytes() == b"weights"
+    assert re.fullmatch(r"synthetic_det\.\d{8}-\d{6}", moved.name)
+    assert before <= moved.name.split(".")[1] <= time.strftime("%Y%m%d-%H%M%S")
+
+    # The stamp's names taken (an empty folder, which rename() would silently replace, and a file): the next free one.
+    monkeypatch.setattr(ckpt.time, "strftime", lambda fmt: "20261207-054100")
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"second")
+    (tmp_path / "synthetic_det.20261207-054100").mkdir()
+    (tmp_path / "synthetic_det.20261207-054100-2").write_text("taken")
+    assert ckpt.move_aside(run_dir) == tmp_path / "synthetic_det.20261207-054100-3"
+    assert (tmp_path / "synthetic_det.20261207-054100-3" / "last.pt").read_bytes() == b"second"
+    assert not any((tmp_path / "synthetic_det.20261207-054100").iterdir())
+    assert (tmp_path / "synthetic_det.20261207-054100-2").read_text() == "taken"
+    # A file keeps its suffix, so that it stays what it was (a .weights file, a .pt checkpoint).
+    backbone = tmp_path / "weights" / "darknet.weights"
+    backbone.parent.mkdir()
+    backbone.write_bytes(b"backbone")
+    assert ckpt.move_aside(backbone) == tmp_path / "weights" / "darknet.20261207-054100.weights"
+    assert not backbone.exists()
+
+
+def test_resuming_continues_in_its_folder_and_moves_nothing(tiny_data_root, tmp_path, capsys):
+    from seqtr_lib import engine
+    from seqtr_lib.config import load_params
+    from seqtr_lib.reports import read_log
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 2, "max_steps_per_epoch": 1})
+    run_dir = tmp_path / "out" / "tiny"
+    engine.train(load_params(params, ["train.epochs=1"]))
+    engine.train(load_params(params, [f"train.resume={run_dir / 'last.pt'}"]))
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["tiny"]
+    assert "earlier run" not in capsys.readouterr().out
+    assert ckpt.load(run_dir / "last.pt")["epoch"] == 2
+    assert [r["epoch"] for r in read_log(run_dir) if r["type"] == "epoch"] == [0, 1]  # one log, appended to
+
+
+def test_resuming_a_run_moved_aside_moves_the_run_in_its_place_aside_in_turn(tiny_data_root, tmp_path, capsys):
+    # What the line printed on moving a run aside offers: continuing it. The run that took its place is kept too.
+    from seqtr_lib import engine
+    from seqtr_lib.config import load_params
+    from seqtr_lib.reports import read_log
+
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 2, "max_steps_per_epoch": 1})
+    run_dir = tmp_path / "out" / "tiny"
+    engine.train(load_params(params, ["train.epochs=1"]))
+    first = (run_dir / "best.pt").read_bytes()
+    engine.train(load_params(params, ["train.epochs=1", "train.seed=2"]))
+    moved = assert_moved_aside(run_dir, first, second_seed=2)
+    assert f"to continue it instead, train with --set train.resume={moved / 'last.pt'}" in capsys.readouterr().out
+    second = (run_dir / "best.pt").read_bytes()
+    engine.train(load_params(params, [f"train.resume={moved / 'last.pt'}"]))
+    (second_aside,) = [p for p in (tmp_path / "out").iterdir() if p not in (run_dir, moved)]
+    assert (second_aside / "best.pt").read_bytes() == second
+    resumed = ckpt.load(run_dir / "last.pt")
+    assert (resumed["epoch"], resumed["config"]["train"]["seed"]) == (2, 1)
+    assert (moved / "best.pt").read_bytes() == first  # resuming reads the run aside and writes in the run folder
+    assert [r["epoch"] for r in read_log(run_dir) if r["type"] == "epoch"] == [0, 1]  # its log goes on
+
+
+@pytest.mark.slow
+def test_a_second_train_command_moves_the_first_run_aside_and_predict_names_what_it_takes(tiny_data_root, tmp_path):
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 1, "max_steps_per_epoch": 2})
+    run_dir = tmp_path / "out" / "tiny"
+    run_cli("-m", "seqtr_lib", "train", "--params", str(params))
+    first = (run_dir / "best.pt").read_bytes()
+    second = run_cli("-m", "seqtr_lib", "train", "--params", str(params), "--set", "train.seed=2")
+    moved = assert_moved_aside(run_dir, first, second_seed=2)
+    assert (f"an earlier run was in {run_dir}: moved it to {moved}, not overwritten; to continue it instead, "
+            f"train with --set train.resume={moved / 'last.pt'}\n") in second.stdout
+    # predict without --checkpoint takes the params' run, and says which file and when it was written
+    written = datetime.datetime(2026, 3, 9, 5, 41, 30).timestamp()
+    os.utime(run_dir / "best.pt", (written, written))
+    sample = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())["val"][0]
+    image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
+    result = run_cli("-m", "seqtr_lib", "predict", "--params", str(params), "--image", str(image),
+                     "--expression", sample["expressions"][0], "--out", str(tmp_path / "overlay.png"))
+    assert f"using your own run {run_dir / 'best.pt'} (file dated 2026-03-09 05:41)\n" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_second_torchrun_moves_the_first_run_aside_once(tiny_data_root, tmp_path):
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 1, "max_steps_per_epoch": 1}, data={"batch_size": 2})
+    run_dir = tmp_path / "out" / "tiny"
+    run_cli(*launcher, "-m", "seqtr_lib", "train", "--params", str(params))
+    first = (run_dir / "best.pt").read_bytes()
+    second = run_cli(*launcher, "-m", "seqtr_lib", "train", "--params", str(params), "--set", "train.seed=2")
+    moved = assert_moved_aside(run_dir, first, second_seed=2)
+    assert second.stdout.count("an earlier run was in") == 1  # rank 0 moves it; rank 1 waits
+    assert f"moved it to {moved}" in second.stdout
 
 
 def test_finetune_state_keeps_fresh_only_query_positions_of_another_length():

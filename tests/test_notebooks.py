@@ -15,7 +15,7 @@ import cv2
 import nbformat
 import pytest
 
-from conftest import ROOT, write_params
+from conftest import ROOT, assert_moved_aside, run_cli, write_params
 from seqtr_lib import notebook, reports
 from seqtr_lib.config import load_params
 
@@ -136,16 +136,13 @@ def test_notebook_kernels_talk_over_unix_sockets_so_no_port_can_be_taken_first(m
     assert notebook.cells[0].outputs[0]["text"] == "42\n"
 
 
-def test_read_log_skips_a_torn_last_line_and_fresh_runs_start_a_new_log(tmp_path):
-    experiment = load_params(None, [f"output_dir={tmp_path}", "name=run"])
-    experiment.run_dir.mkdir(parents=True)
-    log = experiment.run_dir / "log.jsonl"
-    log.write_text('{"type": "step", "step": 1}\n{"type": "epoch", "ep')
-    assert reports.read_log(experiment.run_dir) == [{"type": "step", "step": 1}]
-    notebook.start_fresh_log(experiment)
-    assert not log.exists() and (experiment.run_dir / "log.previous.jsonl").is_file()
+def test_read_log_skips_a_torn_last_line_and_names_a_missing_log(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
     with pytest.raises(FileNotFoundError, match="rank 0 writes it"):
-        reports.read_log(experiment.run_dir)
+        reports.read_log(run_dir)
+    (run_dir / "log.jsonl").write_text('{"type": "step", "step": 1}\n{"type": "epoch", "ep')
+    assert reports.read_log(run_dir) == [{"type": "step", "step": 1}]
 
 
 # --- the notebooks, executed ----------------------------------------------------------------------
@@ -257,16 +254,76 @@ def test_a_project_copy_carries_the_notebooks_and_params_with_its_overrides(tmp_
     assert notebook.repo_root() == ROOT
 
 
-def test_an_earlier_run_is_moved_aside_not_overwritten(tmp_path):
-    from seqtr_lib.pipeline import move_aside
+# --- a second run of 01 keeps the first (checkpoint.move_aside; tests/test_engine.py has the command line) ---
 
-    run_dir = tmp_path / "synthetic_det"
-    run_dir.mkdir()
-    assert move_aside(run_dir) is None and run_dir.is_dir()  # no checkpoints: nothing to keep
-    (run_dir / "best.pt").write_bytes(b"weights")
-    moved = move_aside(run_dir)
-    assert not run_dir.exists() and (moved / "best.pt").read_bytes() == b"weights"
-    assert re.fullmatch(r"synthetic_det\.\d{8}-\d{6}", moved.name)
+
+def _first_best_then_second_run(run_dir: Path, train) -> tuple[Path, str]:
+    """``train(overrides)`` twice into ``run_dir``, the second with train.seed=2; returns the folder the
+    first run was moved to (checked by `assert_moved_aside`) and the second run's output."""
+    train([])
+    first = (run_dir / "best.pt").read_bytes()
+    output = train(["train.seed=2"])
+    moved = assert_moved_aside(run_dir, first, second_seed=2)
+    assert f"an earlier run was in {run_dir}: moved it to {moved}, not overwritten" in output
+    return moved, output
+
+
+def _stream_text(document) -> str:
+    return "".join(o.get("text", "") for c in document.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream")
+
+
+@pytest.mark.slow
+def test_training_notebook_run_twice_in_a_kernel_keeps_the_first_run(tiny_params, tmp_path):
+    from nbclient import NotebookClient
+
+    from seqtr_lib.pipeline import ipc_kernel_manager
+
+    params = tiny_params("tiny_kernel")
+
+    def train(overrides):
+        # As in JupyterLab: the parameters cell edited, Run All in a kernel started in notebooks/.
+        document = nbformat.read(ROOT / "notebooks" / "01_train.ipynb", as_version=4)
+        (index,) = [i for i, c in enumerate(document.cells) if "parameters" in c.metadata.get("tags", [])]
+        document.cells[index].source += f"\nparams_file = {str(params)!r}\noverrides = {overrides!r}\n"
+        NotebookClient(document, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(), timeout=600,
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        return _stream_text(document)
+
+    _first_best_then_second_run(tmp_path / "outputs" / "tiny_kernel", train)
+
+
+@pytest.mark.slow
+def test_training_notebook_run_twice_by_the_papermill_command_keeps_the_first_run(tiny_params, tmp_path):
+    params = tiny_params("tiny_papermill")
+    runs = []
+
+    def train(overrides):
+        executed = tmp_path / f"train{len(runs)}.ipynb"
+        runs.append(run_cli("-m", "papermill", str(ROOT / "notebooks" / "01_train.ipynb"), str(executed),
+                            "-p", "params_file", str(params), "-p", "overrides", json.dumps(overrides)))
+        return _executed(executed)[0]
+
+    _first_best_then_second_run(tmp_path / "outputs" / "tiny_papermill", train)
+
+
+@pytest.mark.slow
+def test_the_pipeline_run_twice_keeps_the_first_run_with_its_own_figures(tiny_params, tiny_data_root, tmp_path, capsys):
+    from seqtr_lib.pipeline import run_pipeline
+
+    params = tiny_params("tiny_pipeline")
+    run_dir = tmp_path / "outputs" / "tiny_pipeline"
+
+    def train(overrides):
+        run_pipeline([str(params)], ("00", "01"), overrides=overrides)
+        return capsys.readouterr().out
+
+    moved, _ = _first_best_then_second_run(run_dir, train)
+    # Moved before 00 ran again: each folder holds its own run's data figures and executed notebooks.
+    for folder, seed in ((moved, 1), (run_dir, 2)):
+        _assert_figure(folder / "samples.png")
+        executed = nbformat.read(folder / "notebooks" / "01_train.ipynb", as_version=4)
+        assert ("train.seed=2" in json.dumps(executed.metadata.papermill.parameters)) == (seed == 2)
 
 
 # The README and the documents it points to: every command of their bash blocks runs here (papermill) or

@@ -108,6 +108,17 @@ def _release(tmp_path: Path, model, vocabulary, *, ddp: bool, ema: bool, name: s
     return path
 
 
+def test_importing_again_to_the_same_file_moves_the_earlier_import_aside(tmp_path):
+    experiment, vocabulary, model = _tiny(tmp_path)
+    release = _release(tmp_path, model, vocabulary, ddp=False, ema=False)
+    out = import_release(release, experiment, vocabulary, tmp_path / "imported.pt")
+    earlier = out.read_bytes()
+    import_release(_release(tmp_path, model, vocabulary, ddp=False, ema=True), experiment, vocabulary, out)
+    (aside,) = tmp_path.glob("imported.*.pt")
+    assert aside.read_bytes() == earlier
+    assert "ema" in torch.load(out, weights_only=True) and "ema" not in torch.load(aside, weights_only=True)
+
+
 @pytest.mark.parametrize("ddp, ema", [(False, False), (True, True)])
 def test_a_release_file_imports_into_a_checkpoint_the_package_opens(tmp_path, ddp, ema):
     experiment, vocabulary, model = _tiny(tmp_path)

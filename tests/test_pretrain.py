@@ -77,6 +77,12 @@ def test_pretraining_writes_a_backbone_the_grounding_model_loads(tiny_data_root,
     # The grounding model takes it through the params, frozen but for the last two modules as in the paper.
     grounding = load_params(params, [f"model.darknet_weights={out}", "model.trainable_backbone_modules=2"])
     assert grounding.model.darknet_weights == str(out)
+    # Trained again to the same file: the earlier backbone and its summary are moved aside together.
+    earlier = out.read_bytes()
+    pretrain_backbone(experiment, out, epochs=1, max_steps=1, val_limit=8, warmup_steps=1)
+    (aside,) = (tmp_path / "weights").glob("tiny_darknet.*.weights")
+    assert aside.read_bytes() == earlier and json.loads(aside.with_name(aside.name + ".json").read_text())["steps"] == 3
+    assert json.loads((tmp_path / "weights" / "tiny_darknet.weights.json").read_text())["steps"] == 1
 
 
 def test_pretraining_refuses_a_dataset_without_scenes(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, assert_moved_aside, write_params
 from seqtr_lib import compare, paper_results, pipeline, sweeps
 from seqtr_lib.config import ConfigError
 
@@ -131,6 +131,27 @@ def test_a_failing_run_is_named_and_the_others_go_on_and_finished_runs_are_skipp
     pipeline.sweep("params/synthetic_mask.yaml", ["model.num_ray=12"], notebooks=("01",), project=ROOT,
                    output_root=out, overrides=["train.lr=1e-4"], log=lambda *a, **k: None)
     assert [(n, nb) for n, nb, _ in fake_notebooks] == [("synthetic_mask__model.num_ray=12", "01")]
+
+
+@pytest.mark.slow
+def test_a_grid_point_trained_again_keeps_its_earlier_run_and_marker_aside(tiny_data_root, tmp_path):
+    params = write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "outputs",
+                          train={"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1})
+    run_dir = tmp_path / "outputs" / "tiny__train.lr=0.001"
+    (first,) = pipeline.sweep(str(params), ["train.lr=0.001"], notebooks=("01",), project=ROOT,
+                              log=lambda *a, **k: None)
+    assert (first.run_dir, first.status) == (run_dir, "done")
+    best = (run_dir / "best.pt").read_bytes()
+    lines = []
+    # Other overrides than the finished run's: the point trains again in the same folder.
+    (second,) = pipeline.sweep(str(params), ["train.lr=0.001"], notebooks=("01",), project=ROOT,
+                               overrides=["train.seed=2"], log=lambda *a, **k: lines.append(" ".join(a)))
+    assert second.status == "done"
+    moved = assert_moved_aside(run_dir, best, second_seed=2)
+    assert any(f"an earlier run was in {run_dir}: moved it to {moved}" in line for line in lines)
+    marker = json.loads((moved / "sweep.json").read_text())  # the first run's, with it
+    assert marker["overrides"] == ["train.lr=0.001", "name=tiny__train.lr=0.001"]
+    assert "train.seed=2" in json.loads((run_dir / "sweep.json").read_text())["overrides"]
 
 
 def test_a_torn_marker_is_not_a_finished_run(tmp_path):
