@@ -136,14 +136,15 @@ def test_the_attention_figure_marks_each_token_at_its_corner():
         assert not colour_near(pixels, locate(*other), "#00e5ff", radius=4)
 
 
-def test_predicts_overlay_shows_the_printed_box_where_it_lies_in_the_image(tmp_path, capsys):
+def _predict_overlay(tmp_path, capsys, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`predict --out` on a grey 128 x 96 scene with a red disc, with the released weights of ``task``: the
+    scene (RGB), the overlay PNG read back (RGB) and the printed box (4,) or polygon (K, 2)."""
     import ast as literal
     import re
 
     import cv2
 
     from conftest import ROOT
-    from figure_pixels import image_locator
     from seqtr_lib.cli import main
 
     image = tmp_path / "scene.png"
@@ -151,16 +152,53 @@ def test_predicts_overlay_shows_the_printed_box_where_it_lies_in_the_image(tmp_p
     cv2.circle(canvas, (40, 60), 14, (0, 0, 255), -1)  # a red disc (BGR) left of the middle, below it
     cv2.imwrite(str(image), canvas)
     out = tmp_path / "overlay.png"
-    main(["predict", "--checkpoint", str(ROOT / "weights" / "synthetic_det.pt"), "--image", str(image),
-          "--expression", "the red circle", "--out", str(out)])
-    box = literal.literal_eval(re.search(r"box \(x1, y1, x2, y2\): (\[.*\])", capsys.readouterr().out).group(1))
+    weights = ROOT / "weights" / {"box": "synthetic_det.pt", "mask": "synthetic_mask.pt"}[task]
+    main(["predict", "--checkpoint", str(weights), "--image", str(image), "--expression", "the red circle",
+          "--task", task, "--out", str(out)])
+    label = {"box": r"box \(x1, y1, x2, y2\)", "mask": r"polygon \(x, y, \.\.\.\)"}[task]
+    printed = literal.literal_eval(re.search(label + r": (\[.*\])", capsys.readouterr().out).group(1))
+    overlay = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    printed = np.array(printed, dtype=np.float64)
+    return canvas[..., ::-1], overlay, printed if task == "box" else printed.reshape(-1, 2)
+
+
+def _corners_off(x1: float, y1: float, x2: float, y2: float) -> list[tuple[float, float]]:
+    """Those corners of the 128 x 96 scene 4 px or more outside a box."""
+    return [(x, y) for x in (2.0, 126.0) for y in (2.0, 94.0) if x <= x1 - 4 or x >= x2 + 4 or y <= y1 - 4 or y >= y2 + 4]
+
+
+def test_predicts_overlay_shows_the_printed_box_where_it_lies_in_the_image(tmp_path, capsys):
+    from figure_pixels import image_locator
+
+    scene, pixels, box = _predict_overlay(tmp_path, capsys, "box")
     x1, y1, x2, y2 = box
     assert x2 - x1 >= 8 and y2 - y1 >= 8, box  # a box around the 28 px disc, with a middle far from its sides
-
-    pixels = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
-    locate = image_locator(pixels, (200, 200, 200), canvas.shape[:2])
-    # Off the box: its middle, and those corners of the image 4 px or more outside it.
-    corners = [(x, y) for x in (2.0, 126.0) for y in (2.0, 94.0)
-               if x <= x1 - 4 or x >= x2 + 4 or y <= y1 - 4 or y >= y2 + 4]
+    locate = image_locator(pixels, (200, 200, 200), scene.shape[:2])
+    corners = _corners_off(*box)
     assert corners
     assert_box_drawn(pixels, locate, box, viz.PRED_COLOR, away=[((x1 + x2) / 2, (y1 + y2) / 2), *corners])
+
+
+def test_predicts_overlay_shows_the_printed_contour_outlined_and_filled(tmp_path, capsys):
+    import cv2
+
+    from figure_pixels import image_locator
+
+    scene, pixels, polygon = _predict_overlay(tmp_path, capsys, "mask")
+    locate = image_locator(pixels, (200, 200, 200), scene.shape[:2])
+    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+    assert len(polygon) >= 3
+    for a, b in zip(polygon, np.roll(polygon, -1, axis=0)):  # the middle of each side
+        assert colour_near(pixels, locate(*(a + b) / 2), viz.PRED_COLOR), (a, b)
+    # Inside, 6 px or more from the outline (away from the numbered points), the scene seen through a quarter of
+    # the colour (the fill's alpha 0.25); outside, the scene itself.
+    x, y = polygon.mean(axis=0)
+    assert cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= 6, polygon  # a contour around the 28 px disc
+    under = scene[int(y), int(x)].astype(float)
+    row, column = locate(x, y)
+    assert np.abs(pixels[row, column] - (0.75 * under + 0.25 * rgb255(viz.PRED_COLOR))).max() <= 2, (x, y)
+    corners = _corners_off(*polygon.min(axis=0), *polygon.max(axis=0))
+    assert corners
+    for x, y in corners:
+        row, column = locate(x, y)
+        assert tuple(pixels[row, column]) == (200, 200, 200), (x, y)
