@@ -1,6 +1,7 @@
 """The scripts in benchmarks/: each imports and parses its arguments, the cheap ones run end to end in their
-quickest mode, and the GPU shell scripts call them with options they have. Timings are not checked, only
-that the JSON each writes holds finite numbers under the keys its docstring names.
+quickest mode, and the GPU shell scripts call them with options they have. Timings are not checked: a timing is
+only finite, while what a script can check exactly is checked exactly (the tokens that two decoders give are
+equal, a ratio is the quotient of the figures it is made of, a count is what was asked for).
 
 Left out (minutes on 2 cores, or a browser): bench_cpu.py's paper-size sections (inference, evaluation,
 training: over a minute per task even with --quick) and widget_screenshot.py (JupyterLab, Chromium and the
@@ -120,12 +121,30 @@ def test_bench_train_tiny(tmp_path):
     _script("bench_train.py", "--tiny", "--device", "cpu", "--real-data", str(tmp_path / "real"), "--real-images",
             "24", "--workers", "0", "--out", str(out))
     report = _load(out)
-    assert report["parameters"]["total"] > 0
+    bench_train = _benchmark_module("bench_train")
+    from seqtr_lib.config import ModelConfig
+    from seqtr_lib.model.seqtr import build_model
+    from seqtr_lib.text import Vocabulary
+
+    model = build_model(ModelConfig(task="box", **bench_train.TINY_MODEL), Vocabulary.build(bench_train.EXPRESSIONS))
+    assert report["parameters"] == {"total": sum(p.numel() for p in model.parameters()),
+                                    "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     [result] = report["results"]
-    assert result["status"] == "ok" and _finite(result["samples_per_s"], result["step_ms"], result["final_loss"])
+    assert (result["status"], result["batch_size"], result["compile"]) == ("ok", 2, False)  # the --tiny defaults
+    assert _finite(result["samples_per_s"], result["step_ms"], result["final_loss"])
+    _assert_rate_and_step_time_agree(result, batch_size=2)
     for inputs in ("host", "device"):
         measured = result["real_data"][inputs]
-        assert measured["status"] == "ok" and _finite(measured["samples_per_s"], measured["real_loader_ratio"])
+        assert measured["status"] == "ok" and _finite(measured["samples_per_s"], measured["step_ms"])
+        _assert_rate_and_step_time_agree(measured, batch_size=2)  # the real loader's batches are full here
+        assert measured["real_loader_ratio"] == round(measured["samples_per_s"] / result["samples_per_s"], 3)
+
+
+def _assert_rate_and_step_time_agree(result: dict, batch_size: int) -> None:
+    """samples/s x ms/step is 1000 x the batch size, up to the rounding of each to 2 decimals: (r + a)(m + b)
+    with |a|, |b| <= 0.005 is off by at most 0.005 (r + m) + 0.005^2, r and m within 0.005 of the written ones."""
+    rate, step_ms = result["samples_per_s"], result["step_ms"]
+    assert abs(rate * step_ms - 1000 * batch_size) <= 0.005 * (rate + step_ms + 0.01) + 0.005**2, result
 
 
 def test_bench_eval_tiny(tmp_path):
@@ -135,7 +154,12 @@ def test_bench_eval_tiny(tmp_path):
     results = _load(out)["results"]
     assert [(r["task"], r["cuda_graphs"]) for r in results] == [("box", False), ("box", True), ("mask", False),
                                                                ("mask", True)]
-    assert all(r["expressions"] == 8 and _finite(r["expressions_per_s"]) for r in results)
+    for r in results:
+        assert r["expressions"] == 8 and _finite(r["expressions_per_s"], r["seconds"])
+        # 8 / s rounded to 0.1 times s rounded to 0.01: (8 / s + a)(s + b) - 8 = a s + 8 b / s + a b, |a| <= 0.05,
+        # |b| <= 0.005, with s and 8 / s within those of the written figures
+        rate, seconds = r["expressions_per_s"], r["seconds"]
+        assert abs(rate * seconds - 8) <= 0.05 * (seconds + 0.005) + 0.005 * (rate + 0.05) + 0.05 * 0.005
 
 
 def test_bench_decode_quick(tmp_path):
@@ -144,9 +168,16 @@ def test_bench_decode_quick(tmp_path):
     results = _load(out)["results"]
     assert [(r["task"], r["steps"]) for r in results] == [("box", 4), ("mask", 36)]
     for r in results:
-        assert _finite(r["encode_s"], r["decode_cached_s"], r["decode_recompute_s"], r["decode_graph_s"], r["speedup"],
-                       r["graph_speedup"], r["decode_share"])
-        assert isinstance(r["graph_tokens_equal"], bool)
+        assert (r["model"], r["image_size"], r["batch"], r["encode_extrapolated"]) == ("small_cpu_256", 256, 1, False)
+        # The graph decoder (plain static-shape decoding on a CPU) gives the cached decoder's tokens exactly.
+        assert r["graph_tokens_equal"] is True
+        assert _finite(r["encode_s"], r["decode_cached_s"], r["decode_recompute_s"], r["decode_graph_s"])
+        # The derived figures are the quotients the docstring names (unrounded in the JSON).
+        cached = r["decode_cached_s"]
+        assert r["speedup"] == r["decode_recompute_s"] / cached
+        assert r["graph_speedup"] == cached / r["decode_graph_s"]
+        assert r["decode_share"] == cached / (r["encode_s"] + cached)
+        assert r["cached_ms_per_step"] == 1000 * cached / r["steps"]
 
 
 def test_bench_data_quick(tmp_path):
@@ -162,11 +193,21 @@ def test_bench_data_quick(tmp_path):
 def test_bench_cpu_synthetic_section(tmp_path):
     out = tmp_path / "cpu.json"
     _script("bench_cpu.py", "--quick", "--sections", "synthetic", "--threads", "1", "--out", str(out))
-    rows = _load(out)["results"]
+    report = _load(out)
+    rows = report["results"]
     assert {r["batch"] for r in rows} == {1, 64} and {r["section"] for r in rows} == {"synthetic"}
     assert {"fp32", "channels_last+bf16+fold_bn"} <= {r["choice"] for r in rows}
-    assert any(r["is_auto"] for r in rows)
-    assert all(_finite(r["median_s"], r["speedup"]) and isinstance(r["tokens_equal_fp32"], bool) for r in rows)
+    for batch in (1, 64):
+        assert any(r["is_auto"] for r in rows if r["batch"] == batch)
+        (fp32,) = [r for r in rows if r["batch"] == batch and r["choice"] == "fp32"]
+        # fp32 against itself: the same tokens, and its own median over its own is 1
+        assert fp32["tokens_equal_fp32"] is True and fp32["speedup"] == 1.0
+    assert report["settings"]["repeats"] == 1  # --quick
+    for r in rows:
+        assert isinstance(r["tokens_equal_fp32"], bool) and _finite(r["median_s"], r["speedup"])
+        assert len(r["times_s"]) == (4 if r["batch"] == 1 else 1)  # the synthetic section times batch 1 4 x longer
+        # rounding keeps the order: the extremes of the rounded times are the rounded extremes
+        assert (r["min_s"], r["max_s"]) == (min(r["times_s"]), max(r["times_s"])) and r["min_s"] <= r["median_s"] <= r["max_s"]
 
 
 def test_cell_selection_released_box_weights(tiny_data_root, tmp_path):
@@ -176,9 +217,29 @@ def test_cell_selection_released_box_weights(tiny_data_root, tmp_path):
     _script("cell_selection.py", str(ROOT / "weights" / "synthetic_det.pt"), "--splits", "val", "--limit", "8",
             "--out", str(out), cwd=tmp_path)
     val = _load(out)["splits"]["val"]
-    assert val["expressions"] >= 8
-    for key in ("cell_right", "acc", "acc_true_cell", "scene_colour", "scene_kind"):
+    n = val["expressions"]
+    assert n == _whole_batches(8, tiny_data_root)
+    for key in ("cell_right", "acc", "acc_cell_right", "acc_true_cell", "scene_colour", "scene_kind"):
         assert _finite(val[key]) and 0 <= val[key] <= 100, key
+    # Each share counts expressions: a whole number of n (of the right ones for acc_cell_right), rounded to 2 places.
+    right = round(val["cell_right"] * n / 100)
+    assert val["cell_right"] == round(100 * right / n, 2)
+    for key in ("acc", "acc_true_cell", "scene_colour", "scene_kind"):
+        assert val[key] in {round(100 * k / n, 2) for k in range(n + 1)}, key
+    if right:
+        assert val["acc_cell_right"] in {round(100 * k / right, 2) for k in range(right + 1)}
+    # Acc@0.5 is the mean of the right and the wrong cells' accuracies, weighted by their counts.
+    hits = val["acc_cell_right"] * right / 100 + (val["acc_cell_wrong"] or 0) * (n - right) / 100
+    assert val["acc"] == round(100 * round(hits) / n, 2)
+
+
+def _whole_batches(limit: int, data_root: Path) -> int:
+    """The val expressions that the released box weights' evaluation batches hold until ``limit`` is reached."""
+    from seqtr_lib import checkpoint
+
+    batch = checkpoint.load(ROOT / "weights" / "synthetic_det.pt")["config"]["data"]["eval_batch_size"]
+    annotations = json.loads((data_root / "annotations" / "synthetic" / "instances.json").read_text())
+    return min(sum(len(a["expressions"]) for a in annotations["val"]), -(-limit // batch) * batch)
 
 
 def test_cpu_agreement_released_box_weights(tiny_data_root, tmp_path):
@@ -190,8 +251,18 @@ def test_cpu_agreement_released_box_weights(tiny_data_root, tmp_path):
     fp32, *others = report["results"]
     assert fp32["execution"] == "fp32" and [r["execution"] for r in others] == ["auto",
                                                                                "channels_last+bf16+fold_bn+recheck"]
-    assert all(0 <= r["equal_to_fp32"] <= 1 and _finite(r["metric_change_points"], r["speedup"]) for r in others)
-    assert "recheck" in others[1]
+    from seqtr_lib.metrics import headline_score
+
+    n = report["num_expressions"]
+    assert n == _whole_batches(8, tiny_data_root) and report["limit"] == 8
+    for r in others:
+        # a share of the n expressions, and the difference of the two stored metrics, each rounded as written
+        assert r["equal_to_fp32"] in {round(k / n, 4) for k in range(n + 1)}
+        assert r["metric_change_points"] == round(headline_score(r["metrics"], "box")
+                                                  - headline_score(fp32["metrics"], "box"), 3)
+        assert _finite(r["speedup"])
+    tally = others[1]["recheck"]
+    assert tally["samples"] == n and 0 <= tally["rechecked"] <= n
 
 
 def test_learning_curve_one_tiny_epoch_and_figures(tiny_data_root, tmp_path):
@@ -206,7 +277,7 @@ def test_learning_curve_one_tiny_epoch_and_figures(tiny_data_root, tmp_path):
     # --from-run reads the finished run back as a curve.
     _script("learning_curve.py", "--from-run", str(tmp_path / "outputs" / "cells_s16"), "--results", str(results),
             "--no-plot")
-    assert len(_load(results / "learning_curve_cells_s16_full.json")["points"]) == 1
+    assert _load(results / "learning_curve_cells_s16_full.json")["points"] == [point]  # the same epoch, read back
     # --defaults-figure from the recorded curves (copied: it writes beside them).
     recorded = tmp_path / "recorded"
     curve_module = _benchmark_module("learning_curve")
@@ -224,8 +295,12 @@ def test_learning_probes_two_steps(tmp_path):
     for name in ("decoder_1", "decoder_3", "decoder_3_cell_loss"):
         assert len(results[name]["token_cross_entropy"]) == 5
         assert _finite(*results[name]["token_cross_entropy"], results[name]["held_out_acc_at_0.5"])
+        # a share of the 200 held-out scenes, as a float32 mean (within 2^-24 of the share)
+        hits = results[name]["held_out_acc_at_0.5"] * 200
+        assert abs(hits - round(hits)) <= 200 * 2**-24
     for name in ("cells_3", "cells_3_encoder"):
-        assert _finite(results[name]["cell_accuracy"], results[name]["chance"])
+        assert 0 <= results[name]["cell_accuracy"] <= 1
+        assert results[name]["chance"] == 1 / 16  # one of the 4 x 4 stride-32 cells of a 128 px scene
 
 
 def test_outline_cap_tiny(tiny_data_root, tmp_path):

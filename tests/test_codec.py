@@ -201,3 +201,26 @@ def test_both_mappings_encode_and_decode_a_non_square_image_by_hand(mapping, ext
                                     box_tokens[3]]
     np.testing.assert_allclose(codec.polygon_in_original(mask_tokens, meta), [[50, 25], [150, 25], [150, 75]],
                                atol=1e-4)
+
+
+# A 128 x 256 image (w x h) resized to 64 x 64 scales x by 1/2 and y by 1/4, and a 256 x 128 one the other way;
+# padded to 64 x 64 with 64 bins, token t is t input pixels, so x = t / sx and y = t / sy, exact in binary.
+@pytest.mark.parametrize("ori_shape, scale_factor, box, polygon", [
+    ((256, 128), (0.5, 0.25), [32, 32, 96, 240], [[32, 32], [96, 32], [96, 240]]),
+    ((128, 256), (0.25, 0.5), [64, 16, 192, 120], [[64, 16], [192, 16], [192, 120]]),
+], ids=["x_halved_y_quartered", "x_quartered_y_halved"])
+def test_original_pixels_divide_x_and_y_by_their_own_scale_factors(ori_shape, scale_factor, box, polygon):
+    codec = SequenceCodec(TokenLayout("multi", 64, 3))
+    meta = {"ori_shape": ori_shape, "pad_shape": (64, 64), "scale_factor": scale_factor}
+    tokens = [16, 8, 48, 60]  # x1, y1, x2, y2 tokens; the polygon (16, 8), (48, 8), (48, 60)
+    np.testing.assert_array_equal(codec.box_in_original(tokens, meta), box)
+    np.testing.assert_array_equal(codec.polygon_in_original([16, 8, 48, 8, 48, 60, codec.layout.eos], meta), polygon)
+    decoded = codec.decode({"box_tokens": np.array([tokens]), "mask_tokens": np.array([[16, 8, 48, 8, 48, 60]])},
+                           0, meta)
+    assert decoded["pred_box"] == box
+    assert decoded["pred_polygon"] == [value for point in polygon for value in point]
+    # Padded to 128 x 128, token 63 is 126 input pixels: 252 or 504 original ones, beyond both sides, so the
+    # box is clipped to the width along x and the height along y.
+    height, width = ori_shape
+    clipped = codec.box_in_original([63, 63, 63, 63], {**meta, "pad_shape": (128, 128)})
+    np.testing.assert_array_equal(clipped, [width, height, width, height])

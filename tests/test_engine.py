@@ -139,6 +139,144 @@ def test_resume_after_sigkill_mid_epoch_equals_an_uninterrupted_run(tiny_data_ro
     assert [(r["loss"], r["val"]) for r in resumed_history] == [(r["loss"], r["val"]) for r in whole_history]
 
 
+
+def _log_lines(run_dir) -> list[dict]:
+    """The complete records of a run's log.jsonl (a line being written when the process died is left out)."""
+    text = (run_dir / "log.jsonl").read_text() if (run_dir / "log.jsonl").exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
+def _epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The training order of an epoch in one process: torch's DistributedSampler, shuffled by (seed, epoch)."""
+    sampler = torch.utils.data.DistributedSampler(range(num_samples), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_restores_every_field_and_trains_only_the_rest_of_the_epoch(tiny_data_root, tmp_path):
+    """Every field of a mid-epoch last.pt, checked one by one against the file (not against another run), and
+    the resumed epoch's steps, samples and mean loss against counts derived from the data set."""
+    import math
+    import random
+    import shutil
+
+    from seqtr_lib import distributed, engine
+    from seqtr_lib.config import load_params
+    from seqtr_lib.data.datasets import image_path
+    from seqtr_lib.metrics import headline_score
+
+    # A copy of the tiny set with one unreadable training image, so that skipped_images counts something.
+    data_root = tmp_path / "data"
+    shutil.copytree(tiny_data_root, data_root)
+    train = json.loads((data_root / "annotations" / "synthetic" / "instances.json").read_text())["train"]
+    bad_image = train[0]["image_id"]
+    bad = {index for index, annotation in enumerate(train) if annotation["image_id"] == bad_image}
+    image_path(data_root, "synthetic", train[0]).write_bytes(b"not an image")
+
+    seed, batch_size, lr, warmup, decay = 5, 4, 1e-3, 1, [1]
+    params = write_params(tmp_path / "p.yaml", data_root, tmp_path / "out",
+                          train={"epochs": 3, "checkpoint_every": 2, "log_every": 1, "seed": seed, "lr": lr,
+                                 "warmup_epochs": warmup, "decay_epochs": decay},
+                          data={"lsj": True, "batch_size": batch_size, "skip_bad_images": True})
+    run_dir = tmp_path / "out" / "tiny"
+    # One sample per training object; the loader keeps a last, smaller batch (EpochBatchSampler, drop_last off).
+    batches_per_epoch = math.ceil(len(train) / batch_size)
+
+    process = subprocess.Popen([sys.executable, "-m", "seqtr_lib", "train", "--params", str(params)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        # Kill four steps into the second epoch, past a mid-epoch checkpoint (one every 2 steps), long before
+        # its end (21 batches): the log is polled every 50 ms and a step takes longer.
+        if sum(r["type"] == "step" and r["epoch"] >= 1 for r in _log_lines(run_dir)) >= 4:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    # The kill landed mid-epoch: the checkpoint holds part of an epoch and the process logged no end for it
+    # (after SIGKILL the files are as they were at the kill).
+    last = run_dir / "last.pt"
+    payload = ckpt.load(last)
+    epoch, batches_done = payload["epoch"], payload["batches_done"]
+    killed_log = _log_lines(run_dir)
+    assert epoch >= 1 and 0 < batches_done < batches_per_epoch, (epoch, batches_done)
+    assert not [r for r in killed_log if r["type"] == "epoch" and r["epoch"] >= epoch]
+    # Every batch holds a readable sample (checked below), so each is one optimisation step.
+    assert payload["step"] == epoch * batches_per_epoch + batches_done
+
+    experiment = load_params(params, [f"train.resume={last}", f"train.epochs={epoch + 1}"])
+    trainer = engine.Trainer(experiment, distributed.Context(0, 1, 0, torch.device("cpu")))
+    resumed_draws = (random.random(), float(np.random.rand()), torch.rand(4))
+
+    # Weights: the model and its average, which must differ (else one check would stand for both).
+    model_state, ema_state = trainer.model.state_dict(), trainer.ema.module.state_dict()
+    _assert_same_weights(model_state, payload["model"])
+    _assert_same_weights(ema_state, payload["ema"])
+    assert any(not torch.equal(payload["model"][k], payload["ema"][k]) for k in payload["model"])
+    # Adam: every parameter's moments and step count, and the groups' learning rates.
+    optimizer, stored = trainer.optimizer.state_dict(), payload["optimizer"]
+    assert optimizer["state"].keys() == stored["state"].keys() and stored["state"]
+    for index, state in stored["state"].items():
+        assert state.keys() == {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if experiment.train.amsgrad else set())
+        for name, value in state.items():
+            assert torch.equal(optimizer["state"][index][name], value), (index, name)
+        assert float(state["step"]) == payload["step"]  # every trained tensor gets a gradient at every step
+    assert [g["lr"] for g in optimizer["param_groups"]] == [g["lr"] for g in stored["param_groups"]]
+    # The schedule: stepped once per finished epoch, at the rate the recipe gives that epoch.
+    assert trainer.scheduler.last_epoch == payload["scheduler"]["last_epoch"] == epoch
+    assert trainer.scheduler.get_last_lr() == [lr * lr_factor(epoch, warmup, tuple(decay), 0.1)]
+    # A gradient scaler exists only for fp16 on CUDA; this CPU run has none to restore.
+    assert trainer.scaler is None and "scaler" not in payload
+    # History and best score: the finished epochs' records as the log holds them, and the best of their scores.
+    history = [r for r in killed_log if r["type"] == "epoch"]
+    assert trainer.state.history == payload["history"] == history and len(history) == epoch
+    scores = [max(headline_score(metrics, "box") for metrics in r["val"].values()) for r in history]
+    assert (trainer.state.best_score, trainer.state.best_epoch) == (payload["best"]["score"], payload["best"]["epoch"])
+    assert (trainer.state.best_score, trainer.state.best_epoch) == (max(scores), scores.index(max(scores)))
+    # The batch position and counters.
+    assert (trainer.state.epoch, trainer.state.batches_done, trainer.state.step) == (epoch, batches_done,
+                                                                                      payload["step"])
+    # The epoch's running loss: each logged step loss times its batch's readable samples, summed in order.
+    order = _epoch_order(len(train), seed, epoch)
+    sizes = [sum(i not in bad for i in order[b * batch_size:(b + 1) * batch_size]) for b in range(batches_per_epoch)]
+    assert all(sizes)  # so every batch is one optimisation step (an all-unreadable batch would be skipped)
+    first_step = epoch * batches_per_epoch
+    logged = {r["step"]: r["loss"] for r in killed_log if r["type"] == "step"}
+    loss_sum = 0.0
+    for b in range(batches_done):
+        loss_sum += logged[first_step + b + 1] * sizes[b]
+    assert (trainer.state.epoch_loss_sum, trainer.state.epoch_samples) == tuple(payload["epoch_loss"])
+    assert (trainer.state.epoch_loss_sum, trainer.state.epoch_samples) == (loss_sum, sum(sizes[:batches_done]))
+    # The bad image's objects were skipped once in every finished epoch, and in this one those already passed.
+    skipped = epoch * len(bad) + sum(i in bad for i in order[:batches_done * batch_size])
+    assert trainer.state.skipped_images == payload["skipped_images"] == skipped
+    # The generators: draws after the restore are those of the stored states, restored here by hand.
+    version, keys, gauss = payload["rng"]["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, np_keys, position, has_gauss, cached = payload["rng"]["numpy"]
+    np.random.set_state((kind, np_keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(payload["rng"]["torch"])
+    stored_draws = (random.random(), float(np.random.rand()), torch.rand(4))
+    assert resumed_draws[:2] == stored_draws[:2] and torch.equal(resumed_draws[2], stored_draws[2])
+
+    # The rest of the epoch: one step per remaining batch, every readable sample once, the epoch's mean loss.
+    logged_before = len(_log_lines(run_dir))
+    trainer.run()
+    new = _log_lines(run_dir)[logged_before:]
+    steps = [r for r in new if r["type"] == "step"]
+    assert [r["step"] for r in steps] == list(range(first_step + batches_done + 1, first_step + batches_per_epoch + 1))
+    assert trainer.state.step == (epoch + 1) * batches_per_epoch
+    (record,) = [r for r in new if r["type"] == "epoch"]
+    assert record["epoch"] == epoch and record["samples"] == sum(sizes[batches_done:])
+    for b, step in zip(range(batches_done, batches_per_epoch), steps):
+        loss_sum += step["loss"] * sizes[b]
+    assert record["loss"] == loss_sum / (len(train) - len(bad))
+    assert record["skipped_images"] == (epoch + 1) * len(bad)
+
+
 # The synthetic params' departures (params/synthetic_det.yaml, synthetic_mask.yaml) on the tiny model.
 SYNTHETIC_DEPARTURES = {"memory_stride": 16, "target_cell_loss": 1.0, "query_selection": True, "scene_loss": 1.0,
                         "colour_pathway": 4, "attribute_prior": 1.0, "decode_bin_centres": True}

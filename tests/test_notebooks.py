@@ -150,8 +150,8 @@ def test_read_log_skips_a_torn_last_line_and_names_a_missing_log(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("fast_project")
-def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project):
-    name = "synthetic_det"
+@pytest.mark.parametrize("name", ["synthetic_det", "synthetic_mask"])
+def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project, name):
     run_dir = fast_project / "outputs" / name
     for notebook_name in NOTEBOOKS:
         assert not _executed(run_dir / "notebooks" / f"{notebook_name}.ipynb")[1], notebook_name
@@ -166,11 +166,26 @@ def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project):
     text, _ = _executed(run_dir / "notebooks" / "00_prepare_data.ipynb")
     (val_row,) = [line.split() for line in text.splitlines() if line.startswith("val ")]
     assert val_row[:3] == ["val", str(len(annotations["val"])), str(sum(len(a["expressions"]) for a in annotations["val"]))]
+    task = experiment.model.task
+    assert task == {"synthetic_det": "box", "synthetic_mask": "mask"}[name]
+    text, _ = _executed(run_dir / "notebooks" / "01_train.ipynb")
+    assert f"{name}: task {task}, 2 epochs of batch 16" in text
+    assert "fine-tuning from" not in text  # the fast project has no weights/: the mask starts afresh, as --fast does
+    assert [r["epoch"] for r in reports.read_log(run_dir) if r["type"] == "epoch"] == [0, 1]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["splits"]) == {"val", "testA", "testB"}
     assert set(metrics["splits"]["val"]) == {"raw", "ema", "raw_shuffled", "ema_shuffled"}
+    # each expression of the split scored once, with the task's metric
+    expressions = sum(len(a["expressions"]) for a in annotations["val"])
+    assert metrics["splits"]["val"]["raw"]["num_expressions"] == expressions
+    assert {"box": "acc@0.5", "mask": "miou"}[task] in metrics["splits"]["val"]["raw"]
     text, _ = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
-    assert "2 points -> 4 tokens" in text and "no checkpoint" not in text
+    if task == "box":
+        assert "2 points -> 4 tokens" in text
+    else:  # up to num_ray contour points in 2 x num_ray tokens, EOS pairs for the missing ones
+        points = int(re.search(rf"(\d+) points -> {2 * experiment.model.num_ray} tokens", text).group(1))
+        assert 3 <= points <= experiment.model.num_ray
+    assert "no checkpoint" not in text
     text, _ = _executed(run_dir / "notebooks" / "04_demo.ipynb")
     assert f"using your own run {Path('outputs') / name / 'best.pt'}" in text
 
@@ -534,16 +549,18 @@ def test_the_fast_demo_ends_with_05_comparing_its_runs(fast_project):
     compare_dir = fast_project / "outputs" / "compare"
     text, errors = _executed(compare_dir / "notebooks" / "05_compare_runs.ipynb")
     assert not errors
-    assert "1 runs matching 'outputs/*'" in text and "0 of 41 published cells have a run" in text
-    metrics = json.loads((fast_project / "outputs" / "synthetic_det" / "metrics.json").read_text())
+    assert "2 runs matching 'outputs/*'" in text and "0 of 41 published cells have a run" in text
     with open(compare_dir / "runs.csv") as file:
-        (row,) = list(csv.DictReader(file))
-    assert (row["name"], row["dataset"], row["task"], row["status"]) == ("synthetic_det", "synthetic", "box", "done")
-    for split in ("val", "testA", "testB"):
-        for weights in ("raw", "ema"):
-            assert float(row[f"{split} acc@0.5 {weights}"]) == metrics["splits"][split][weights]["acc@0.5"]
-    # the fast project trains 2 epochs of 3 steps of 16 samples
-    assert int(row["samples"]) == 2 * 3 * 16
+        rows = list(csv.DictReader(file))
+    assert [(row["name"], row["dataset"], row["task"], row["status"]) for row in rows] == [
+        ("synthetic_det", "synthetic", "box", "done"), ("synthetic_mask", "synthetic", "mask", "done")]
+    for row, metric in zip(rows, ("acc@0.5", "miou")):
+        metrics = json.loads((fast_project / "outputs" / row["name"] / "metrics.json").read_text())
+        for split in ("val", "testA", "testB"):
+            for weights in ("raw", "ema"):
+                assert float(row[f"{split} {metric} {weights}"]) == metrics["splits"][split][weights][metric]
+        # the fast project trains 2 epochs of 3 steps of 16 samples
+        assert int(row["samples"]) == 2 * 3 * 16
     assert (compare_dir / "runs.md").read_text().startswith("| name | status |")
     assert "| SeqTR | detection (Acc@0.5) | 81.23 | 85.00 | 76.08 |" in (compare_dir / "paper_comparison.md").read_text()
     _assert_figure(compare_dir / "metric_plot.png")

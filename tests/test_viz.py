@@ -7,6 +7,7 @@ import ast
 import numpy as np
 import pytest
 
+from figure_pixels import assert_box_drawn, axes_locator, colour_near, rendered, rgb255
 from seqtr_lib import viz
 from seqtr_lib.predict import Prediction
 
@@ -62,3 +63,142 @@ def test_target_figures_draw_point_arrays():
     vertices = {(n, center): SQUARE[:n].T for n in (3, 4) for center in (False, True)}
     assert _is_png(viz.sampling_figure(IMAGE, vertices))
     assert _is_png(viz.shuffle_figure(IMAGE, SQUARE.T, SQUARE[::-1].T))
+
+
+# --- what a reader sees: the drawn pixels ---------------------------------------------------------------------
+
+GREY = (128, 128, 128)
+SCENE = np.full((30, 40, 3), GREY, dtype=np.uint8)  # H 30, W 40: x and y cannot be confused
+BOX = [4.0, 14.0, 30.0, 26.0]  # x1, y1, x2, y2; swapping x and y would put it at 14, 4, 26, 30
+OFF_THE_BOX = [(17.0, 20.0), (36.0, 5.0), (17.0, 6.0), (2.0, 28.0)]  # its middle, and outside: 3 px or more from a side
+TRIANGLE = np.array([[6, 26], [34, 26], [20, 6]], dtype=np.float32)  # base along y = 26, apex (20, 6)
+
+
+def _box_prediction(box=BOX) -> Prediction:
+    attention = np.zeros((4, *SCENE.shape[:2]))
+    return Prediction("box", np.array(box, dtype=np.float32), None, None, np.array([4, 14, 30, 26]),
+                      np.full(4, 0.9), 0.01, attention)
+
+
+def _mask_prediction() -> Prediction:
+    mask = np.zeros(SCENE.shape[:2], np.uint8)
+    return Prediction("mask", None, TRIANGLE, mask, np.append(TRIANGLE.reshape(-1), 1000), np.full(7, 0.8), 0.01,
+                      np.zeros((6, *SCENE.shape[:2])))
+
+
+def test_a_predicted_box_is_drawn_where_it_is_and_nowhere_else():
+    figure, ax = viz.new_figure(3, 3)
+    viz.draw_prediction(ax, SCENE, _box_prediction(), "the square")
+    pixels = rendered(figure)
+    assert_box_drawn(pixels, axes_locator(ax, pixels), BOX, viz.PRED_COLOR, away=OFF_THE_BOX)
+    assert colour_near(pixels, axes_locator(ax, pixels)(17, 20), "#808080", tolerance=0)  # the image shows through
+
+
+def test_a_predicted_contour_is_outlined_and_filled_inside_only():
+    figure, ax = viz.new_figure(3, 3)
+    viz.draw_prediction(ax, SCENE, _mask_prediction(), "the triangle")
+    pixels = rendered(figure)
+    locate = axes_locator(ax, pixels)
+    for (x_a, y_a), (x_b, y_b) in zip(TRIANGLE, np.roll(TRIANGLE, -1, axis=0)):  # the middle of each side
+        assert colour_near(pixels, locate((x_a + x_b) / 2, (y_a + y_b) / 2), viz.PRED_COLOR)
+    # Inside, the grey seen through a quarter of the colour (the fill's alpha 0.25); outside, the grey itself.
+    inside = np.round(0.75 * np.array(GREY) + 0.25 * rgb255(viz.PRED_COLOR)).astype(int)
+    row, column = locate(20, 20)
+    assert np.abs(pixels[row, column].astype(int) - inside).max() <= 1  # 8-bit blending rounds once
+    for x, y in ((5, 8), (35, 8), (20, 29)):
+        row, column = locate(x, y)
+        assert tuple(pixels[row, column]) == GREY, (x, y)
+
+
+def test_the_sequence_view_draws_the_target_and_the_prediction_each_in_its_colour():
+    target = np.array([[6.0, 8.0], [20.0, 24.0]])  # the target box's corners, another place than BOX
+    figure = viz.sequence_view(SCENE, target, "the square", "box", _box_prediction(), eos=1000)
+    pixels = rendered(figure)
+    target_panel, predicted_panel = figure.axes[:2]
+    assert_box_drawn(pixels, axes_locator(target_panel, pixels), target.reshape(-1), viz.GT_COLOR,
+                     away=[(16.0, 12.0)])  # inside, 4 px from two sides and 7 from the line joining the corners
+    # The panel also joins the two corners: the box's middle lies on that line, (10, 23) 6 px below it.
+    assert_box_drawn(pixels, axes_locator(predicted_panel, pixels), BOX, viz.PRED_COLOR,
+                     away=[(10.0, 23.0), *OFF_THE_BOX[1:]])
+    assert not colour_near(pixels, axes_locator(predicted_panel, pixels)(13.0, 8.0), viz.GT_COLOR)
+
+
+def test_the_attention_figure_marks_each_token_at_its_corner():
+    figure = viz.attention_figure(SCENE, _box_prediction(), "the square")
+    pixels = rendered(figure)
+    prediction_panel, *token_panels = figure.axes
+    assert_box_drawn(pixels, axes_locator(prediction_panel, pixels), BOX, viz.PRED_COLOR, away=OFF_THE_BOX)
+    corners = [(BOX[0], BOX[1])] * 2 + [(BOX[2], BOX[3])] * 2  # x1 and y1 belong to the first corner
+    for panel, (x, y) in zip(token_panels[:4], corners):
+        locate = axes_locator(panel, pixels)
+        assert colour_near(pixels, locate(x, y), "#00e5ff")
+        other = (BOX[2], BOX[3]) if (x, y) == (BOX[0], BOX[1]) else (BOX[0], BOX[1])
+        assert not colour_near(pixels, locate(*other), "#00e5ff", radius=4)
+
+
+def _predict_overlay(tmp_path, capsys, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`predict --out` on a grey 128 x 96 scene with a red disc, with the released weights of ``task``: the
+    scene (RGB), the overlay PNG read back (RGB) and the printed box (4,) or polygon (K, 2)."""
+    import ast as literal
+    import re
+
+    import cv2
+
+    from conftest import ROOT
+    from seqtr_lib.cli import main
+
+    image = tmp_path / "scene.png"
+    canvas = np.full((96, 128, 3), 200, dtype=np.uint8)  # H 96, W 128, grey 200
+    cv2.circle(canvas, (40, 60), 14, (0, 0, 255), -1)  # a red disc (BGR) left of the middle, below it
+    cv2.imwrite(str(image), canvas)
+    out = tmp_path / "overlay.png"
+    weights = ROOT / "weights" / {"box": "synthetic_det.pt", "mask": "synthetic_mask.pt"}[task]
+    main(["predict", "--checkpoint", str(weights), "--image", str(image), "--expression", "the red circle",
+          "--task", task, "--out", str(out)])
+    label = {"box": r"box \(x1, y1, x2, y2\)", "mask": r"polygon \(x, y, \.\.\.\)"}[task]
+    printed = literal.literal_eval(re.search(label + r": (\[.*\])", capsys.readouterr().out).group(1))
+    overlay = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    printed = np.array(printed, dtype=np.float64)
+    return canvas[..., ::-1], overlay, printed if task == "box" else printed.reshape(-1, 2)
+
+
+def _corners_off(x1: float, y1: float, x2: float, y2: float) -> list[tuple[float, float]]:
+    """Those corners of the 128 x 96 scene 4 px or more outside a box."""
+    return [(x, y) for x in (2.0, 126.0) for y in (2.0, 94.0) if x <= x1 - 4 or x >= x2 + 4 or y <= y1 - 4 or y >= y2 + 4]
+
+
+def test_predicts_overlay_shows_the_printed_box_where_it_lies_in_the_image(tmp_path, capsys):
+    from figure_pixels import image_locator
+
+    scene, pixels, box = _predict_overlay(tmp_path, capsys, "box")
+    x1, y1, x2, y2 = box
+    assert x2 - x1 >= 8 and y2 - y1 >= 8, box  # a box around the 28 px disc, with a middle far from its sides
+    locate = image_locator(pixels, (200, 200, 200), scene.shape[:2])
+    corners = _corners_off(*box)
+    assert corners
+    assert_box_drawn(pixels, locate, box, viz.PRED_COLOR, away=[((x1 + x2) / 2, (y1 + y2) / 2), *corners])
+
+
+def test_predicts_overlay_shows_the_printed_contour_outlined_and_filled(tmp_path, capsys):
+    import cv2
+
+    from figure_pixels import image_locator
+
+    scene, pixels, polygon = _predict_overlay(tmp_path, capsys, "mask")
+    locate = image_locator(pixels, (200, 200, 200), scene.shape[:2])
+    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+    assert len(polygon) >= 3
+    for a, b in zip(polygon, np.roll(polygon, -1, axis=0)):  # the middle of each side
+        assert colour_near(pixels, locate(*(a + b) / 2), viz.PRED_COLOR), (a, b)
+    # Inside, 6 px or more from the outline (away from the numbered points), the scene seen through a quarter of
+    # the colour (the fill's alpha 0.25); outside, the scene itself.
+    x, y = polygon.mean(axis=0)
+    assert cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= 6, polygon  # a contour around the 28 px disc
+    under = scene[int(y), int(x)].astype(float)
+    row, column = locate(x, y)
+    assert np.abs(pixels[row, column] - (0.75 * under + 0.25 * rgb255(viz.PRED_COLOR))).max() <= 2, (x, y)
+    corners = _corners_off(*polygon.min(axis=0), *polygon.max(axis=0))
+    assert corners
+    for x, y in corners:
+        row, column = locate(x, y)
+        assert tuple(pixels[row, column]) == (200, 200, 200), (x, y)
