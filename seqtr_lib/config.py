@@ -92,7 +92,7 @@ class ZoomOutConfig:
     drawn up to ``max_factor`` times the image's. Off (probability 0) in every params file."""
 
     probability: float = 0.0  # share of training samples zoomed out
-    max_factor: float = 1.5  # largest canvas side over the image's side, for each side independently
+    max_factor: float = 2.0  # largest canvas side over the image's side, for each side independently
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ class ReferDataset:
         device_transforms: bool = False,
         scene_targets: bool = False,
         zoom_out_probability: float = 0.0,
-        zoom_out_max_factor: float = 1.5,
+        zoom_out_max_factor: float = 2.0,
         seed: int = 0,
     ) -> None:
         if dataset not in DATASETS:
