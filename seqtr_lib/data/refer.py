@@ -12,7 +12,7 @@ import logging
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from seqtr_lib.config import TASK_PARTS, Experiment
 from seqtr_lib.data.datasets import DATASETS, MIXED_SOURCES, annotation_path, image_path
 from seqtr_lib.images import BadImageError, read_image
 from seqtr_lib.text import Vocabulary
+
+if TYPE_CHECKING:
+    from seqtr_lib.data.transforms import Canvas
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +163,9 @@ class ReferDataset:
       `seqtr_lib.data.synthetic.scene_targets`;
     - ``meta``: plain values: image_id, ann_index, expression, expression_index, image_path,
       ori_shape, img_shape, pad_shape, scale_factor, crop (see transforms.Geometry), gt_box (x1, y1,
-      x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields);
+      x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields); with
+      data.zoom_out in training, zoom_out (the canvas's shape, offset and grey, or None): "original" then
+      means the canvas the image was placed on;
     - ``rng_key``: (seed, epoch, index), from which the collate function seeds batch-level draws.
 
     An unreadable image raises BadImageError, or with ``skip_bad_images`` logs a warning and returns
@@ -329,7 +334,7 @@ class ReferDataset:
             "extra": {k: v for k, v in annotation.items() if k not in KNOWN_FIELDS},
         }
         if self.training and self.zoom_out_probability > 0:  # absent when off: the samples stay as they were
-            meta["zoom_out"] = None if canvas is None else vars(canvas)
+            meta["zoom_out"] = None if canvas is None else dict(vars(canvas))
         sample: dict[str, Any] = {
             "image": out.image,
             "expression_ids": self.vocabulary.encode(expression, self.max_token),
@@ -360,7 +365,7 @@ class ReferDataset:
         return sample
 
     def _zoom_canvas(self, annotation: dict[str, Any], expression_index: int, ori_shape: tuple[int, int],
-                     rng: np.random.Generator) -> Any:
+                     rng: np.random.Generator) -> Canvas | None:
         """The canvas (`transforms.Canvas`) a training sample is zoomed out onto, or None: with
         data.zoom_out.probability, unless the larger frame changes what the expression denotes (a region word,
         `synthetic.zoom_keeps_denotation`); then the sample stays as it is. Draws nothing when it is off."""
