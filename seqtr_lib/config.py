@@ -86,6 +86,16 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class ZoomOutConfig:
+    """Training-time zoom-out of the synthetic set (`seqtr_lib.data.transforms.place_on_canvas`): with
+    ``probability`` a scene is placed at a random offset on a grey canvas whose height and width are each
+    drawn up to ``max_factor`` times the image's. Off (probability 0) in every params file."""
+
+    probability: float = 0.0  # share of training samples zoomed out
+    max_factor: float = 2.0  # largest canvas side over the image's side, for each side independently
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"  # one of seqtr_lib.data.datasets.DATASETS
     data_root: str = "data"  # holds annotations/<dataset>/instances.json and images/
@@ -102,6 +112,7 @@ class DataConfig:
     num_workers: int = 4
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of failing
     device_transforms: bool = False  # workers send JPEG bytes; decode, resize, crop and pad on the device
+    zoom_out: ZoomOutConfig = field(default_factory=ZoomOutConfig)  # dataset: synthetic only (docs/method.md, 9.1)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic only
 
 
@@ -265,6 +276,14 @@ def validate(experiment: Experiment, start_files: bool = True) -> None:
         ("data.num_workers", d.num_workers >= 0, "must be 0 or more"),
         ("data.synthetic", d.dataset == "synthetic" or d.synthetic == SyntheticConfig(),
          f"applies to dataset synthetic only, not {d.dataset}; remove it"),
+        ("data.zoom_out.probability", 0 <= d.zoom_out.probability <= 1, "must be in [0, 1] (0: off)"),
+        ("data.zoom_out.max_factor", d.zoom_out.max_factor >= 1,
+         "must be at least 1 (the canvas side over the image side)"),
+        ("data.zoom_out.probability", d.zoom_out.probability == 0 or d.dataset == "synthetic",
+         "needs the synthetic set, whose 'scene' field tells whether the larger frame changes what a region "
+         "word ('on the left') denotes; set it to 0"),
+        ("data.zoom_out.probability", d.zoom_out.probability == 0 or not d.device_transforms,
+         "places the decoded image on a canvas in the loader, which data.device_transforms skips; turn one off"),
         ("data.synthetic.num_images", d.synthetic.num_images >= 4, "must be at least 4 (one image for each split)"),
         ("data.synthetic.image_size", d.synthetic.image_size >= 64,
          "must be at least 64 pixels (smaller shapes are unreadable)"),

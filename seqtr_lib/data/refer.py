@@ -12,7 +12,7 @@ import logging
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from seqtr_lib.data.datasets import DATASETS, MIXED_SOURCES, annotation_path, im
 from seqtr_lib.images import BadImageError, read_image
 from seqtr_lib.text import Vocabulary
 
+if TYPE_CHECKING:
+    from seqtr_lib.data.transforms import Canvas
+
 log = logging.getLogger(__name__)
 
 # The annotation field each part of a task's sequence is made from; "expressions" and "image_id" are always needed.
@@ -28,10 +31,12 @@ PART_FIELD = {"box": "bbox", "mask": "mask"}
 # Fields the pipeline interprets; any other field (category, colour, ...) rides along in meta["extra"].
 KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source"})
 SCENE_FIELDS = ("scene", "color", "category")  # what the scene loss and the attribute prior read
+ZOOM_FIELDS = ("scene", "object_index")  # what data.zoom_out reads to keep region words true
 FIELD_HINTS = {"bbox": "[x, y, w, h] in pixels", "mask": "polygons or an RLE",
                "scene": "every object of the image with its bbox, color, kind and size (make-synthetic writes it)",
                "color": "the target's colour name (make-synthetic writes it)",
-               "category": "the target's kind (make-synthetic writes it)"}
+               "category": "the target's kind (make-synthetic writes it)",
+               "object_index": "the target's index in 'scene' (make-synthetic writes it)"}
 
 
 class AnnotationError(ValueError):
@@ -158,7 +163,9 @@ class ReferDataset:
       `seqtr_lib.data.synthetic.scene_targets`;
     - ``meta``: plain values: image_id, ann_index, expression, expression_index, image_path,
       ori_shape, img_shape, pad_shape, scale_factor, crop (see transforms.Geometry), gt_box (x1, y1,
-      x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields);
+      x2, y2 in original pixels), gt_mask_rle (mask tasks, original size), extra (unknown fields); with
+      data.zoom_out in training, zoom_out (the canvas's shape, offset and grey, or None): "original" then
+      means the canvas the image was placed on;
     - ``rng_key``: (seed, epoch, index), from which the collate function seeds batch-level draws.
 
     An unreadable image raises BadImageError, or with ``skip_bad_images`` logs a warning and returns
@@ -184,6 +191,8 @@ class ReferDataset:
         skip_bad_images: bool = False,
         device_transforms: bool = False,
         scene_targets: bool = False,
+        zoom_out_probability: float = 0.0,
+        zoom_out_max_factor: float = 2.0,
         seed: int = 0,
     ) -> None:
         if dataset not in DATASETS:
@@ -201,6 +210,10 @@ class ReferDataset:
         self.skip_bad_images = skip_bad_images
         self.device_transforms = device_transforms
         self.scene_targets = scene_targets
+        self.zoom_out_probability, self.zoom_out_max_factor = zoom_out_probability, zoom_out_max_factor
+        if zoom_out_probability > 0 and device_transforms:
+            raise ValueError("data.zoom_out places the decoded image on a canvas in the loader, which "
+                             "data.device_transforms skips; turn one off")
         self.seed = seed
 
         document = read_annotations(self.annotation_file)
@@ -210,8 +223,10 @@ class ReferDataset:
                 f"({dataset} uses {', '.join(DATASETS[dataset].splits)})"
             )
         annotations = document[split]
+        needed = tuple(PART_FIELD[part] for part in TASK_PARTS[task]) + (SCENE_FIELDS if scene_targets else ())
+        if training and zoom_out_probability > 0:
+            needed += ZOOM_FIELDS
         for index, annotation in enumerate(annotations):
-            needed = tuple(PART_FIELD[part] for part in TASK_PARTS[task]) + (SCENE_FIELDS if scene_targets else ())
             problem = _annotation_problem(annotation, needed, dataset)
             if problem:
                 raise AnnotationError(f"{self.annotation_file}, split '{split}', annotation {index} {problem}")
@@ -289,6 +304,16 @@ class ReferDataset:
                 raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index} "
                                       f"({path}): cannot decode its mask: {error}") from error
         gt_box = box if box is not None else ground_truth_box(annotation, height, width, rle)
+        scene = annotation.get("scene")
+        canvas = self._zoom_canvas(annotation, expression_index, (height, width), rng)
+        if canvas is not None:
+            from seqtr_lib.data.synthetic import shifted_scene
+            from seqtr_lib.sequence import mask_to_rle
+
+            image, box, mask = transforms.place_on_canvas(image, box, mask, canvas)
+            gt_box = transforms.place_on_canvas(None, gt_box, None, canvas)[1]
+            (height, width), scene = canvas.shape, shifted_scene(scene, canvas.offset)
+            rle = None if mask is None else mask_to_rle(mask)
 
         box_target = box if "box" in TASK_PARTS[self.task] else None
         image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, box_target, mask, (height, width))
@@ -308,6 +333,8 @@ class ReferDataset:
             "gt_box": [float(v) for v in gt_box],
             "extra": {k: v for k, v in annotation.items() if k not in KNOWN_FIELDS},
         }
+        if self.training and self.zoom_out_probability > 0:  # absent when off: the samples stay as they were
+            meta["zoom_out"] = None if canvas is None else dict(vars(canvas))
         sample: dict[str, Any] = {
             "image": out.image,
             "expression_ids": self.vocabulary.encode(expression, self.max_token),
@@ -324,7 +351,7 @@ class ReferDataset:
 
             try:
                 sample["scene_centres"], sample["scene_labels"] = scene_targets(
-                    annotation["scene"], out.geometry.scale_factor, out.geometry.crop, out.geometry.img_shape)
+                    scene, out.geometry.scale_factor, out.geometry.crop, out.geometry.img_shape)
                 sample["named_attributes"] = named_attributes(expression, annotation["color"], annotation["category"])
             except (KeyError, ValueError, TypeError) as error:
                 raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index}: its "
@@ -336,6 +363,20 @@ class ReferDataset:
                 out.mask[0].numpy(), self.num_ray, out.geometry.pad_shape, self.center_sampling
             )
         return sample
+
+    def _zoom_canvas(self, annotation: dict[str, Any], expression_index: int, ori_shape: tuple[int, int],
+                     rng: np.random.Generator) -> Canvas | None:
+        """The canvas (`transforms.Canvas`) a training sample is zoomed out onto, or None: with
+        data.zoom_out.probability, unless the larger frame changes what the expression denotes (a region word,
+        `synthetic.zoom_keeps_denotation`); then the sample stays as it is. Draws nothing when it is off."""
+        if not self.training or self.zoom_out_probability <= 0 or rng.random() >= self.zoom_out_probability:
+            return None
+        from seqtr_lib.data import transforms
+        from seqtr_lib.data.synthetic import BACKGROUND_BASE, zoom_keeps_denotation
+
+        canvas = transforms.draw_canvas(ori_shape, self.zoom_out_max_factor, BACKGROUND_BASE, rng)
+        expression = annotation["expressions"][expression_index]
+        return canvas if zoom_keeps_denotation(expression, annotation, canvas.shape, canvas.offset) else None
 
 
 def _tight_box(mask: np.ndarray) -> np.ndarray:
@@ -430,6 +471,8 @@ def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, tr
         center_sampling=data.center_sampling,
         skip_bad_images=data.skip_bad_images,
         device_transforms=data.device_transforms,
+        zoom_out_probability=data.zoom_out.probability,
+        zoom_out_max_factor=data.zoom_out.max_factor,
         scene_targets=training and model.scene_loss > 0 if scene_targets is None else scene_targets,
         seed=experiment.train.seed,
     )

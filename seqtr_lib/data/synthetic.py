@@ -65,6 +65,7 @@ MIN_VISIBLE_FRACTION = 0.6   # of an object's own area; below it the object is r
 CLEAR_MARGIN = 0.04          # x image side: how clearly a spatial word must hold, or fail, for a distractor
 SIZE_MARGIN = math.log(1.2)  # radius ratio for "big"/"small"; the size classes differ by >= 1.32
 JPEG_QUALITY = 90
+BACKGROUND_BASE = (70, 180)  # the range of a scene's mean background grey (`_render`); a zoom-out canvas's grey
 MAX_SCENE_ATTEMPTS = 100
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
@@ -145,10 +146,12 @@ def _keep_best(sure: set[int], maybe: set[int], difference: Callable[[int, int],
     return _keep(sure, maybe, lambda i: min(difference(i, j) for j in maybe if j != i), margin)
 
 
-def _region_value(center: tuple[float, float], direction: str, image_size: int) -> float:
-    """How far (pixels) ``center`` lies inside the outer third of the image towards ``direction``."""
+def _region_value(center: tuple[float, float], direction: str, frame: tuple[float, float]) -> float:
+    """How far (pixels) ``center`` lies inside the outer third of the ``frame`` (width, height) towards
+    ``direction``: thirds of the width for left and right, of the height for top and bottom."""
     dx, dy = DIRECTIONS[direction]
-    return dx * (center[0] - image_size / 2) + dy * (center[1] - image_size / 2) - image_size / 6
+    width, height = frame
+    return dx * (center[0] - width / 2) + dy * (center[1] - height / 2) - (width if dx else height) / 6
 
 
 def _relation_value(center: tuple[float, float], landmark: tuple[float, float], direction: str) -> float:
@@ -158,15 +161,18 @@ def _relation_value(center: tuple[float, float], landmark: tuple[float, float], 
     return (dx * offset_x + dy * offset_y) - abs(dy * offset_x - dx * offset_y)
 
 
-def denotation(referent: Referent, objects: list[SceneObject],
-               image_size: int) -> tuple[frozenset[int], frozenset[int]]:
+def denotation(referent: Referent, objects: list[SceneObject], image_size: int,
+               frame: tuple[float, float] | None = None) -> tuple[frozenset[int], frozenset[int]]:
     """The objects (indices) that ``referent`` surely denotes, and those it may denote.
 
     Size and spatial words are vague near their thresholds, so each is read with a margin: an object
     surely matches when the word holds by more than the margin, and may match unless it fails by more
     than the margin. An expression is unique when the target surely matches and nothing else may.
+    Region words read the thirds of ``frame`` (width, height), by default the ``image_size`` square the
+    scene was drawn in; a zoom-out canvas is another frame, with the same objects and margin.
     """
     margin = CLEAR_MARGIN * image_size
+    frame = frame or (image_size, image_size)
     sure = {i for i, o in enumerate(objects)
             if referent.color in (None, o.color) and referent.kind in (None, o.kind)}
     maybe = set(sure)
@@ -177,13 +183,13 @@ def denotation(referent: Referent, objects: list[SceneObject],
                                  SIZE_MARGIN)
     if referent.region:
         sure, maybe = _keep(sure, maybe, lambda i: min(
-            _region_value(objects[i].center, d, image_size) for d in referent.region), margin)
+            _region_value(objects[i].center, d, frame) for d in referent.region), margin)
     if referent.extreme:
         dx, dy = DIRECTIONS[referent.extreme]
         reach = [dx * o.center[0] + dy * o.center[1] for o in objects]
         sure, maybe = _keep_best(sure, maybe, lambda i, j: reach[i] - reach[j], margin)
     if referent.relation:
-        landmark_sure, landmark_maybe = denotation(referent.landmark, objects, image_size)
+        landmark_sure, landmark_maybe = denotation(referent.landmark, objects, image_size, frame)
         if len(landmark_maybe) != 1 or landmark_sure != landmark_maybe:
             return frozenset(), frozenset()
         (landmark,) = landmark_sure
@@ -218,7 +224,8 @@ def _candidate_referents(target: int, objects: list[SceneObject], image_size: in
     """Referents the grammar offers for ``target``; regions and relations only where they hold for it."""
     t = objects[target]
     margin = CLEAR_MARGIN * image_size
-    regions = [r for r in REGION_PHRASES if all(_region_value(t.center, d, image_size) > margin for d in r)]
+    square = (image_size, image_size)
+    regions = [r for r in REGION_PHRASES if all(_region_value(t.center, d, square) > margin for d in r)]
     landmarks = {d: [o for o in objects if o is not t and _relation_value(t.center, o.center, d) > margin]
                  for d in DIRECTIONS}
     for color in (t.color, None):
@@ -348,7 +355,7 @@ def _visible_objects(shapes: list[_Shape], image_size: int) -> tuple[list[_Shape
 
 def _render(rng: np.random.Generator, shapes: list[_Shape], image_size: int) -> np.ndarray:
     """RGB uint8 image (H, W, 3): muted textured background, shapes in order, grain over all."""
-    base = rng.uniform(70, 180) + rng.uniform(-20, 20, size=3)
+    base = rng.uniform(*BACKGROUND_BASE) + rng.uniform(-20, 20, size=3)
     cells = int(rng.integers(3, 9))
     blotches = rng.normal(0, 22, (cells, cells, 1)) + rng.normal(0, 6, (cells, cells, 3))
     background = base.astype(np.float32) + cv2.resize(
@@ -521,3 +528,50 @@ def scene_targets(scene: list[dict], scale_factor: tuple[float, float], crop: tu
         centres.append(centre)
         labels.append(row)
     return np.array(centres, np.float32).reshape(-1, 2), np.array(labels, np.int64).reshape(-1, 3)
+
+
+def shifted_scene(scene: list[dict], offset: tuple[int, int]) -> list[dict]:
+    """An annotation's ``scene`` with every object's box and centre moved by ``offset`` (x, y) pixels: the
+    scene of its image placed on a zoom-out canvas (`seqtr_lib.data.transforms.place_on_canvas`)."""
+    dx, dy = offset
+    return [{**thing, "bbox": [thing["bbox"][0] + dx, thing["bbox"][1] + dy, *thing["bbox"][2:]],
+             "center": [thing["center"][0] + dx, thing["center"][1] + dy]} for thing in scene]
+
+
+def region_referent(expression: str) -> Referent | None:
+    """The referent of a region expression of the grammar, "the [colour] kind|shape <region phrase>"; None
+    for any other text (an expression with a region phrase outside that pattern included)."""
+    for region, phrase in sorted(REGION_PHRASES.items(), key=lambda item: -len(item[1])):
+        if expression.endswith(f" {phrase}"):
+            words = expression[:-len(phrase) - 1].split()
+            if not 2 <= len(words) <= 3 or words[0] != "the" or words[-1] not in (*KINDS, "shape"):
+                return None
+            if len(words) == 3 and words[1] not in COLORS:
+                return None
+            color = words[1] if len(words) == 3 else None
+            return Referent(color, None if words[-1] == "shape" else words[-1], region=region)
+    return None
+
+
+def zoom_keeps_denotation(expression: str, annotation: dict, canvas_shape: tuple[int, int],
+                          offset: tuple[int, int]) -> bool:
+    """Whether ``expression`` still denotes exactly the annotation's target once its scene is placed at
+    ``offset`` (x, y) on a ``canvas_shape`` (height, width) canvas.
+
+    A shift (and the later uniform resize) keeps every difference between objects, so colour, kind, size,
+    extremes ("the leftmost") and relations ("left of the ...") denote what they did. Only region words
+    ("on the left": the outer third of the image) read the frame; a region expression is read again in the
+    canvas's thirds, with the same objects and margin, and must still single out the target surely. A region
+    phrase outside the grammar cannot be read again, so it counts as changed.
+    """
+    if not any(f" {phrase}" in f" {expression}" for phrase in REGION_PHRASES.values()):
+        return True
+    referent = region_referent(expression)
+    if referent is None:
+        return False
+    objects = [SceneObject(o["color"], o["kind"], o["size"], o["radius"], tuple(o["center"]), tuple(o["bbox"]),
+                           [], o["area"]) for o in shifted_scene(annotation["scene"], offset)]
+    target = frozenset({annotation["object_index"]})
+    image_size = max(annotation["height"], annotation["width"])
+    frame = (canvas_shape[1], canvas_shape[0])
+    return denotation(referent, objects, image_size, frame) == (target, target)

@@ -251,3 +251,45 @@ def large_scale_jitter(
     if box is not None:
         box = _clip_box(box, img_shape)
     return Transformed(image, box, mask, _geometry(ori_shape, img_shape, resized, crop))
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Where a zoom-out puts an image: on a ``shape`` (height, width) canvas of one ``grey`` level, its top-left
+    corner at ``offset`` (x, y). A point p of the image lands at p + offset; nothing is cropped or scaled."""
+
+    shape: tuple[int, int]
+    offset: tuple[int, int]
+    grey: int
+
+
+def draw_canvas(ori_shape: tuple[int, int], max_factor: float, grey_range: tuple[int, int],
+                rng: np.random.Generator) -> Canvas:
+    """A random zoom-out canvas for an image of ``ori_shape`` (height, width): each side independently a whole
+    number of pixels from the image's side to ``max_factor`` times it (so the aspect ratio varies), the
+    image at a uniform whole-pixel offset inside it, the grey uniform in ``grey_range`` (inclusive)."""
+    height, width = ori_shape
+    canvas_height = int(rng.integers(height, int(height * max_factor) + 1))
+    canvas_width = int(rng.integers(width, int(width * max_factor) + 1))
+    offset = (int(rng.integers(canvas_width - width + 1)), int(rng.integers(canvas_height - height + 1)))
+    grey = int(rng.integers(grey_range[0], grey_range[1] + 1))
+    return Canvas((canvas_height, canvas_width), offset, grey)
+
+
+def place_on_canvas(image: np.ndarray | None, box_xyxy: np.ndarray | None, mask: np.ndarray | None,
+                    canvas: Canvas) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The zoom-out itself, on a decoded (H, W, 3) uint8 image, an XYXY box and an (H, W) mask (any may be
+    None): the image pasted on the grey canvas at its offset, the box shifted by the offset, the mask padded
+    with zeros the same way. The later resize to data.image_size then shrinks the scene: that is the zoom."""
+    left, top = canvas.offset
+    if image is not None:
+        placed = np.full((*canvas.shape, image.shape[2]), canvas.grey, dtype=image.dtype)
+        placed[top:top + image.shape[0], left:left + image.shape[1]] = image
+        image = placed
+    if box_xyxy is not None:
+        box_xyxy = np.asarray(box_xyxy, dtype=np.float64) + np.array([left, top, left, top], dtype=np.float64)
+    if mask is not None:
+        padded = np.zeros(canvas.shape, dtype=mask.dtype)
+        padded[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
+        mask = padded
+    return image, box_xyxy, mask
