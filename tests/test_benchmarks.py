@@ -27,7 +27,7 @@ from conftest import ROOT, cli_env, run_cli
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ["bench_cpu.py", "bench_data.py", "bench_decode.py", "bench_eval.py", "bench_train.py", "cell_selection.py",
            "cpu_agreement.py", "learning_curve.py", "learning_probes.py", "outline_cap.py", "readme_picture.py",
-           "widget_screenshot.py"]
+           "scale_views.py", "widget_screenshot.py"]
 # learning_curve.py on the tiny set: one epoch of two steps, scored on the first 8 val expressions.
 TINY_CURVE = ["--budget-s", "1", "--max-epochs", "1", "--val-limit", "8", "--set", "data.synthetic.num_images=24",
               "--set", "data.synthetic.image_size=64", "--set", "data.image_size=64", "--set",
@@ -55,6 +55,7 @@ def _load(path: Path) -> dict:
 def _benchmark_module(name: str):
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -321,3 +322,105 @@ def test_readme_picture_on_a_tiny_image(tiny_data_root, tmp_path):
                      str(out))
     assert stdout.startswith("box [") and "\nmask [[" in stdout
     assert cv2.imread(str(out)) is not None
+
+
+def test_scale_views_geometry_by_hand(tiny_data_root):
+    """The four views of a 96 px scene and where a target lands in each, computed by hand: strips of 48 px, the
+    scene shrunk to 64 px (2/3 exactly), at the top left or centred (16 px in)."""
+    import numpy as np
+
+    from seqtr_lib.data.refer import box_corners, decode_mask
+    from seqtr_lib.sequence import polygon_to_rle, rle_to_mask
+
+    scale_views = _benchmark_module("scale_views")
+    views = {v.name: v for v in scale_views.views_of(96, 96)}
+    centred = scale_views.views_of(96, 96, "centre")[3]
+    assert [(v.size, v.scene_size, v.offset) for v in views.values()] == [
+        ((96, 96), (96, 96), (0, 0)), ((144, 96), (96, 96), (0, 0)), ((96, 144), (96, 96), (0, 0)),
+        ((96, 96), (64, 64), (0, 0))]
+    assert (centred.scene_size, centred.offset) == ((64, 64), (16, 16))
+    bbox = [9, 30, 24, 12]  # x1, y1, x2, y2 = 9, 30, 33, 42
+    for name in ("as_generated", "strip_right", "strip_below"):
+        assert scale_views.view_box(views[name], bbox).tolist() == [9, 30, 33, 42], name
+    assert scale_views.view_box(views["shrunk"], bbox).tolist() == [6, 20, 22, 28]
+    assert scale_views.view_box(centred, bbox).tolist() == [22, 36, 38, 44]
+    square = [[3, 6, 33, 6, 33, 36, 3, 36]]
+    assert scale_views.view_polygons(views["shrunk"], square) == [[2, 4, 22, 4, 22, 24, 2, 24]]
+    assert scale_views.view_polygons(centred, square) == [[18, 20, 38, 20, 38, 40, 18, 40]]
+
+    # The pixels: a red block on a dark scene. The strips keep the scene as it is; shrinking by exactly 2/3
+    # makes the 48 px block 32 px (INTER_AREA: each output pixel averages 1.5 x 1.5 input pixels of one colour
+    # inside the block and outside it, so both colours are exact); the rest of each canvas is the grey.
+    red, dark = (220, 40, 40), (50, 60, 70)
+    scene = np.full((96, 96, 3), dark, np.uint8)
+    scene[:48, :48] = red
+    right, below = scale_views.render(views["strip_right"], scene), scale_views.render(views["strip_below"], scene)
+    assert right.shape == (96, 144, 3) and below.shape == (144, 96, 3)
+    assert (right[:, :96] == scene).all() and (right[:, 96:] == 128).all()
+    assert (below[:96] == scene).all() and (below[96:] == 128).all()
+    for view in (views["shrunk"], centred):
+        canvas, (left, top) = scale_views.render(view, scene), view.offset
+        expected = np.full((96, 96, 3), 128, np.uint8)
+        expected[top:top + 64, left:left + 64] = dark
+        expected[top:top + 32, left:left + 32] = red
+        assert (canvas == expected).all(), view.offset
+
+    # A real target of the tiny set: in a strip view its mask is the scene's mask padded with zeros.
+    annotation = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())["val"][0]
+    height, width = annotation["height"], annotation["width"]
+    mask, _ = decode_mask(annotation["mask"], height, width)
+    tiny = {v.name: v for v in scale_views.views_of(width, height)}
+    for name, padding in (("strip_right", ((0, 0), (0, width // 2))), ("strip_below", ((0, height // 2), (0, 0)))):
+        view = tiny[name]
+        moved = rle_to_mask(polygon_to_rle(scale_views.view_polygons(view, annotation["mask"]), view.size[1], view.size[0]))
+        assert (moved == np.pad(mask, padding)).all(), name
+        assert (scale_views.view_box(view, annotation["bbox"]) == box_corners(annotation["bbox"], height, width)).all()
+
+
+def test_scale_views_released_weights_tiny(tiny_data_root, tmp_path):
+    """The first 6 val expressions of the tiny set: the plain view scores what `Grounder.predict` gives on the image
+    file, and the strip views what it gives on the scene padded with grey by numpy, each against the ground truth
+    padded likewise (an independent construction of those views)."""
+    import numpy as np
+
+    from seqtr_lib.data.refer import box_corners, decode_mask
+    from seqtr_lib.images import read_image
+    from seqtr_lib.predict import Grounder
+
+    out = tmp_path / "views.json"
+    checkpoints = [str(ROOT / "weights" / name) for name in ("synthetic_det.pt", "synthetic_mask.pt")]
+    _script("scale_views.py", "--checkpoints", *checkpoints, "--data-root", str(tiny_data_root), "--limit", "6",
+            "--threads", "1", "--out", str(out))
+    report = _load(out)
+    assert report["num_expressions"] == 6 and report["machine"]["cpu"]
+    annotations = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())["val"]
+    items = [(a, e) for a in annotations for e in a["expressions"]][:6]
+    for checkpoint, result in zip(checkpoints, report["results"]):
+        grounder = Grounder.from_checkpoint(checkpoint, device="cpu", execution="fp32")  # the script's default
+        (task,) = result["tasks"]
+        rows = {row["view"]: row[task] for row in result["views"]}
+        assert list(rows) == ["as_generated", "strip_right", "strip_below", "shrunk"]
+        pads = {"as_generated": ((0, 0), (0, 0)), "strip_right": ((0, 0), (0, 32)), "strip_below": ((0, 32), (0, 0))}
+        for view, pad in pads.items():
+            ious = []
+            for annotation, expression in items:
+                scene = read_image(tiny_data_root / "images" / "synthetic" / f"{annotation['image_id']}.jpg")
+                image = np.pad(scene, (*pad, (0, 0)), constant_values=128)
+                height, width = image.shape[:2]
+                mask = np.pad(decode_mask(annotation["mask"], 64, 64)[0], pad)
+                prediction = grounder.predict(image if view != "as_generated" else
+                                              tiny_data_root / "images" / "synthetic" / f"{annotation['image_id']}.jpg",
+                                              expression, task=task)
+                ious.append(prediction.iou(box_corners(annotation["bbox"], height, width), mask))
+            assert rows[view]["ious"] == [round(v, 4) for v in ious], (checkpoint, view)
+            hits = sum(v >= 0.5 for v in ious)
+            assert rows[view]["acc@0.5" if task == "box" else "prec@0.5"] == 100 * hits / 6, (checkpoint, view)
+        assert len(rows["shrunk"]["ious"]) == 6 and all(0 <= v <= 1 for v in rows["shrunk"]["ious"])
+
+
+def test_scale_views_says_how_to_make_a_missing_set(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "scale_views.py"), "--data-root", str(tmp_path / "none"),
+                             "--out", str(tmp_path / "out.json")], env=cli_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and not (tmp_path / "out.json").exists()
+    assert f"make-synthetic --out {tmp_path / 'none'}" in result.stderr.strip().splitlines()[-1]

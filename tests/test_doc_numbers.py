@@ -142,6 +142,16 @@ def cpu_row(record: str, section: str, task: str, choices: tuple[str, ...], time
     return (median("fp32"), *(v for choice in choices for v in (median(choice), cpu(record, section, task, choice))))
 
 
+SCALE_VIEWS = "docs/results/scale_views_released.json"
+SCALE_VIEWS_AUTO, SCALE_VIEWS_CENTRED = "docs/results/scale_views_released_auto.json", "docs/results/scale_views_released_centred.json"
+
+
+def scale_view(view: str, part: str, metric: str, subset: str = "", record: str = SCALE_VIEWS) -> Value:
+    """One view's metric (%) for the released weights of ``part`` (box: synthetic_det, mask: synthetic_mask)."""
+    name = {"box": "synthetic_det", "mask": "synthetic_mask"}[part]
+    return Value(record, f"results[name={name}]/views[view={view}]/{part}{subset}/{metric}", "{:.1f}")
+
+
 NOW, BEFORE, SCRATCH = "2026-12-06", "2026-11-29", "2026-11-28"
 SCORED = Value(DEMO, "evaluation/expressions_scored", "{:,}")
 
@@ -344,6 +354,33 @@ CLAIMS += [
                 for b, fmt in ((1, "{:.2f}x"), (32, "{:.1f}x")))),
     Claim("benchmarks/README.md", "which took the demo mask from {} to {} %",
           (demo(BEFORE, "mask/miou/ema_reference_decoding"), demo(BEFORE, "mask/miou/ema"))),
+    # benchmarks/README.md: the four views of the scene (the released weights in float32; auto; centred)
+    Claim("benchmarks/README.md", "The network ran in {} on a 2-core AMD EPYC, one thread",
+          (Value(SCALE_VIEWS, "results[name=synthetic_det]/execution", "{}"),)),
+    *(Claim("benchmarks/README.md", f"| {label} | {{}} % | {{}} % | {{}} % | {{}} % |",
+            (scale_view(view, "box", "acc@0.5"), scale_view(view, "box", "miou"), scale_view(view, "mask", "prec@0.5"),
+             scale_view(view, "mask", "miou")))
+      for view, label in (("as_generated", "as generated (256 x 256)"),
+                          ("strip_right", "a grey strip on the right (384 x 256)"),
+                          ("strip_below", "a grey strip below (256 x 384)"),
+                          ("shrunk", "shrunk to 171 x 171, top left of a grey 256 x 256 canvas"))),
+    Claim("benchmarks/README.md", "{} of the {} expressions name no region of the image",
+          (Value(SCALE_VIEWS, "num_without_region_phrase", "{}"), Value(SCALE_VIEWS, "num_expressions", "{}"))),
+    Claim("benchmarks/README.md", "on those alone the four views score box {} / {} / {} / {} % and mask {} / {} / {} / {} %",
+          tuple(scale_view(view, part, metric, "_without_region_phrase")
+                for part, metric in (("box", "acc@0.5"), ("mask", "prec@0.5"))
+                for view in ("as_generated", "strip_right", "strip_below", "shrunk"))),
+    Claim("benchmarks/README.md", "With the shrunk scene centred on its canvas (`--shrunk-at centre`, "
+          "`scale_views_released_centred.json`) it scores box {} % and mask {} %",
+          (scale_view("shrunk", "box", "acc@0.5", record=SCALE_VIEWS_CENTRED),
+           scale_view("shrunk", "mask", "prec@0.5", record=SCALE_VIEWS_CENTRED))),
+    Claim("benchmarks/README.md", "`scale_views_released_auto.json`): the same as float32 on the two square views, box {} "
+          "/ {} % and mask {} / {} %, but {} / {} % (box) and {} / {} % (mask) on the strips",
+          tuple(scale_view(view, part, metric, record=SCALE_VIEWS_AUTO)
+                for view, part, metric in (("as_generated", "box", "acc@0.5"), ("shrunk", "box", "acc@0.5"),
+                                           ("as_generated", "mask", "prec@0.5"), ("shrunk", "mask", "prec@0.5"),
+                                           ("strip_right", "box", "acc@0.5"), ("strip_below", "box", "acc@0.5"),
+                                           ("strip_right", "mask", "prec@0.5"), ("strip_below", "mask", "prec@0.5")))),
     # the ablation's own record
     Claim("docs/results/ablation_synthetic_mask/README.md", "scores on the first {} val expressions, in whole batches "
           "of {}: {}; mIoU in %)",  # the sweep ran with --demo: notebook 02 with the demo's parameters
