@@ -251,9 +251,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     w' = w * g / sqrt(v + eps), b' = b - m * g / sqrt(v + eps), and the BatchNorm becomes an identity.
 
     Exact in real arithmetic for a model in eval mode (float rounding differs by ~1e-6 relative). Only
-    `ConvBNLeaky` layers are folded: the fusion's BatchNorms carry hooks that zero the padding.
+    `ConvBNLeaky` layers are folded; each keeps a `FoldedBatchNorm` in its BatchNorm's place, where
+    `padding_zeroed` zeroes the padding of a non-square image as before.
     """
     from seqtr_lib.model.darknet import ConvBNLeaky
+    from seqtr_lib.model.fusion import FoldedBatchNorm
 
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
@@ -271,7 +273,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                                         requires_grad=False)
             fused.bias = nn.Parameter(bias, requires_grad=False)
             module.conv = fused.to(conv.weight.device)
-            module.bn = nn.Identity()
+            module.bn = FoldedBatchNorm()
     return folded
 
 

@@ -106,6 +106,32 @@ def test_folded_batchnorm_computes_what_conv_then_batchnorm_computes():
         assert torch.equal(tensor, before[name]), name
 
 
+def test_folded_batchnorm_still_zeroes_the_padding_of_a_non_square_image():
+    """A wide and a tall image in one padded batch: the folded model's memory is the unfolded model's. With the
+    padding not zeroed where a BatchNorm was folded away, the backbone reads its own outputs back from the
+    padding and the memory differs by far more than rounding (it did, in the Grounder's default CPU path)."""
+    from seqtr_lib.model.seqtr import build_model
+    from seqtr_lib.text import Vocabulary
+
+    torch.manual_seed(0)
+    config = ModelConfig(task="box", darknet_width=0.125, word_dim=16, gru_hidden=16, d_model=32, num_heads=4,
+                         num_encoder_layers=1, num_decoder_layers=1, ffn_dim=64)
+    vocabulary = Vocabulary.build(["red circle", "blue square"])
+    model = build_model(config, vocabulary).eval()
+    model.backbone = _darknet_with_statistics()
+    model = model.double()
+    images = torch.zeros(2, 3, 96, 96, dtype=torch.float64)
+    pad_mask = torch.ones(2, 96, 96, dtype=torch.bool)
+    for index, (height, width) in enumerate([(64, 96), (96, 64)]):
+        images[index, :, :height, :width] = torch.rand(3, height, width, dtype=torch.float64) * 255
+        pad_mask[index, :height, :width] = False
+    expression_ids = torch.from_numpy(np.stack([vocabulary.encode(e, 4) for e in ("red circle", "blue square")]))
+    with torch.no_grad():
+        expected = model.encode(images, pad_mask, expression_ids).features
+        got = ex.fold_batchnorm(model).encode(images, pad_mask, expression_ids).features
+    assert_same_function(got, expected)
+
+
 def test_prepared_bf16_backbone_keeps_its_stem_in_float32_and_returns_float32_maps():
     model = _darknet_with_statistics()
     holder = nn.Module()

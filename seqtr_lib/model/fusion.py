@@ -23,6 +23,11 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
     )
 
 
+class FoldedBatchNorm(nn.Identity):
+    """What is left of a BatchNorm once its convolution has absorbed it (`seqtr_lib.execution.fold_batchnorm`):
+    nothing to compute, but `padding_zeroed` still zeroes the padding at its output, as it did at the BatchNorm's."""
+
+
 @contextmanager
 def padding_zeroed(module: nn.Module, pad_mask: torch.Tensor) -> Iterator[None]:
     """Within the block, zero every BatchNorm output of ``module`` outside each image.
@@ -51,8 +56,9 @@ def padding_zeroed(module: nn.Module, pad_mask: torch.Tensor) -> Iterator[None]:
             by_size[size] = F.interpolate(valid_pixels, size=size, mode="nearest").to(output.dtype)
         return output * by_size[size]
 
-    # _BatchNorm: also a SyncBatchNorm (train.sync_batchnorm), which is no BatchNorm2d.
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # _BatchNorm: also a SyncBatchNorm (train.sync_batchnorm), which is no BatchNorm2d. FoldedBatchNorm: where a
+    # BatchNorm was folded into its convolution (seqtr_lib.execution), the padding is zeroed all the same.
+    norms = [m for m in module.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, FoldedBatchNorm))]
     handles = [norm.register_forward_hook(zero_padding) for norm in norms]
     try:
         yield
