@@ -24,10 +24,9 @@ same over the expressions without a region phrase ("on the left", "at the top ri
 image, which a strip or a canvas moves; size words, extremes and relations compare objects with each
 other and keep their meaning in every view). The JSON names the machine.
 
-The network runs in float32 unless ``--execution`` says otherwise: the benchmark measures the weights, and
-on a CPU ``auto`` folds BatchNorm, whose folded backbone no longer zeroes the padding that a strip view's
-resize leaves (`fusion.padding_zeroed` hooks BatchNorm layers, and the folded backbone has none), so its
-predictions on those views are not the model's (``--execution auto`` shows what a CPU user gets today).
+The network runs in float32 unless ``--execution`` says otherwise: the benchmark measures the weights.
+``--execution auto`` is what a CPU user's Grounder runs (folded BatchNorm; this benchmark found that the folded
+backbone once ignored the padding a strip view leaves).
 
     python -m seqtr_lib make-synthetic --out data
     python benchmarks/scale_views.py --data-root data --limit 200 --out benchmarks/results/scale_views.json
