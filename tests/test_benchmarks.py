@@ -26,7 +26,7 @@ from conftest import ROOT, cli_env, run_cli
 
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ["bench_cpu.py", "bench_data.py", "bench_decode.py", "bench_eval.py", "bench_train.py", "cell_selection.py",
-           "cpu_agreement.py", "learning_curve.py", "learning_probes.py", "outline_cap.py", "readme_picture.py",
+           "cpu_agreement.py", "demo_step_profile.py", "learning_curve.py", "learning_probes.py", "outline_cap.py", "readme_picture.py",
            "scale_views.py", "widget_screenshot.py"]
 # learning_curve.py on the tiny set: one epoch of two steps, scored on the first 8 val expressions.
 TINY_CURVE = ["--budget-s", "1", "--max-epochs", "1", "--val-limit", "8", "--set", "data.synthetic.num_images=24",
@@ -146,6 +146,24 @@ def _assert_rate_and_step_time_agree(result: dict, batch_size: int) -> None:
     with |a|, |b| <= 0.005 is off by at most 0.005 (r + m) + 0.005^2, r and m within 0.005 of the written ones."""
     rate, step_ms = result["samples_per_s"], result["step_ms"]
     assert abs(rate * step_ms - 1000 * batch_size) <= 0.005 * (rate + step_ms + 0.01) + 0.005**2, result
+
+
+def test_demo_step_profile_takes_every_step_apart(tiny_data_root, tmp_path):
+    out = tmp_path / "profile.json"
+    _script("demo_step_profile.py", "--data-root", str(tiny_data_root), "--tasks", "box,mask", "--splits", "0x1,1x1",
+            "--steps", "2", "--warmup", "0", "--out", str(out), timeout=300)
+    cases = _load(out)["cases"]
+    assert [(c["task"], c["workers"], c["threads"]) for c in cases] == [("box", 0, 1), ("box", 1, 1), ("mask", 0, 1),
+                                                                       ("mask", 1, 1)]
+    for case in cases:
+        phases = case["ms_per_phase"]
+        assert list(phases) == ["data", "forward", "loss", "backward", "optimizer", "ema"]
+        assert case["samples"] == 2 * 32  # two timed steps of the demo's batch (the tiny set trains on 83)
+        # the step is its phases, and the shares and the rate follow from them (float64 sums of a few terms)
+        assert math.isclose(case["ms_per_step"], sum(phases.values()), rel_tol=1e-12)
+        assert math.isclose(sum(case["share_per_phase"].values()), 1.0, rel_tol=1e-12)
+        assert math.isclose(case["samples_per_s"] * case["ms_per_step"], 1000 * 32, rel_tol=1e-12)
+        assert all(value > 0 for value in phases.values())
 
 
 def test_bench_eval_tiny(tmp_path):

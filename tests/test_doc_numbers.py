@@ -153,6 +153,13 @@ def scale_view(view: str, part: str, metric: str, subset: str = "", record: str 
     return Value(record, f"results[name={name}]/views[view={view}]/{part}{subset}/{metric}", "{:.1f}")
 
 
+PROFILE = "docs/results/demo_step_profile.json"
+
+
+def profile_case(task: str, workers: int, threads: int, key: str, fmt: str) -> Value:
+    return Value(PROFILE, f"cases[task={task},workers={workers},threads={threads}]/{key}", fmt)
+
+
 NOW, BEFORE, SCRATCH = "2026-12-06", "2026-11-29", "2026-11-28"
 SCORED = Value(DEMO, "evaluation/expressions_scored", "{:,}")
 
@@ -382,6 +389,14 @@ CLAIMS += [
     Claim("benchmarks/README.md", "(`scale_views_released_auto_before_fix.json`: box {} / {} % and mask {} / {} % on the strips)",
           tuple(scale_view(view, part, metric, record=SCALE_VIEWS_BEFORE_FIX)
                 for part, metric in (("box", "acc@0.5"), ("mask", "prec@0.5")) for view in ("strip_right", "strip_below"))),
+    # docs/results.md: where a demo training step's time goes
+    *(Claim("docs/results.md", f"| {task} | {workers} x {threads} | {{}} | {{}} | {{}} | {{}} | {{}} | {{}} |",
+            (*(profile_case(task, workers, threads, key, fmt) for key, fmt in
+               (("ms_per_step", "{:.0f}"), ("samples_per_s", "{:.0f}"), ("ms_per_phase/data", "{:.0f}"),
+                ("ms_per_phase/forward", "{:.0f}"), ("ms_per_phase/backward", "{:.0f}"))),
+             Value(PROFILE, f"cases[task={task},workers={workers},threads={threads}]/ms_per_phase",
+                   lambda phases: f"{phases['loss'] + phases['optimizer'] + phases['ema']:.0f}")))
+      for task in ("box", "mask") for workers, threads in ((0, 2), (1, 2), (2, 2), (2, 1))),
     # docs/results.md: the zoom-out on the demo's box schedule
     *(Claim("docs/results.md", f"| zoom-out {label} | {{}} % | {{}} % | {{}} % | {{}} % |",
             tuple(Value(f"docs/results/scale_views_demo_box_zoom_{name}.json", f"results/0/views[view={view}]/box/acc@0.5",
