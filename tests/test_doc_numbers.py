@@ -154,6 +154,7 @@ def scale_view(view: str, part: str, metric: str, subset: str = "", record: str 
 
 
 PROFILE = "docs/results/demo_step_profile.json"
+SUITE = "docs/results/test_suite.json"
 
 
 def profile_case(task: str, workers: int, threads: int, key: str, fmt: str) -> Value:
@@ -389,6 +390,8 @@ CLAIMS += [
     Claim("benchmarks/README.md", "(`scale_views_released_auto_before_fix.json`: box {} / {} % and mask {} / {} % on the strips)",
           tuple(scale_view(view, part, metric, record=SCALE_VIEWS_BEFORE_FIX)
                 for part, metric in (("box", "acc@0.5"), ("mask", "prec@0.5")) for view in ("strip_right", "strip_below"))),
+    Claim("README.md", "| test suite | {} passed ({} CUDA-only skipped) in {}, browser tests included",
+          (Value(SUITE, "passed", "{}"), Value(SUITE, "skipped", "{}"), Value(SUITE, "pytest_seconds", minutes_seconds))),
     # docs/results.md: where a demo training step's time goes
     *(Claim("docs/results.md", f"| {task} | {workers} x {threads} | {{}} | {{}} | {{}} | {{}} | {{}} | {{}} |",
             (*(profile_case(task, workers, threads, key, fmt) for key, fmt in
