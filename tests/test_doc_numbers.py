@@ -535,6 +535,70 @@ CLAIMS += [
           ("cells_s16_multi_noise", " | multi-task + 20 % noise |", 12, ""))),
 ]
 
+PROBES = "docs/results/learning_probes.json"
+AGREEMENT = "docs/results/cpu_agreement_paper640_300steps.json"
+
+
+def synthetic_row(record: str, batch: int, time: Callable[[float], str]) -> tuple[Value, ...]:
+    """A row of the synthetic model's speed table: fp32's time, then auto's and bf16's, each with its speed-up."""
+    def median(choice: str) -> Value:
+        return Value(f"docs/results/{record}", f"results[section=synthetic,batch={batch},choice={choice}]/median_s", time)
+
+    def speedup(choice: str) -> Value:
+        return Value(f"docs/results/{record}", median("fp32").key, "{:.2f}x", per=median(choice).key)
+    return (median("fp32"), *(v for c in ("channels_last+fold_bn", "channels_last+bf16+fold_bn") for v in (median(c), speedup(c))))
+
+
+# docs/results.md: the mask from scratch, the probes, more images, and the CPU speed tables not yet claimed
+CLAIMS += [
+    Claim("docs/results.md", f"after each epoch (raw / EMA): {series(8)}, against {series(8)} without it. `best.pt` is the "
+          "checkpoint after epoch 7 ({} / {} on those 1,000)",
+          (*curve("synthetic_mask_scene_full", range(8)), *curve("synthetic_mask_full", range(8)),
+           *curve("synthetic_mask_scene_full", (6,)))),
+    Claim("docs/results.md", "the mask gains 5 points at the end ({} against {}, EMA), and more early ({} against {} after 3 "
+          "epochs)", (*curve("synthetic_mask_scene_full", (6,), ("ema",)), *curve("synthetic_mask_full", (7,), ("ema",)),
+                      *curve("synthetic_mask_scene_full", (2,), ("ema",)), *curve("synthetic_mask_full", (2,), ("ema",)))),
+    Claim("docs/results.md", "the box goes from {} % (from scratch, the earlier schedule) to {} %",
+          (demo(SCRATCH, "box/acc@0.5/ema", "{:.1f}"), demo(NOW, "box/acc@0.5/ema", "{:.1f}"))),
+    Claim("docs/results.md", "since it starts fastest ({} % EMA after 3 epochs)", curve("h200/cells_s16_multi", (2,), ("ema",))),
+    Claim("docs/results.md", "the target's cell among 16 | {} % of cells right (chance 6.3 %) |\n| `cells_3_encoder` | the "
+          "same score on the transformer encoder's memory | {} % |\n| `decoder_1` | the full model, 1 rectangle | {} % held-out "
+          "Acc@0.5 |",  # chance is 1/16, not a measurement
+          (*(Value(PROBES, key, lambda share: f"{100 * share:.1f}") for key in ("cells_3/cell_accuracy", "cells_3_encoder/cell_accuracy")),
+           Value(PROBES, "decoder_1/held_out_acc_at_0.5", lambda share: f"{100 * share:.0f}"))),
+    Claim("docs/results.md", "the words must pick one | {} % Acc@0.5; the x1 and y1 cross-entropy stays at {}, near uniform ({})",
+          (Value(PROBES, "decoder_3/held_out_acc_at_0.5", lambda share: f"{100 * share:.1f}"),
+           Value(PROBES, "decoder_3/token_cross_entropy/0"), Value(PROBES, "decoder_3/uniform_cross_entropy"))),
+    Claim("docs/results.md", "of their own val split: {} / {} / {} / {} after 18 / 37 / 55 / 74 thousand samples, against "
+          "{} / {} / {} / {})", (*curve("synthetic_det_12k", range(4), ("ema",)), *curve("synthetic_det_full", range(4), ("ema",)))),
+    Claim("docs/results.md", "| mask inference | {} | {} ({}) | {} ({}) | {} ({}) | {} ({}) | {} ({}) |",
+          cpu_row("bench_cpu.json", "inference", "mask", ("channels_last", "channels_last+fold_bn", "channels_last+bf16+fold_bn",
+                                                          "channels_last+bf16+fold_bn+recheck", "autocast_whole_model"))),
+    Claim("docs/results.md", "| mask | {} | {} ({}) | {} ({}) |",
+          cpu_row("bench_cpu.json", "training", "mask", ("channels_last", "channels_last+bf16"))),
+    Claim("docs/results.md", "`docs/results/bench_cpu_inference_box.json`, 19:23 UTC: fp32 {}, channels_last+fold_bn {}, "
+          "channels_last+bf16+fold_bn {}, + recheck {})",
+          tuple(Value("docs/results/bench_cpu_inference_box.json", f"results[choice={c}]/median_s", "{:.3f} s")
+                for c in ("fp32", "channels_last+fold_bn", "channels_last+bf16+fold_bn", "channels_last+bf16+fold_bn+recheck"))),
+    *(Claim("docs/results.md", f"| {label} | {{}} | {{}} ({{}}) | {{}} ({{}}) |", synthetic_row(record, batch, time))
+      for label, record, batch, time in (
+          ("batch 1, default ISA (`bench_cpu_synthetic.json`)", "bench_cpu_synthetic.json", 1, lambda s: f"{1000 * s:.1f} ms"),
+          ("batch 64, default ISA", "bench_cpu_synthetic.json", 64, lambda s: f"{1000 * s:.0f} ms"),
+          ("batch 1, AVX2 (`bench_cpu_avx2.json`)", "bench_cpu_avx2.json", 1, lambda s: f"{1000 * s:.1f} ms"),
+          ("batch 64, AVX2", "bench_cpu_avx2.json", 64, lambda s: f"{1000 * s:.0f} ms"))),
+    Claim("docs/results.md", "expressions at batch 8): fp32 {}, auto {} ({}; tokens {} % equal, {} of {} rechecked), "
+          "channels_last+bf16+fold_bn {} ({}, {} % equal)",
+          (Value(AGREEMENT, "results[execution=fp32]/seconds", "{:.1f} s"),
+           Value(AGREEMENT, "results[execution=auto]/seconds", "{:.1f} s"),
+           Value(AGREEMENT, "results[execution=auto]/speedup", "{:.2f}x"),
+           Value(AGREEMENT, "results[execution=auto]/equal_to_fp32", lambda share: f"{100 * share:.0f}"),
+           Value(AGREEMENT, "results[execution=auto]/recheck/rechecked", "{}"),
+           Value(AGREEMENT, "results[execution=auto]/recheck/samples", "{}"),
+           Value(AGREEMENT, "results[execution=channels_last+bf16+fold_bn]/seconds", "{:.1f} s"),
+           Value(AGREEMENT, "results[execution=channels_last+bf16+fold_bn]/speedup", "{:.2f}x"),
+           Value(AGREEMENT, "results[execution=channels_last+bf16+fold_bn]/equal_to_fp32", lambda share: f"{100 * share:.0f}"))),
+]
+
 
 # --- the tests ---------------------------------------------------------------------------------------
 
