@@ -415,6 +415,11 @@ CLAIMS += [
                 for part, metric in (("box", "acc@0.5"), ("mask", "prec@0.5")) for view in ("strip_right", "strip_below"))),
     Claim("README.md", "| test suite | {} passed ({} CUDA-only skipped) in {}, browser tests included",
           (Value(SUITE, "passed", "{}"), Value(SUITE, "skipped", "{}"), Value(SUITE, "pytest_seconds", minutes_seconds))),
+    Claim("docs/results.md", "| released weights (zoom-out off) | {} % | {} % | {} % | {} % |",
+          tuple(scale_view(view, "box", "acc@0.5") for view in ("as_generated", "strip_right", "strip_below", "shrunk"))),
+    Claim("docs/results.md", "| zoom-out at 0.5 | {} % | {} % | {} % | {} % |\n\nThe strips win back",
+          tuple(Value("docs/results/scale_views_full_box_zoom_0.5.json", f"results/0/views[view={view}]/box/acc@0.5", "{:.1f}")
+                for view in ("as_generated", "strip_right", "strip_below", "shrunk"))),
     # docs/results.md: where a demo training step's time goes
     *(Claim("docs/results.md", f"| {task} | {workers} x {threads} | {{}} | {{}} | {{}} | {{}} | {{}} | {{}} |",
             (*(profile_case(task, workers, threads, key, fmt) for key, fmt in
