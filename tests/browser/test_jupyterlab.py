@@ -95,9 +95,8 @@ def upload(page, path: Path) -> None:
 
 
 def wait_for_status(page, text: str) -> str:
-    # Generous: the kernel shares two cores with the other test worker, and one clean-clone run waited past 60 s.
     status = page.locator(".widget-html-content").filter(has_text=text)
-    status.first.wait_for(timeout=150_000)
+    status.first.wait_for(timeout=60_000)
     return status.first.inner_text()
 
 
