@@ -100,15 +100,11 @@ def running_lab(notebooks: Path, state: Path, extra_env: dict[str, str] | None =
 
 @pytest.fixture(scope="session")
 def lab(request, tmp_path_factory) -> Iterator[Lab]:
-    """JupyterLab on a copy of the fast project's notebooks (`running_lab`). Chromium is checked before the
-    project is asked for, so that a run without it skips instead of building the project first (minutes of
-    CPU). A copy, because Run All of 01 trains again there, which moves the project's run aside: the tests that
-    read what the fast demo wrote must find it where the demo left it, whichever runs first."""
+    """JupyterLab on the fast project's notebooks (`running_lab`). Chromium is checked before the project is
+    asked for, so that a run without it skips instead of building the project first (minutes of CPU)."""
     _chromium_or_skip()
     fast_project = request.getfixturevalue("fast_project")
-    project = tmp_path_factory.mktemp("lab_project") / "project"
-    shutil.copytree(fast_project, project)
-    with running_lab(project / "notebooks", tmp_path_factory.mktemp("jupyter_state"),
+    with running_lab(fast_project / "notebooks", tmp_path_factory.mktemp("jupyter_state"),
                      {"OMP_NUM_THREADS": "2"}) as lab:
         yield lab
 

@@ -223,7 +223,7 @@ def test_the_mask_widget_draws_a_contour(page, lab, fast_project):
         copy.unlink()
 
 
-def test_the_notebook_files_are_unchanged_and_no_checkpoint_folder_is_left(lab):
+def test_the_notebook_files_are_unchanged_and_no_checkpoint_folder_is_left(lab, fast_project):
     for name in NOTEBOOKS:
         assert (lab.notebooks / f"{name}.ipynb").read_bytes() == (ROOT / "notebooks" / f"{name}.ipynb").read_bytes()
-    assert not list(lab.notebooks.parent.rglob(".ipynb_checkpoints"))
+    assert not list(fast_project.rglob(".ipynb_checkpoints"))
