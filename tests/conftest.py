@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -72,6 +73,18 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
     return result
 
 
+def demo_outputs(project: Path) -> Path:
+    """What the fast demo wrote into ``project``'s outputs/, as it left them: the browser tests run the notebooks
+    again in that project (01 moves the demo's runs aside, 05 compares every run there), so the tests that read
+    the demo's results read this copy, taken when the demo ended."""
+    snapshot = _demo_snapshot(project)
+    return snapshot if snapshot.is_dir() else project / "outputs"  # SEQTR_REUSE_FAST_PROJECT: no copy taken
+
+
+def _demo_snapshot(project: Path) -> Path:
+    return project.parent / f"{project.name}_demo_outputs"
+
+
 def assert_moved_aside(run_dir: Path, first_best: bytes, second_seed: int) -> Path:
     """After a second run into ``run_dir``: the first run's folder lies beside it as ``<name>.<YYYYmmdd-HHMMSS>``
     holding its best.pt byte for byte, and ``run_dir`` holds the second run's (trained with ``second_seed``).
@@ -102,6 +115,7 @@ def fast_project(tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("fast_project"), DEMO_PARAMS)
     run_pipeline(DEMO_PARAMS, tuple(n for n in NOTEBOOKS if n != "05"), project)
     run_compare(project)  # 05 once over the project's runs, as the demo ends
+    shutil.copytree(project / "outputs", _demo_snapshot(project))
     return project
 
 

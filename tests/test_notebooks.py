@@ -15,7 +15,7 @@ import cv2
 import nbformat
 import pytest
 
-from conftest import ROOT, assert_moved_aside, run_cli, write_params
+from conftest import ROOT, assert_moved_aside, demo_outputs, run_cli, write_params
 from seqtr_lib import notebook, reports
 from seqtr_lib.config import load_params
 
@@ -152,7 +152,7 @@ def test_read_log_skips_a_torn_last_line_and_names_a_missing_log(tmp_path):
 @pytest.mark.xdist_group("fast_project")
 @pytest.mark.parametrize("name", ["synthetic_det", "synthetic_mask"])
 def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project, name):
-    run_dir = fast_project / "outputs" / name
+    run_dir = demo_outputs(fast_project) / name
     for notebook_name in NOTEBOOKS:
         assert not _executed(run_dir / "notebooks" / f"{notebook_name}.ipynb")[1], notebook_name
     for figure in ("samples", "expression_lengths", "curves", "ablation", "iou_histogram", "failures", "breakdown",
@@ -546,7 +546,7 @@ def test_the_comparison_notebook_is_stored_clean_with_flat_parameters():
 @pytest.mark.slow
 @pytest.mark.xdist_group("fast_project")
 def test_the_fast_demo_ends_with_05_comparing_its_runs(fast_project):
-    compare_dir = fast_project / "outputs" / "compare"
+    compare_dir = demo_outputs(fast_project) / "compare"
     text, errors = _executed(compare_dir / "notebooks" / "05_compare_runs.ipynb")
     assert not errors
     assert "2 runs matching 'outputs/*'" in text and "0 of 41 published cells have a run" in text
@@ -555,7 +555,7 @@ def test_the_fast_demo_ends_with_05_comparing_its_runs(fast_project):
     assert [(row["name"], row["dataset"], row["task"], row["status"]) for row in rows] == [
         ("synthetic_det", "synthetic", "box", "done"), ("synthetic_mask", "synthetic", "mask", "done")]
     for row, metric in zip(rows, ("acc@0.5", "miou")):
-        metrics = json.loads((fast_project / "outputs" / row["name"] / "metrics.json").read_text())
+        metrics = json.loads((demo_outputs(fast_project) / row["name"] / "metrics.json").read_text())
         for split in ("val", "testA", "testB"):
             for weights in ("raw", "ema"):
                 assert float(row[f"{split} {metric} {weights}"]) == metrics["splits"][split][weights][metric]
