@@ -1,5 +1,6 @@
 """Where a `make demo` training step's time goes on this CPU: waiting for data, forward, loss, backward,
-optimizer, EMA; for each split of the cores between loader processes and compute threads.
+optimizer, EMA; for each split of the cores between loader processes and compute threads, and with or without
+data.precompute_images (`seqtr_lib.precompute`).
 
 The step is the demo's (`seqtr_lib.pipeline` DEMO_OVERRIDES and the task's schedule on the synthetic params,
 batch 32 at 128 px), taken apart in the main process with the Trainer's own model, optimizer and EMA. With
@@ -8,14 +9,17 @@ processes it is only the time the step waits for them. Writes JSON naming the ma
 
     python -m seqtr_lib make-synthetic --out data
     python benchmarks/demo_step_profile.py --data-root data --out benchmarks/results/demo_step_profile.json
+    python benchmarks/demo_step_profile.py --data-root data --splits 0x2,1x2 --precompute both
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +33,32 @@ from seqtr_lib.engine import Trainer, _set_batchnorm_eval
 from seqtr_lib.evaluation import move_batch
 from seqtr_lib.execution import machine_description
 from seqtr_lib.pipeline import DEMO_OVERRIDES, DEMO_SCHEDULES
+from seqtr_lib.precompute import PrecomputedImages
 
 PARAMS = {"box": "params/synthetic_det.yaml", "mask": "params/synthetic_mask.yaml"}
+PRECOMPUTE = {"off": (False,), "on": (True,), "both": (False, True)}
 PHASES = ("data", "forward", "loss", "backward", "optimizer", "ema")
 
 
-def profile(task: str, workers: int, threads: int, steps: int, warmup: int, data_root: Path,
+def profile(task: str, workers: int, threads: int, precompute: bool, steps: int, warmup: int, data_root: Path,
             output_dir: Path) -> dict[str, Any]:
-    """Mean milliseconds per phase over ``steps`` timed steps after ``warmup`` untimed ones."""
+    """Mean milliseconds per phase over ``steps`` timed steps after ``warmup`` untimed ones; with ``precompute``
+    (data.precompute_images) also the seconds its one-off pass took."""
     torch.set_num_threads(threads)
     overrides = [*DEMO_OVERRIDES, *DEMO_SCHEDULES[task], f"data.data_root={data_root}", f"output_dir={output_dir}",
-                 f"data.num_workers={workers}", "train.finetune_from=", f"name=profile_{task}"]
+                 f"data.num_workers={workers}", "train.finetune_from=", f"name=profile_{task}",
+                 f"data.precompute_images={str(precompute).lower()}"]
     experiment = load_params(PARAMS[task], overrides)
     trainer = Trainer(experiment, distributed.setup("cpu"))
     t = experiment.train
     train_set = build_dataset(experiment, "train", trainer.vocabulary, training=True)
+    held, precompute_seconds = None, 0.0
+    if precompute:
+        started = time.perf_counter()
+        held = PrecomputedImages.build(train_set, trainer.model, trainer.device, t.channels_last, t.amp,
+                                       progress=False)
+        held.attach(train_set)
+        precompute_seconds = time.perf_counter() - started
     batches = iter(build_loader(train_set, experiment, training=True, seed=t.seed, epoch=0))
     trainer.forward_model.train()
     if t.freeze_batchnorm:
@@ -52,9 +67,11 @@ def profile(task: str, workers: int, threads: int, steps: int, warmup: int, data
     samples = 0
     for index in range(warmup + steps):
         marks = [time.perf_counter()]
-        batch = move_batch(next(batches), trainer.device, t.channels_last)
+        batch = next(batches)
+        batch = move_batch(batch if held is None else held.fill(batch), trainer.device, t.channels_last)
         marks.append(time.perf_counter())
-        outputs = trainer.forward_model(**trainer._forward_inputs(batch))
+        with nullcontext() if held is None else held.frozen_outputs(trainer.model.backbone, batch, batch["images"]):
+            outputs = trainer.forward_model(**trainer._forward_inputs(batch))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         marks.append(time.perf_counter())
         loss = trainer._losses(outputs, batch)["loss"]
@@ -73,7 +90,8 @@ def profile(task: str, workers: int, threads: int, steps: int, warmup: int, data
             for phase, start, end in zip(PHASES, marks, marks[1:]):
                 totals[phase] += end - start
     seconds = sum(totals.values())
-    return {"task": task, "workers": workers, "threads": threads, "steps": steps, "samples": samples,
+    return {"task": task, "workers": workers, "threads": threads, "precompute_images": precompute,
+            "precompute_seconds": precompute_seconds, "steps": steps, "samples": samples,
             "ms_per_step": 1000 * seconds / steps, "samples_per_s": samples / seconds,
             "ms_per_phase": {phase: 1000 * value / steps for phase, value in totals.items()},
             "share_per_phase": {phase: value / seconds for phase, value in totals.items()}}
@@ -85,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="box,mask")
     parser.add_argument("--splits", default="0x2,1x2,2x2,2x1",
                         help="loader processes x compute threads, comma-separated (default 0x2,1x2,2x2,2x1)")
+    parser.add_argument("--precompute", default="off", choices=("off", "on", "both"),
+                        help="data.precompute_images for each case (both: each case twice)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per case")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_step_profile.json"))
@@ -94,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
                        f"`python -m seqtr_lib make-synthetic --out {args.data_root}`\n")
     cases = []
     for task in args.tasks.split(","):
-        for split in args.splits.split(","):
+        for split, precompute in itertools.product(args.splits.split(","), PRECOMPUTE[args.precompute]):
             workers, threads = (int(n) for n in split.split("x"))
             with tempfile.TemporaryDirectory() as output_dir:
-                case = profile(task, workers, threads, args.steps, args.warmup, args.data_root, Path(output_dir))
-            print(f"{task} {workers} workers x {threads} threads: {case['ms_per_step']:.0f} ms/step, "
+                case = profile(task, workers, threads, precompute, args.steps, args.warmup, args.data_root,
+                               Path(output_dir))
+            held = f", held images ({case['precompute_seconds']:.1f} s once)" if precompute else ""
+            print(f"{task} {workers} workers x {threads} threads{held}: {case['ms_per_step']:.0f} ms/step, "
                   f"{case['samples_per_s']:.0f} samples/s; "
                   + ", ".join(f"{p} {100 * s:.0f} %" for p, s in case["share_per_phase"].items()), flush=True)
             cases.append(case)

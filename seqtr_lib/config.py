@@ -112,6 +112,7 @@ class DataConfig:
     num_workers: int = 4
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of failing
     device_transforms: bool = False  # workers send JPEG bytes; decode, resize, crop and pad on the device
+    precompute_images: bool = False  # decode each training image (and run the frozen backbone modules) once
     zoom_out: ZoomOutConfig = field(default_factory=ZoomOutConfig)  # dataset: synthetic only (docs/method.md, 9.1)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic only
 
@@ -284,6 +285,13 @@ def validate(experiment: Experiment, start_files: bool = True) -> None:
          "word ('on the left') denotes; set it to 0"),
         ("data.zoom_out.probability", d.zoom_out.probability == 0 or not d.device_transforms,
          "places the decoded image on a canvas in the loader, which data.device_transforms skips; turn one off"),
+        ("data.precompute_images", not d.precompute_images or not (d.lsj or d.zoom_out.probability > 0
+                                                                       or d.device_transforms),
+         "holds each training image as it is fed every epoch, which needs data.lsj false, data.zoom_out off and "
+         "data.device_transforms false (their draws change the image per sample)"),
+        ("data.precompute_images", not d.precompute_images or not t.compile,
+         "swaps the frozen backbone modules for their held outputs at each step, which a compiled model would not "
+         "see; turn train.compile off"),
         ("data.synthetic.num_images", d.synthetic.num_images >= 4, "must be at least 4 (one image for each split)"),
         ("data.synthetic.image_size", d.synthetic.image_size >= 64,
          "must be at least 64 pixels (smaller shapes are unreadable)"),

@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -41,6 +42,7 @@ from seqtr_lib.evaluation import autocast, evaluate_model, move_batch, prefetche
 from seqtr_lib.metrics import headline_score
 from seqtr_lib.loss import sequence_loss
 from seqtr_lib.model.seqtr import SeqTR, build_model
+from seqtr_lib.precompute import PrecomputedImages
 from seqtr_lib.text import Vocabulary
 
 
@@ -241,6 +243,7 @@ class Trainer:
             self._restore(start.resume)
         self._claim_run_dir()
         self.train_set: ReferDataset | None = None
+        self.precomputed: PrecomputedImages | None = None  # data.precompute_images
         self.val_split = "val" if "val" in DATASETS[experiment.data.dataset].splits else None
 
     def _claim_run_dir(self) -> None:
@@ -357,6 +360,12 @@ class Trainer:
         epoch = self.state.epoch
         if self.train_set is None:
             self.train_set = build_dataset(self.experiment, "train", self.vocabulary, training=True)
+            if self.experiment.data.precompute_images:
+                self.precomputed = PrecomputedImages.build(self.train_set, self.model, self.device, t.channels_last,
+                                                           t.amp, progress=self.context.is_main)
+                self.precomputed.attach(self.train_set)
+                if self.context.is_main:
+                    print(self.precomputed.describe())
         loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch)
         total = len(loader) if not t.max_steps_per_epoch else min(len(loader), t.max_steps_per_epoch)
         self.forward_model.train()
@@ -365,7 +374,10 @@ class Trainer:
         samples, started = 0, time.perf_counter()
         bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{t.epochs}",
                    disable=not self.context.is_main, leave=False, dynamic_ncols=True)
-        for index, batch in prefetched(self._batches(loader), self.device, t.channels_last):
+        batches = self._batches(loader)
+        if self.precomputed is not None:
+            batches = ((index, self.precomputed.fill(batch)) for index, batch in batches)
+        for index, batch in prefetched(batches, self.device, t.channels_last):
             if index >= total:
                 break
             self.state.skipped_images += batch["num_skipped"]
@@ -403,7 +415,9 @@ class Trainer:
         and EMA updates. Returns the losses (``loss`` and its parts); raises NonFiniteLossError."""
         t = self.experiment.train
         batch = move_batch(batch, self.device, t.channels_last)
-        with autocast(self.device, t.amp):
+        held = (nullcontext() if self.precomputed is None
+                else self.precomputed.frozen_outputs(self.model.backbone, batch, batch["images"]))
+        with autocast(self.device, t.amp), held:
             outputs = self.forward_model(**self._forward_inputs(batch))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         losses = self._losses(outputs, batch)

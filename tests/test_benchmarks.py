@@ -151,10 +151,10 @@ def _assert_rate_and_step_time_agree(result: dict, batch_size: int) -> None:
 def test_demo_step_profile_takes_every_step_apart(tiny_data_root, tmp_path):
     out = tmp_path / "profile.json"
     _script("demo_step_profile.py", "--data-root", str(tiny_data_root), "--tasks", "box,mask", "--splits", "0x1,1x1",
-            "--steps", "2", "--warmup", "0", "--out", str(out), timeout=300)
+            "--precompute", "both", "--steps", "2", "--warmup", "0", "--out", str(out), timeout=300)
     cases = _load(out)["cases"]
-    assert [(c["task"], c["workers"], c["threads"]) for c in cases] == [("box", 0, 1), ("box", 1, 1), ("mask", 0, 1),
-                                                                       ("mask", 1, 1)]
+    assert [(c["task"], c["workers"], c["threads"], c["precompute_images"]) for c in cases] == [
+        (task, workers, 1, held) for task in ("box", "mask") for workers in (0, 1) for held in (False, True)]
     for case in cases:
         phases = case["ms_per_phase"]
         assert list(phases) == ["data", "forward", "loss", "backward", "optimizer", "ema"]
@@ -164,6 +164,7 @@ def test_demo_step_profile_takes_every_step_apart(tiny_data_root, tmp_path):
         assert math.isclose(sum(case["share_per_phase"].values()), 1.0, rel_tol=1e-12)
         assert math.isclose(case["samples_per_s"] * case["ms_per_step"], 1000 * 32, rel_tol=1e-12)
         assert all(value > 0 for value in phases.values())
+        assert (case["precompute_seconds"] > 0) is case["precompute_images"]
 
 
 def test_bench_eval_tiny(tmp_path):

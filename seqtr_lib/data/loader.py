@@ -50,7 +50,9 @@ class Collate:
 
     With ``device_transforms`` (the samples carry encoded images, `seqtr_lib.data.device_images`) the batch
     holds ``encoded_images``, the list of the samples' payloads, instead of ``images``;
-    `seqtr_lib.evaluation.move_batch` turns them into ``images`` on the device.
+    `seqtr_lib.evaluation.move_batch` turns them into ``images`` on the device. Samples carrying keys of held
+    images (data.precompute_images) give ``precomputed_keys``, int64 (B,), instead;
+    `seqtr_lib.precompute.PrecomputedImages.fill` adds their ``images``.
     """
 
     def __init__(self, codec: SequenceCodec, shuffle_fraction: float = 0.0,
@@ -66,6 +68,9 @@ class Collate:
         images: dict[str, Any] = {}
         if self.device_transforms:
             images["encoded_images"] = [s["image"] for s in kept]
+            pad_mask = padding_masks([s["meta"]["img_shape"] for s in kept], pad_shape)
+        elif kept and isinstance(kept[0]["image"], int):  # keys of held images (data.precompute_images)
+            images["precomputed_keys"] = torch.tensor([s["image"] for s in kept], dtype=torch.int64)
             pad_mask = padding_masks([s["meta"]["img_shape"] for s in kept], pad_shape)
         else:
             images["images"], pad_mask = pad_images([s["image"] for s in kept], pad_shape, self.image_dtype)

@@ -152,7 +152,8 @@ class ReferDataset:
 
     - ``image``: tv_tensors.Image uint8 (3, h, w) RGB 0-255, the un-padded img_shape region; with
       ``device_transforms``, the payload of `device_images.read_encoded_image` instead (the file's bytes,
-      or the decoded original pixels), transformed on the training device from the meta's geometry;
+      or the decoded original pixels), transformed on the training device from the meta's geometry; with
+      ``precomputed_shapes`` set (`seqtr_lib.precompute`), the int key of the training process's held image;
     - ``expression_ids``: int64 (max_token,), the encoded expression;
     - ``box`` (task box/multi): float32 (4,) x1, y1, x2, y2 in pixels of the transformed image;
     - ``vertices`` (task mask/multi): float32 (2, num_ray) mask contour points, -1 where missing;
@@ -215,6 +216,9 @@ class ReferDataset:
             raise ValueError("data.zoom_out places the decoded image on a canvas in the loader, which "
                              "data.device_transforms skips; turn one off")
         self.seed = seed
+        # path -> (key, (height, width)) of the training process's held images (data.precompute_images,
+        # `seqtr_lib.precompute`): samples then carry the key instead of pixels.
+        self.precomputed_shapes: dict[str, tuple[int, tuple[int, int]]] | None = None
 
         document = read_annotations(self.annotation_file)
         if split not in document:
@@ -267,6 +271,12 @@ class ReferDataset:
             expression_index = int(self._pairs[index, 1])
         where = f"{self.dataset} split '{self.split}', annotation {ann_index}"
         path = self.image_path(annotation)
+        if self.precomputed_shapes is not None:
+            key, ori_shape = self.precomputed_shapes[str(path)]
+            sample = self._sample(annotation, None, path, ann_index, expression_index, rng, (self.seed, epoch, index),
+                                  ori_shape)
+            sample["image"] = key
+            return sample
         try:
             if self.device_transforms:
                 from seqtr_lib.data.device_images import read_encoded_image
