@@ -125,7 +125,7 @@ def probe_decoder(params: str, objects: int, steps: int, lr: float, cell_loss_we
                 logits = model(batch["images"].float(), no_padding, batch["expression_ids"],
                                box_tokens=batch["box_tokens"])["box_logits"]
             model.train()
-            targets, _ = model.layout.targets("box", batch["box_tokens"])
+            targets = model.layout.targets(batch["box_tokens"])
             token_ce.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(0))
     model.eval()
     held = slice(2000, None)

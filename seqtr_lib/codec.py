@@ -13,7 +13,7 @@ end with EOS:
 
 Every input after a start is the embedding of the previous target. A box is always four tokens (EOS is
 excluded when generating it); a mask stops at its first EOS, and a missing contour point is two EOS
-targets. Loss weights: 1.5 on a box's x1, 0.1 on every EOS target of a mask, 1 elsewhere.
+targets. What each target weighs in the loss is the criterion's (`seqtr_lib.loss.LossWeights`).
 
 Quantization (`seqtr_lib.sequence.quantize`) divides x and y by an extent: the sample's padded size
 (``relative`` mapping, the paper's) or the network input size in both directions (``absolute``).
@@ -35,14 +35,12 @@ from seqtr_lib.sequence import dequantize, offset_polygon, polygon_to_rle, quant
 if TYPE_CHECKING:
     from seqtr_lib.config import Experiment
 
-BOX_X1_WEIGHT = 1.5  # the first box coordinate; the other box targets weigh 1
-MASK_EOS_WEIGHT = 0.1  # mask targets that are EOS (missing points and the final EOS)
 _BOX_TOKENS = 4
 
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Which parts a task's sequence holds, their lengths, targets and loss weights."""
+    """Which parts a task's sequence holds, their lengths and targets."""
 
     task: str
     num_bin: int
@@ -94,15 +92,9 @@ class TokenLayout:
         chunks = per_position.split([self.length(part) + 1 for part in self.parts], dim=1)
         return dict(zip(self.parts, chunks))
 
-    def targets(self, part: str, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A part's tokens (B, length) -> targets (B, length + 1) ending with EOS, and their loss weights."""
-        targets = torch.cat([tokens, torch.full_like(tokens[:, :1], self.eos)], dim=1)
-        weights = torch.ones(targets.shape, device=targets.device)
-        if _known(part) == "box":
-            weights[:, 0] = BOX_X1_WEIGHT
-        else:
-            weights[targets == self.eos] = MASK_EOS_WEIGHT
-        return targets, weights
+    def targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A part's tokens (B, length) -> its targets (B, length + 1), ending with EOS."""
+        return torch.cat([tokens, torch.full_like(tokens[:, :1], self.eos)], dim=1)
 
     def num_emitted(self, tokens: Any) -> int:
         """Coordinate tokens (T,) before the first EOS."""

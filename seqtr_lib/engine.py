@@ -40,7 +40,7 @@ from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary, scene_classes
 from seqtr_lib.evaluation import autocast, evaluate_model, move_batch, prefetched
 from seqtr_lib.metrics import headline_score
-from seqtr_lib.loss import sequence_loss
+from seqtr_lib.loss import Criterion
 from seqtr_lib.model.seqtr import SeqTR, build_model
 from seqtr_lib.precompute import PrecomputedImages
 from seqtr_lib.text import Vocabulary
@@ -166,27 +166,6 @@ def load_finetune_start(model: SeqTR, model_config: ModelConfig, start: dict[str
     return "; ".join(notes)
 
 
-def training_objective(model: SeqTR, outputs: dict[str, torch.Tensor], batch: dict[str, Any],
-                       count_shares: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None
-                       ) -> dict[str, torch.Tensor]:
-    """The paper's sequence loss plus the training aids' terms: ``loss`` and each part.
-
-    Every term is a sum divided by a count of this process's batch: ``samples`` (the batch size) and the
-    aids' `~seqtr_lib.model.aids.TrainingAids.counts`. ``count_shares`` turns all of them into the divisors at
-    once (`seqtr_lib.distributed.count_shares` under DDP: one all-reduce per step); default: the counts
-    themselves."""
-    layout = model.layout
-    counts = {"samples": outputs[f"{layout.parts[0]}_logits"].shape[0]}
-    if model.aids is not None:
-        counts.update(model.aids.counts(batch))
-    divisors = None if count_shares is None else {name: share.float() for name, share in count_shares(counts).items()}
-    parts = sequence_loss(outputs, batch, layout, None if divisors is None else divisors["samples"])
-    del parts["loss"]
-    if model.aids is not None:
-        parts.update(model.aids.losses(outputs, batch, divisors))
-    return {**parts, "loss": sum(parts.values())}  # type: ignore[dict-item]
-
-
 @dataclass
 class RunStart:
     """Where a run starts: a checkpoint to resume (every weight, counter and generator state), or one whose
@@ -236,6 +215,7 @@ class Trainer:
         self.vocabulary = start.vocabulary
         seed_everything(experiment.train.seed)
         self.model = self._build_model(start)
+        self.criterion = Criterion.from_config(experiment.model, scene_classes(experiment))
         self.ema, self.optimizer, self.scheduler, self.scaler = self._build_optimisation()
         self.forward_model = self._forward_wrapper()
         self.state = RunState()
@@ -462,7 +442,7 @@ class Trainer:
         # Under DDP every term is divided by the global batch's counts over the processes, so that the objective
         # does not depend on how the batch is split (docs/training.md).
         shares = (lambda counts: distributed.count_shares(counts, self.device)) if self.context.world_size > 1 else None
-        return training_objective(self.model, outputs, batch, shares)
+        return self.criterion(outputs, batch, shares)
 
     def run(self, after_epoch: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Train the remaining epochs; ``after_epoch(record)`` sees each epoch's log record and may

@@ -1,18 +1,41 @@
-"""Label-smoothed cross-entropy over coordinate-token sequences, with SeqTR's per-token weights; and the two
-classification losses the training aids (`seqtr_lib.model.aids`) and the backbone's pre-training use.
+"""The training objective in one place: `Criterion` owns every loss term, its weight and its divisor.
 
-Every term is a sum divided by a count (samples; labelled objects per attribute). Under DDP the count is the
-processes' share of the global batch's (`seqtr_lib.distributed.count_share`), so that the mean of the
-processes' losses, which DDP's gradient averaging takes, is the loss of the global batch whatever the split."""
+Its table of weights (`LossWeights`, plain data) holds one row per term, and the sequence term's token weights:
+
+    term        logged as            what                                              divided by
+    sequence    loss_box, loss_mask  the paper's label-smoothed cross-entropy of each  samples x the part's
+                                     part of the sequence, token weights box_x1 and    target length
+                                     mask_eos (`label_smooth_cross_entropy`)
+    cell        loss_cell            picking the memory cell of the target's centre    samples
+                                     (`target_cell_loss`, a training aid)
+    scene       loss_scene           every scene object's colour, kind and size        labelled objects per
+                                     (`scene_loss`, a training aid)                    attribute
+    words       loss_words           the colour and kind the expression names (the     labelled expressions
+                                     attribute prior's word head, `scene_loss`)        per attribute
+
+The paper's objective is the sequence term alone (the defaults); a term of weight 0 is neither computed nor
+logged. Every term is a sum divided by a count (`Criterion.counts`). Under DDP the counts are the processes'
+shares of the global batch's (`seqtr_lib.distributed.count_shares`, one all-reduce), so that the mean of the
+processes' losses, which DDP's gradient averaging takes, is the loss of the global batch whatever the split.
+
+The generalised format's tokens (issue 36: a separator between contours, an empty answer whose first target is
+EOS) join here: a weight for their targets is one more token row of `LossWeights`, set in
+`Criterion.token_weights`; a term of their own would be one more row and one more method of `Criterion`.
+(The backbone's pre-training has its own objective, `seqtr_lib.pretrain.detection_loss`.)"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from seqtr_lib.codec import TokenLayout
+
+if TYPE_CHECKING:
+    from seqtr_lib.config import ModelConfig
 
 NEG_FACTOR = 0.1  # smoothing: 1 - NEG_FACTOR on the true token, NEG_FACTOR / V on every other one
 
@@ -81,27 +104,126 @@ def scene_loss(scene_logits: torch.Tensor, scene_labels: torch.Tensor, class_cou
     return (sums / labelled.to(sums.dtype).clamp_min(1)).mean()
 
 
-def sequence_loss(outputs: Mapping[str, torch.Tensor], tokens: Mapping[str, torch.Tensor],
-                  layout: TokenLayout, samples: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
-    """The paper's loss of a teacher-forced forward pass (`SeqTR.forward` output).
+@dataclass(frozen=True)
+class LossWeights:
+    """The criterion's table: a weight per term (0: left out, with its gradient), then the sequence term's token
+    weights (a target that no row names weighs 1). The defaults are the paper's objective."""
 
-    outputs: ``<part>_logits`` for every part of ``layout`` (``box_logits`` (B, 5, V), ``mask_logits``
-    (B, 2N + 1, V)); tokens: ``<part>_tokens`` for the same parts (a batch from the loader will do), whose
-    targets and weights ``layout.targets`` makes. Returns ``loss`` and ``loss_<part>`` per part. Each part
-    is averaged over its own tokens, and multi-task training sums them. (The released multi-task code
-    averages one loss over the joint sequence, without the mask EOS weight, and then never backpropagates it.)
-    ``samples`` replaces the batch size in the divisor (under DDP, its share of the global batch).
-    The training aids add their own terms (`seqtr_lib.model.aids.TrainingAids.losses`).
+    sequence: float = 1.0  # loss_box and loss_mask
+    cell: float = 0.0  # loss_cell (model.target_cell_loss)
+    scene: float = 0.0  # loss_scene (model.scene_loss)
+    words: float = 0.0  # loss_words (model.attribute_prior)
+    box_x1: float = 1.5  # a box's first coordinate target
+    mask_eos: float = 0.1  # a mask's EOS targets (missing contour points and the final EOS)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> LossWeights:
+        """The params' weights: the paper's sequence term and the training aids' ``model.*`` weights."""
+        return cls(cell=config.target_cell_loss, scene=config.scene_loss, words=config.attribute_prior)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """The training objective of a model: each term of ``weights`` computed by its method, weighted and summed.
+
+    layout: the model's token layout; scene_classes: the class counts of colour, kind and size, in the scene
+    logits' order (`seqtr_lib.data.refer.scene_classes`), needed by the scene and word terms.
     """
-    losses: dict[str, torch.Tensor] = {}
-    for part in layout.parts:
+
+    layout: TokenLayout
+    weights: LossWeights = field(default_factory=LossWeights)
+    scene_classes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.weights.scene or self.weights.words) and len(self.scene_classes) != 3:
+            raise ValueError("the scene and word losses need the dataset's scene classes (colour, kind, size)")
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, scene_classes: Mapping[str, int] | None = None) -> Criterion:
+        """The criterion of a params file's model; ``scene_classes`` as `seqtr_lib.data.refer.scene_classes`."""
+        layout = TokenLayout(config.task, config.num_bin, config.num_ray)
+        return cls(layout, LossWeights.from_config(config), tuple((scene_classes or {}).values()))
+
+    def counts(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, Any]:
+        """This process's counts that the terms divide by: ``samples`` (the batch size), and with their terms
+        on and their labels in the batch, ``scene`` (labelled objects per attribute (3,)) and ``words``
+        (labelled expressions per attribute, colour and kind (2,))."""
+        counts: dict[str, Any] = {"samples": outputs[f"{self.layout.parts[0]}_logits"].shape[0]}
+        if self.weights.scene and batch.get("scene_labels") is not None:
+            counts["scene"] = labelled_counts(batch["scene_labels"])
+        if self.weights.words and batch.get("named_attributes") is not None:
+            counts["words"] = labelled_counts(batch["named_attributes"][:, None])
+        return counts
+
+    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                 count_shares: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The weighted terms of a teacher-forced forward pass (`SeqTR.forward`'s outputs; ``batch``: a loader's
+        batch, or any mapping with the ``<part>_tokens`` and the aids' labels), and their sum ``loss``.
+
+        ``count_shares`` turns `counts` into the divisors at once (`seqtr_lib.distributed.count_shares` under
+        DDP: one all-reduce per step); default: the counts themselves."""
+        counts = self.counts(outputs, batch)
+        divisors = counts if count_shares is None else {name: share.float()
+                                                        for name, share in count_shares(counts).items()}
+        weights, terms = self.weights, {}
+        if weights.sequence:
+            for part in self.layout.parts:
+                terms[f"loss_{part}"] = weights.sequence * self.sequence_term(part, outputs, batch, divisors)
+        if weights.cell:
+            terms["loss_cell"] = weights.cell * self.cell_term(outputs, divisors)
+        if weights.scene:
+            terms["loss_scene"] = weights.scene * self.scene_term(outputs, batch, divisors)
+        if weights.words:
+            terms["loss_words"] = weights.words * self.words_term(outputs, batch, divisors)
+        if not terms:
+            raise ValueError("every loss weight is 0: the criterion has no term to train")
+        return {**terms, "loss": sum(terms.values())}  # type: ignore[dict-item]
+
+    def token_weights(self, part: str, targets: torch.Tensor) -> torch.Tensor:
+        """The weight (B, T) of each of a part's targets (B, T) (`TokenLayout.targets`) in the sequence term."""
+        weights = torch.ones(targets.shape, device=targets.device)
+        if part == "box":
+            weights[:, 0] = self.weights.box_x1
+        else:
+            weights[targets == self.layout.eos] = self.weights.mask_eos
+        return weights
+
+    def sequence_term(self, part: str, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                      divisors: Mapping[str, Any]) -> torch.Tensor:
+        """The paper's loss of one part: its ``<part>_logits`` (B, T, V) against the batch's ``<part>_tokens``
+        followed by EOS, averaged over the part's own tokens. (The released multi-task code averages one loss
+        over the joint sequence, without the mask EOS weight, and then never backpropagates it.)"""
         if f"{part}_logits" not in outputs:
-            raise ValueError(f"task {layout.task!r} needs {part}_logits in the outputs (keys: {sorted(outputs)})")
-        if tokens.get(f"{part}_tokens") is None:
+            raise ValueError(f"task {self.layout.task!r} needs {part}_logits in the outputs (keys: {sorted(outputs)})")
+        if batch.get(f"{part}_tokens") is None:
             raise ValueError(f"the outputs hold {part}_logits but there are no {part}_tokens; pass the batch's "
                              f"{part}_tokens")
-        losses[f"loss_{part}"] = label_smooth_cross_entropy(outputs[f"{part}_logits"],
-                                                            *layout.targets(part, tokens[f"{part}_tokens"]),
-                                                            samples=samples)
-    losses["loss"] = sum(losses.values())  # type: ignore[assignment]
-    return losses
+        targets = self.layout.targets(batch[f"{part}_tokens"])
+        return label_smooth_cross_entropy(outputs[f"{part}_logits"], targets, self.token_weights(part, targets),
+                                          samples=divisors["samples"])
+
+    def cell_term(self, outputs: Mapping[str, torch.Tensor], divisors: Mapping[str, Any]) -> torch.Tensor:
+        """Picking the target's cell: the aids' ``cell_logits`` against ``target_cells``."""
+        if "target_cells" not in outputs:
+            raise ValueError("the target-cell loss needs outputs from a forward given the batch's target_box")
+        return target_cell_loss(outputs["cell_logits"], outputs["target_cells"], divisors["samples"])
+
+    def scene_term(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                   divisors: Mapping[str, Any]) -> torch.Tensor:
+        """Every labelled scene object's colour, kind and size: the aids' ``scene_logits`` against the batch's
+        ``scene_labels``."""
+        if "scene_logits" not in outputs or batch.get("scene_labels") is None:
+            raise ValueError("the scene loss needs scene_logits (a forward given the batch's scene_centres) "
+                             "and the batch's scene_labels")
+        return scene_loss(outputs["scene_logits"], batch["scene_labels"], self.scene_classes, divisors["scene"])
+
+    def words_term(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                   divisors: Mapping[str, Any]) -> torch.Tensor:
+        """The colour and kind the expression names (each, or none of its class): the aids' ``word_logits``
+        against the batch's ``named_attributes``."""
+        if batch.get("named_attributes") is None:
+            raise ValueError("the attribute prior's word loss needs the batch's named_attributes")
+        classes = (self.scene_classes[0] + 1, self.scene_classes[1] + 1)
+        return scene_loss(outputs["word_logits"][:, None], batch["named_attributes"][:, None], classes,
+                          divisors["words"])

@@ -48,16 +48,9 @@ def test_what_a_model_can_generate():
         TokenLayout("boxes", 8, 3)
 
 
-def test_box_targets_end_with_eos_and_weigh_x1_one_and_a_half():
-    targets, weights = TokenLayout("box", 5, 3).targets("box", torch.tensor([[3, 1, 4, 2]]))
-    assert targets.tolist() == [[3, 1, 4, 2, 5]]
-    assert weights.tolist() == [[1.5, 1.0, 1.0, 1.0, 1.0]]
-
-
-def test_mask_targets_weigh_every_eos_one_tenth():
-    targets, weights = TokenLayout("mask", 5, 3).targets("mask", torch.tensor([[3, 1, 4, 2, 5, 5]]))
-    assert targets.tolist() == [[3, 1, 4, 2, 5, 5, 5]]
-    torch.testing.assert_close(weights, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1]]))
+def test_targets_are_the_tokens_then_eos():
+    assert TokenLayout("box", 5, 3).targets(torch.tensor([[3, 1, 4, 2]])).tolist() == [[3, 1, 4, 2, 5]]
+    assert TokenLayout("mask", 5, 3).targets(torch.tensor([[3, 1, 4, 2, 5, 5]])).tolist() == [[3, 1, 4, 2, 5, 5, 5]]
 
 
 def test_points_are_cut_at_the_first_eos_and_an_odd_token_is_dropped():

@@ -12,7 +12,7 @@ import numpy as np
 
 from seqtr_lib.config import ConfigError, ModelConfig, load_params
 from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, named_attributes, scene_class_counts
-from seqtr_lib.loss import sequence_loss
+from seqtr_lib.loss import Criterion, LossWeights
 from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.text import Vocabulary
@@ -84,7 +84,7 @@ def test_with_the_pathway_the_backbone_sees_only_grey_and_colour_still_reaches_t
 def test_the_pathway_learns_with_the_model():
     model = _model(colour_pathway=8)
     inputs = fixed_inputs("box")
-    sequence_loss(model(**inputs), inputs, model.layout)["loss"].backward()
+    Criterion(model.layout)(model(**inputs), inputs)["loss"].backward()
     assert model.aids.colour_pathway.pixel.weight.grad.abs().sum() > 0
     assert model.aids.colour_pathway.project.weight.grad.abs().sum() > 0
     assert _model().aids is None
@@ -170,7 +170,8 @@ def test_the_prior_adds_to_the_cell_scores_and_trains_only_the_word_head_through
     assert word_logits.shape == (2, counts[0] + 1 + counts[1] + 1)
     named = torch.tensor([[0, counts[1]], [counts[0], 2]])
     tokens = {**inputs, "scene_labels": torch.tensor([[[0, 1, 2]], [[5, 2, 0]]]), "named_attributes": named}
-    losses = aids.losses(outputs, tokens)  # the prior's weight: 0.5
+    weights = LossWeights(cell=1.0, scene=1.0, words=0.5)  # _prior_model's
+    losses = Criterion(model.layout, weights, tuple(scene_class_counts().values()))(outputs, tokens)
     colour_loss = torch.nn.functional.cross_entropy(outputs["word_logits"][:, :counts[0] + 1], named[:, 0])
     kind_loss = torch.nn.functional.cross_entropy(outputs["word_logits"][:, counts[0] + 1:], named[:, 1])
     assert_same_function(losses["loss_words"].detach(), 0.5 * (colour_loss + kind_loss).detach() / 2)

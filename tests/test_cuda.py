@@ -18,7 +18,7 @@ from torch import nn
 from rounding import assert_same_function, double  # tests/ is on the path under pytest and as a script
 from seqtr_lib.config import ModelConfig
 from seqtr_lib.engine import autocast
-from seqtr_lib.loss import sequence_loss
+from seqtr_lib.loss import Criterion
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.text import PAD_ID, Vocabulary
@@ -106,7 +106,7 @@ def test_bf16_training_step_on_cuda_gives_a_finite_loss_and_a_finite_gradient_fo
         with autocast(CUDA, "bf16"):
             outputs = model(**batch)
         assert all(logits.dtype == torch.bfloat16 for logits in outputs.values()), f"{task}: autocast did not apply"
-        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch, model.layout)["loss"]
+        loss = Criterion(model.layout)({k: v.float() for k, v in outputs.items()}, batch)["loss"]
         loss.backward()
         assert torch.isfinite(loss), f"{task}: loss {loss.item()}"
         for name, parameter in model.named_parameters():
@@ -225,7 +225,7 @@ def test_tiny_model_trained_on_cuda_in_bf16_lowers_the_loss_on_a_fixed_batch():
     for _ in range(40):
         with autocast(CUDA, "bf16"):
             outputs = model(**batch)
-        loss = sequence_loss({k: v.float() for k, v in outputs.items()}, batch, model.layout)["loss"]
+        loss = Criterion(model.layout)({k: v.float() for k, v in outputs.items()}, batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(trainable, 0.15)

@@ -16,8 +16,8 @@ from seqtr_lib.codec import TokenLayout, noisy_coordinates
 from seqtr_lib.config import ConfigError, ModelConfig, experiment_from_dict, load_params
 from seqtr_lib.data.loader import _padded_scenes
 from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES, scene_class_counts, scene_targets
-from seqtr_lib.loss import scene_loss, sequence_loss, target_cell_loss
-from seqtr_lib.model.aids import TrainingAids, target_cells
+from seqtr_lib.loss import Criterion, LossWeights, scene_loss, target_cell_loss
+from seqtr_lib.model.aids import target_cells
 from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.text import Vocabulary
 from make_paper_model_reference import EXPRESSIONS, MODEL, fixed_inputs
@@ -61,8 +61,8 @@ def test_departures_off_is_the_paper_model(task):
         for key, logits in reference["logits"].items():
             rounding = float((outputs[key].double() - exact[key]).abs().max()) + U32 * float(logits.abs().max())
             torch.testing.assert_close(exact[key], logits.double(), atol=4 * rounding, rtol=0)
-        loss = float(sequence_loss(outputs, inputs, model.layout)["loss"])
-        exact_loss = float(sequence_loss(exact, inputs64, model.layout)["loss"])
+        loss = float(Criterion(model.layout)(outputs, inputs)["loss"])
+        exact_loss = float(Criterion(model.layout)(exact, inputs64)["loss"])
         rounding = abs(loss - exact_loss) + U32 * abs(reference["loss"])
         assert exact_loss == pytest.approx(reference["loss"], rel=0, abs=4 * rounding)
         model.eval()
@@ -85,6 +85,31 @@ def test_paper_params_keep_every_departure_off(params):
     # Built without validation: these params point at weights and data this checkout need not have.
     model = experiment_from_dict(yaml.safe_load(params.read_text()), str(params)).model
     assert {key: getattr(model, key) for key in DEPARTURES_OFF} == DEPARTURES_OFF
+
+
+@pytest.mark.parametrize("params", PAPER_PARAMS, ids=lambda p: p.stem)
+def test_paper_params_train_the_sequence_term_alone_with_the_papers_token_weights(params):
+    model = experiment_from_dict(yaml.safe_load(params.read_text()), str(params)).model
+    criterion = Criterion.from_config(model)
+    assert criterion.weights == LossWeights(sequence=1.0, cell=0.0, scene=0.0, words=0.0, box_x1=1.5, mask_eos=0.1)
+    # Uniform logits, every coordinate target 0, and the aids' outputs and labels offered too: only the sequence
+    # term is computed. Each token then loses log V (1 - 0.1 / V) (tests/test_loss_metrics.py), times its weight,
+    # averaged over the part's T tokens: box (1.5 + 4 * 1) / 5, mask (2N * 1 + 0.1 on its final EOS) / (2N + 1).
+    layout, batch = criterion.layout, {"scene_labels": torch.zeros(1, 1, 3, dtype=torch.int64),
+                                       "named_attributes": torch.zeros(1, 2, dtype=torch.int64)}
+    outputs = {"cell_logits": torch.zeros(1, 4), "target_cells": torch.zeros(1, dtype=torch.int64),
+               "scene_logits": torch.zeros(1, 1, 9), "word_logits": torch.zeros(1, 9)}
+    for part in layout.parts:
+        outputs[f"{part}_logits"] = torch.zeros(1, layout.length(part) + 1, layout.vocab_size, dtype=torch.float64)
+        batch[f"{part}_tokens"] = torch.zeros(1, layout.length(part), dtype=torch.int64)
+    losses = criterion(outputs, batch)
+    assert set(losses) == {"loss"} | {f"loss_{part}" for part in layout.parts}
+    vocab, tokens = layout.vocab_size, 2 * layout.num_ray
+    per_token = math.log(vocab) * (1 - 0.1 / vocab)
+    expected = {"box": per_token * 5.5 / 5, "mask": per_token * (tokens + float(np.float32(0.1))) / (tokens + 1)}
+    for part in layout.parts:  # float64 both: one function in two orders (tests/rounding.py)
+        assert_same_function(losses[f"loss_{part}"], torch.tensor(expected[part], dtype=torch.float64), msg=part)
+    assert_same_function(losses["loss"], torch.tensor(sum(expected[p] for p in layout.parts), dtype=torch.float64))
 
 
 def test_input_token_noise_replaces_its_share_of_coordinate_inputs_and_never_eos():
@@ -138,17 +163,18 @@ def test_target_cell_loss_matches_hand_computed_cross_entropy():
     assert_same_function(target_cell_loss(logits, targets), expected)
 
 
-def test_the_aids_weight_their_cell_loss_and_the_sequence_loss_stays_the_papers():
-    aids = TrainingAids(8, 8, 16, target_cell_loss=0.5)
+def test_the_criterion_weighs_the_cell_loss_and_the_sequence_loss_stays_the_papers():
+    criterion = Criterion(TokenLayout("box", 8, 4), LossWeights(cell=0.5))
     outputs = {"box_logits": torch.zeros(1, 5, 9), "target_cells": torch.tensor([1]),
                "cell_logits": torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)}
+    tokens = {"box_tokens": torch.tensor([[1, 2, 3, 4]])}
     # softmax([0, log 3]) = [1/4, 3/4]: the cell loss is -log(3/4), weighted by 0.5 (float64, tests/rounding.py).
     expected = torch.tensor(0.5 * -math.log(0.75), dtype=torch.float64)
-    assert_same_function(aids.losses(outputs, {})["loss_cell"], expected)
-    paper = sequence_loss(outputs, {"box_tokens": torch.tensor([[1, 2, 3, 4]])}, TokenLayout("box", 8, 4))
+    assert_same_function(criterion(outputs, tokens)["loss_cell"], expected)
+    paper = Criterion(TokenLayout("box", 8, 4))(outputs, tokens)
     assert set(paper) == {"loss", "loss_box"}
     with pytest.raises(ValueError, match="target_box"):
-        aids.losses({"box_logits": outputs["box_logits"]}, {})
+        criterion({"box_logits": outputs["box_logits"]}, tokens)
 
 
 def test_stride16_memory_has_four_times_the_cells():
@@ -220,7 +246,7 @@ def test_selection_models_train_and_generate_for_every_task(task):
     model = _selection_model(task)
     inputs = fixed_inputs(task)
     outputs = model(**inputs, aid_inputs={"target_box": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])})
-    (sequence_loss(outputs, inputs, model.layout)["loss"] + model.aids.losses(outputs, inputs)["loss_cell"]).backward()
+    Criterion(model.layout, LossWeights(cell=1.0))(outputs, inputs)["loss"].backward()
     aids = model.aids
     assert aids.cell_scorer.weight.grad.abs().sum() > 0 and aids.query_projection.weight.grad.abs().sum() > 0
     model.eval()
@@ -298,16 +324,16 @@ def test_scene_logits_read_the_visual_map_at_each_centre_cell():
                             for b, row in enumerate(cells)])
     # float64: scene_logits applies the same head to the same cell vectors, batched in another shape
     assert_same_function(aids.scene_logits(notes, centres), expected)
-    aids.weights["loss_scene"] = 0.5
+    criterion = Criterion(model.layout, LossWeights(scene=0.5), tuple(counts))
     outputs = model(**inputs, aid_inputs={"scene_centres": centres})
     labels = torch.tensor([[[0, 1, 2], [5, 4, 0]], [[1, 1, 1], [-1, -1, -1]]])
-    losses = aids.losses(outputs, {"scene_labels": labels})
+    losses = criterion(outputs, {**inputs, "scene_labels": labels})
     expected_scene = float(scene_loss(outputs["scene_logits"].detach(), labels, tuple(counts)))
     assert float(losses["loss_scene"].detach()) == 0.5 * expected_scene  # exact: the same call, halved
     losses["loss_scene"].backward()
     assert model.backbone.layers[0].conv.weight.grad.abs().sum() > 0  # the scene loss trains the backbone
     with pytest.raises(ValueError, match="scene_labels"):
-        aids.losses(outputs, inputs)
+        criterion(outputs, inputs)
 
 
 def test_scene_loss_needs_the_synthetic_set():

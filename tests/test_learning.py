@@ -15,7 +15,7 @@ import torch
 from torchvision.ops import box_iou
 
 from seqtr_lib.config import ModelConfig
-from seqtr_lib.loss import sequence_loss
+from seqtr_lib.loss import Criterion
 from seqtr_lib.model.aids import target_cells
 from seqtr_lib.model.seqtr import build_model
 from seqtr_lib.sequence import dequantize, quantize
@@ -54,7 +54,7 @@ def test_tiny_model_with_departures_learns_to_localise_within_a_minute():
                          word_dim=16, freeze_word_vectors=False, gru_hidden=16, d_model=32, num_heads=2,
                          num_encoder_layers=1, num_decoder_layers=1, ffn_dim=64, dropout=0.0,
                          memory_stride=16, target_cell_loss=1.0, query_selection=True)
-    model = build_model(config, vocabulary)
+    model, criterion = build_model(config, vocabulary), Criterion.from_config(config)
     train, held_out = toy_scenes(2000, vocabulary, seed=0), toy_scenes(200, vocabulary, seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
     batch, no_padding = 32, torch.zeros(32, SIZE, SIZE, dtype=torch.bool)
@@ -65,8 +65,7 @@ def test_tiny_model_with_departures_learns_to_localise_within_a_minute():
         tokens = quantize(boxes, SIZE, SIZE, NUM_BIN)
         outputs = model(train["images"][index].float(), no_padding, train["expression_ids"][index],
                         box_tokens=tokens, aid_inputs={"target_box": boxes})
-        loss = sequence_loss(outputs, {"box_tokens": tokens}, model.layout)["loss"] + \
-            model.aids.losses(outputs, {})["loss_cell"]
+        loss = criterion(outputs, {"box_tokens": tokens})["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

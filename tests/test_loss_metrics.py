@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 
 from seqtr_lib.codec import TokenLayout
-from seqtr_lib.loss import label_smooth_cross_entropy, sequence_loss
+from seqtr_lib.loss import Criterion, LossWeights, label_smooth_cross_entropy
 from seqtr_lib.metrics import (
     box_iou,
     box_metrics,
@@ -36,16 +37,21 @@ TARGETS = [[1, 2, 4], [0, 3, 2]]
 WEIGHTS = [[1.5, 1.0, 0.1], [1.0, 2.0, 1.0]]
 
 
-def hand_loss(logits, targets, weights, neg_factor=0.1):
-    total, count = 0.0, 0
+def hand_loss(logits, targets, weights, neg_factor=0.1, samples=None):
+    """Weighted label-smoothed cross-entropy summed over every token, divided by samples (default: the batch
+    size) times the tokens per sample."""
+    total = 0.0
     for logit_row, target_row, weight_row in zip(logits, targets, weights):
         for values, target, weight in zip(logit_row, target_row, weight_row):
             log_sum = math.log(sum(math.exp(v) for v in values))
             soft = [neg_factor / len(values)] * len(values)
             soft[target] = 1 - neg_factor
             total += weight * -sum(p * (v - log_sum) for p, v in zip(soft, values))
-            count += 1
-    return total / count
+    return total / ((len(logits) if samples is None else samples) * len(logits[0]))
+
+
+def hand_cross_entropy(values, target):
+    return math.log(sum(math.exp(v) for v in values)) - values[target]
 
 
 def test_label_smoothed_loss_equals_a_hand_computed_2x3x5_example():
@@ -67,27 +73,108 @@ def test_without_smoothing_the_loss_is_weighted_cross_entropy_over_batch_times_t
     assert_same_function(loss, plain.sum() / 6)
 
 
+def test_token_weights_are_one_and_a_half_on_a_box_x1_and_one_tenth_on_every_mask_eos():
+    criterion = Criterion(TokenLayout("multi", num_bin=5, num_ray=3))
+    assert criterion.token_weights("box", torch.tensor([[3, 1, 4, 2, 5]])).tolist() == [[1.5, 1, 1, 1, 1]]
+    mask = criterion.token_weights("mask", torch.tensor([[3, 1, 4, 2, 5, 5, 5]]))
+    assert torch.equal(mask, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1]]))  # exact: float32(0.1) both
+
+
 def test_sequence_loss_sums_box_and_mask_parts_for_multi_task():
     generator = torch.Generator().manual_seed(0)
     outputs = {"box_logits": torch.randn(2, 5, 6, generator=generator, dtype=F64),
                "mask_logits": torch.randn(2, 7, 6, generator=generator, dtype=F64)}
     box_tokens = torch.tensor([[0, 1, 2, 3], [4, 4, 0, 1]])
     mask_tokens = torch.tensor([[1, 2, 3, 4, 5, 5], [0, 0, 1, 1, 2, 2]])
-    multi = TokenLayout("multi", num_bin=5, num_ray=3)
-    losses = sequence_loss(outputs, {"box_tokens": box_tokens, "mask_tokens": mask_tokens}, multi)
+    multi = Criterion(TokenLayout("multi", num_bin=5, num_ray=3))
+    losses = multi(outputs, {"box_tokens": box_tokens, "mask_tokens": mask_tokens})
     box_hand = hand_loss(outputs["box_logits"].tolist(), [[0, 1, 2, 3, 5], [4, 4, 0, 1, 5]],
                          [[1.5, 1, 1, 1, 1]] * 2)
     mask_hand = hand_loss(outputs["mask_logits"].tolist(), [[1, 2, 3, 4, 5, 5, 5], [0, 0, 1, 1, 2, 2, 5]],
                           [[1, 1, 1, 1, 0.1, 0.1, 0.1], [1, 1, 1, 1, 1, 1, 0.1]])
     for key, hand in (("loss_box", box_hand), ("loss_mask", mask_hand), ("loss", box_hand + mask_hand)):
         assert_same_function(losses[key], torch.tensor(hand, dtype=F64), msg=key)
-    box_only = sequence_loss({"box_logits": outputs["box_logits"]}, {"box_tokens": box_tokens},
-                             TokenLayout("box", num_bin=5, num_ray=3))
+    box_only = Criterion(TokenLayout("box", num_bin=5, num_ray=3))({"box_logits": outputs["box_logits"]},
+                                                                    {"box_tokens": box_tokens})
     assert set(box_only) == {"loss", "loss_box"}
     with pytest.raises(ValueError, match="no mask_tokens"):
-        sequence_loss(outputs, {"box_tokens": box_tokens}, multi)
+        multi(outputs, {"box_tokens": box_tokens})
     with pytest.raises(ValueError, match="needs mask_logits"):
-        sequence_loss({"box_logits": outputs["box_logits"]}, {"box_tokens": box_tokens}, multi)
+        multi({"box_logits": outputs["box_logits"]}, {"box_tokens": box_tokens})
+
+
+# A tiny box batch with every term's inputs: two samples, num_bin 4 (V = 5), scene classes colour 2, kind 3,
+# size 2 (7 logits; the word head's 3 + 4: each attribute or "names none").
+CRITERION_LAYOUT = TokenLayout("box", num_bin=4, num_ray=3)
+SCENE_CLASSES = (2, 3, 2)
+EVERY_TERM = LossWeights(sequence=1.0, cell=0.5, scene=0.25, words=2.0)
+TERM_NAMES = {"sequence": "loss_box", "cell": "loss_cell", "scene": "loss_scene", "words": "loss_words"}
+TERM_INPUTS = {"sequence": "box_logits", "cell": "cell_logits", "scene": "scene_logits", "words": "word_logits"}
+
+
+def tiny_criterion_batch():
+    generator = torch.Generator().manual_seed(3)
+    outputs = {"box_logits": torch.randn(2, 5, 5, generator=generator, dtype=F64),
+               "cell_logits": torch.tensor([[0.0, math.log(3.0), -math.inf], [1.0, 0.0, 0.0]], dtype=F64),
+               "target_cells": torch.tensor([1, 0]),
+               "scene_logits": torch.randn(2, 2, 7, generator=generator, dtype=F64),
+               "word_logits": torch.randn(2, 7, generator=generator, dtype=F64)}
+    # The second image's second slot is padding; the first object's size is unlabelled: 3, 3 and 2 labelled.
+    batch = {"box_tokens": torch.tensor([[1, 2, 3, 0], [0, 3, 3, 1]]),
+             "scene_labels": torch.tensor([[[1, 2, -1], [0, 0, 1]], [[1, 1, 0], [-1, -1, -1]]]),
+             "named_attributes": torch.tensor([[0, 3], [2, 1]])}  # colour 2 and kind 3: "names none"
+    return outputs, batch
+
+
+def test_the_criterion_sums_each_term_times_its_weight_each_divided_by_its_count():
+    outputs, batch = tiny_criterion_batch()
+    box, scene, words = (outputs[k].tolist() for k in ("box_logits", "scene_logits", "word_logits"))
+    labels, named = batch["scene_labels"].tolist(), batch["named_attributes"].tolist()
+
+    def scene_sums(logits, labels, slices):  # per attribute: the summed cross-entropy of its labelled objects
+        return [sum(hand_cross_entropy(row[s], label[k]) for row, label in zip(logits, labels) if label[k] != -1)
+                for k, s in enumerate(slices)]
+
+    box_sum = hand_loss(box, [[1, 2, 3, 0, 4], [0, 3, 3, 1, 4]], [[1.5, 1, 1, 1, 1]] * 2, samples=1)  # / 5 tokens
+    # softmax([0, log 3, -inf]) picks cell 1 with 3/4; softmax([1, 0, 0]) cell 0 with e / (e + 2)
+    cell_sum = -math.log(3 / 4) - math.log(math.e / (math.e + 2))
+    scene_attribute_sums = scene_sums([o for image in scene for o in image], [o for image in labels for o in image],
+                                      [slice(0, 2), slice(2, 5), slice(5, 7)])
+    word_sums = scene_sums(words, named, [slice(0, 3), slice(3, 7)])
+
+    def expected(samples, scene_counts, word_counts):
+        terms = {"loss_box": 1.0 * box_sum / samples, "loss_cell": 0.5 * cell_sum / samples,
+                 "loss_scene": 0.25 * sum(s / n for s, n in zip(scene_attribute_sums, scene_counts)) / 3,
+                 "loss_words": 2.0 * sum(s / n for s, n in zip(word_sums, word_counts)) / 2}
+        return {**terms, "loss": sum(terms.values())}
+
+    criterion = Criterion(CRITERION_LAYOUT, EVERY_TERM, SCENE_CLASSES)
+    seen = []
+
+    def shares(counts):  # as distributed.count_shares hands them back: float64 tensors
+        seen.append({name: torch.as_tensor(count).tolist() for name, count in counts.items()})
+        return {"samples": torch.tensor(4.0, dtype=F64), "scene": torch.tensor([2.0, 5.0, 1.0], dtype=F64),
+                "words": torch.tensor([1.0, 8.0], dtype=F64)}
+
+    for losses, divisors in ((criterion(outputs, batch), (2, [3, 3, 2], [2, 2])),
+                             (criterion(outputs, batch, shares), (4, [2, 5, 1], [1, 8]))):
+        hand = expected(*divisors)
+        assert set(losses) == set(hand)
+        for name, value in hand.items():  # float64 both: one function in two orders (tests/rounding.py)
+            assert_same_function(losses[name], torch.tensor(value, dtype=F64), msg=name)
+    assert seen == [{"samples": 2, "scene": [3, 3, 2], "words": [2, 2]}]  # one call: one all-reduce per step
+
+
+@pytest.mark.parametrize("off", list(TERM_NAMES))
+def test_a_weight_of_zero_removes_its_term_and_its_gradient(off):
+    outputs, batch = tiny_criterion_batch()
+    for key in TERM_INPUTS.values():
+        outputs[key].requires_grad_()
+    losses = Criterion(CRITERION_LAYOUT, dataclasses.replace(EVERY_TERM, **{off: 0.0}), SCENE_CLASSES)(outputs, batch)
+    assert set(losses) == {"loss"} | set(TERM_NAMES.values()) - {TERM_NAMES[off]}
+    losses["loss"].backward()
+    for term, key in TERM_INPUTS.items():  # each of these logits feeds one term only
+        assert (outputs[key].grad is None) == (term == off), term
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +291,6 @@ def test_two_halves_with_shared_counts_train_the_whole_batchs_objective(tiny_dat
     from seqtr_lib.data.loader import Collate
     from seqtr_lib.data.refer import build_dataset, load_vocabulary
     from seqtr_lib.data.refer import scene_classes
-    from seqtr_lib.engine import training_objective
     from seqtr_lib.model.seqtr import build_model
 
     departures = {"memory_stride": 16, "target_cell_loss": 1.0, "query_selection": True, "scene_loss": 1.0,
@@ -231,21 +317,22 @@ def test_two_halves_with_shared_counts_train_the_whole_batchs_objective(tiny_dat
     def part(values, rows):
         return {k: v[rows] for k, v in values.items() if isinstance(v, torch.Tensor) and v.ndim and len(v) == 6}
 
-    whole = training_objective(model, outputs, batch)
+    criterion = Criterion.from_config(experiment.model, scene_classes(experiment))
+    whole = criterion(outputs, batch)
     recorded: list[dict[str, torch.Tensor]] = []
     for rows in halves:  # each process's counts, as the all-reduce would see them
         def record(counts):
             recorded.append({name: torch.as_tensor(count, dtype=torch.float64) for name, count in counts.items()})
             return recorded[-1]
 
-        training_objective(model, part(outputs, rows), part(batch, rows), record)
+        criterion(part(outputs, rows), part(batch, rows), record)
     assert len(recorded) == 2  # one call per process: every count travels in one all-reduce
 
     def global_share(counts):  # what distributed.count_shares returns to each of the two processes
         return {name: (recorded[0][name] + recorded[1][name]) / 2 for name in counts}
 
     for shared, should_match in ((True, True), (False, False)):
-        split = [training_objective(model, part(outputs, rows), part(batch, rows), global_share if shared else None)
+        split = [criterion(part(outputs, rows), part(batch, rows), global_share if shared else None)
                  for rows in halves]
         for name in whole:
             mean = float((split[0][name] + split[1][name]) / 2)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from seqtr_lib.config import ModelConfig
-from seqtr_lib.loss import sequence_loss
+from seqtr_lib.loss import Criterion
 from seqtr_lib.metrics import box_metrics
 from seqtr_lib.model.fusion import MaskedGroupNorm
 from seqtr_lib.model.language import LanguageEncoder
@@ -344,7 +344,7 @@ def test_multi_task_loss_backpropagates_into_both_the_box_and_the_mask_parts():
     outputs = model(*batch, box_tokens=box_tokens, mask_tokens=mask_tokens)
     for logits in outputs.values():
         logits.retain_grad()
-    losses = sequence_loss(outputs, {"box_tokens": box_tokens, "mask_tokens": mask_tokens}, model.layout)
+    losses = Criterion(model.layout)(outputs, {"box_tokens": box_tokens, "mask_tokens": mask_tokens})
     assert torch.equal(losses["loss"], losses["loss_box"] + losses["loss_mask"])  # exact: the same one addition
     losses["loss"].backward()
     assert outputs["box_logits"].grad.abs().sum() > 0
@@ -400,8 +400,8 @@ def test_small_model_overfits_eight_toy_samples_to_full_accuracy():
     accuracy = 0.0
     for step in range(400):
         model.train()
-        loss = sequence_loss(model(images, pad_mask, expression_ids, box_tokens), {"box_tokens": box_tokens},
-                             model.layout)["loss"]
+        loss = Criterion(model.layout)(model(images, pad_mask, expression_ids, box_tokens),
+                                       {"box_tokens": box_tokens})["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

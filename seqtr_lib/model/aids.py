@@ -20,7 +20,8 @@ training data, so the training step applies it: `seqtr_lib.codec.noisy_coordinat
 
 The model calls four hooks: `backbone_input`, `visual_map` (additions to the visual map, and the notes the
 aids keep for later), `cell_logits` (with the prior) and `first_input`. Training calls `outputs` (inside the
-model's forward) and `losses`; `forward_keys` names the batch entries the forward reads.
+model's forward; `forward_keys` names the batch entries it reads); the aids' loss terms, with their weights,
+are the criterion's (`seqtr_lib.loss.Criterion`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from seqtr_lib.loss import at_least_float32, labelled_counts, scene_loss, target_cell_loss
+from seqtr_lib.loss import at_least_float32
 from seqtr_lib.model.colour import ColourPathway, attribute_match, grey
 
 
@@ -74,12 +75,13 @@ def target_cells(target_box: torch.Tensor, stride: int, grid_width: int) -> torc
 
 
 class TrainingAids(nn.Module):
-    """The departures of one model, with their heads, hooks and losses.
+    """The departures of one model, with their heads and hooks.
 
     d_model: the memory's width; visual_channels: the fused visual map's (the sentence feature's) width;
-    stride: pixels per memory cell. The weights are the params' ``model.*`` values (0 or False: off);
-    ``scene_classes`` (class counts of "color", "kind" and "size", in that order) is required by the
-    scene loss and comes from the dataset (`seqtr_lib.data.refer.scene_classes`).
+    stride: pixels per memory cell. The options are the params' ``model.*`` values (0 or False: off; a loss's
+    weight is the criterion's, `seqtr_lib.loss.LossWeights`); ``scene_classes`` (class counts of "color",
+    "kind" and "size", in that order) is required by the scene head and comes from the dataset
+    (`seqtr_lib.data.refer.scene_classes`).
     """
 
     def __init__(self, d_model: int, visual_channels: int, stride: int, *, target_cell_loss: float = 0.0,
@@ -94,7 +96,6 @@ class TrainingAids(nn.Module):
         if attribute_prior and not (colour_pathway and scene_loss and target_cell_loss):
             raise ValueError("the attribute prior needs the colour pathway, the scene loss and target_cell_loss")
         self.stride = stride
-        self.weights = {"loss_cell": target_cell_loss, "loss_scene": scene_loss, "loss_words": attribute_prior}
         counts = dict(scene_classes or {})
         self.scene_counts = tuple(counts.values())  # color, kind, size
         # Made in the order the random initialisation has always drawn them (the colour pathway before the
@@ -204,47 +205,6 @@ class TrainingAids(nn.Module):
         logits = self.scene_cells(notes)  # (B, S, C)
         cells = cell_index(scene_centres[..., 0], scene_centres[..., 1], self.stride, width, height)
         return logits.gather(1, cells[..., None].expand(-1, -1, logits.shape[-1]))
-
-    def counts(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """This process's counts, besides the batch size, that `losses` divides by: ``scene``, the labelled
-        objects per attribute (A,), and ``words``, the expressions that name a colour and a kind (2,), each
-        when its loss is on and the batch holds its labels. Under DDP they are summed over the processes
-        together with the batch size, in one all-reduce (`seqtr_lib.engine.training_objective`)."""
-        counts: dict[str, torch.Tensor] = {}
-        if self.scene_head is not None and batch.get("scene_labels") is not None:
-            counts["scene"] = labelled_counts(batch["scene_labels"])
-        if self.word_head is not None and batch.get("named_attributes") is not None:
-            counts["words"] = labelled_counts(batch["named_attributes"][:, None])
-        return counts
-
-    def losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
-               divisors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The weighted aid losses: ``loss_cell`` (`seqtr_lib.loss.target_cell_loss`), ``loss_scene`` (every
-        labelled object's colour, kind and size, `seqtr_lib.loss.scene_loss`) and ``loss_words`` (the colour
-        and kind the expression names), each present when its weight is on. Each is a sum divided by a count:
-        ``divisors["samples"]`` (the batch size's), ``divisors["scene"]`` and ``divisors["words"]`` (those of
-        `counts`) replace this process's own counts (under DDP: their shares of the global batch's,
-        `seqtr_lib.distributed.count_shares`); default the counts themselves."""
-        divisors = divisors or {}
-        losses: dict[str, torch.Tensor] = {}
-        if self.cell_scorer is not None:
-            if "target_cells" not in outputs:
-                raise ValueError("the target-cell loss needs outputs from a forward given the batch's target_box")
-            losses["loss_cell"] = target_cell_loss(outputs["cell_logits"], outputs["target_cells"],
-                                                   divisors.get("samples"))
-        if self.scene_head is not None:
-            if "scene_logits" not in outputs or batch.get("scene_labels") is None:
-                raise ValueError("the scene loss needs scene_logits (a forward given the batch's scene_centres) "
-                                 "and the batch's scene_labels")
-            losses["loss_scene"] = scene_loss(outputs["scene_logits"], batch["scene_labels"], self.scene_counts,
-                                              divisors.get("scene"))
-        if self.word_head is not None:
-            if batch.get("named_attributes") is None:
-                raise ValueError("the attribute prior's word loss needs the batch's named_attributes")
-            counts = (self.scene_counts[0] + 1, self.scene_counts[1] + 1)
-            losses["loss_words"] = scene_loss(outputs["word_logits"][:, None], batch["named_attributes"][:, None],
-                                              counts, divisors.get("words"))
-        return {name: self.weights[name] * loss for name, loss in losses.items()}
 
 
 def build_aids(config: Any, d_model: int, visual_channels: int,
