@@ -103,7 +103,8 @@ def grec_sample_values(predictions: Sequence[Any], targets: Sequence[Any],
 
 
 def summarize_grec(f1: Any, num_predicted: Any, num_targets: Any) -> dict[str, float]:
-    """Per-sample values -> {"precision", "n_acc", "t_acc"} in percent (module doc; an undefined accuracy is left out)."""
+    """Per-sample values -> {"precision", "n_acc", "t_acc"} in percent (module doc; an undefined accuracy is
+    left out)."""
     f1, num_predicted, num_targets = _same_length(f1, num_predicted, num_targets)
     metrics = {"precision": 100.0 * float(np.mean(f1.astype(np.float64) >= 1.0))}
     return metrics | _target_accuracies(target_empty=num_targets == 0, predicted_empty=num_predicted == 0)
