@@ -237,7 +237,6 @@ class SequenceCodec:
             decoded["pred_rle"] = polygon_rle(polygon, meta["ori_shape"])
         return decoded
 
-
     def encode_boxes(self, boxes_xyxy: Any, pad_shape: tuple[int, int], max_objects: int) -> np.ndarray:
         """A generalised box answer: boxes (K, 4) x1, y1, x2, y2 in pixels of the padded input -> int64
         (4K + 1,) tokens, boxes in row-major order of their top-left corners, then EOS (module doc)."""
