@@ -19,6 +19,22 @@ Quantization (`seqtr_lib.sequence.quantize`) divides x and y by an extent: the s
 (``relative`` mapping, the paper's) or the network input size in both directions (``absolute``).
 `TokenLayout` is what the model needs (no pixels); `SequenceCodec` adds the mapping for the data
 pipeline, evaluation and the Grounder.
+
+Generalised answers (issue 36, beyond the paper; in progress: no model emits them yet). An expression may
+name zero, one or several objects, and an object may be several contours. The special ids are
+`TokenLayout.eos` (``num_bin``) and `TokenLayout.separator` (``num_bin + 1``), nowhere else:
+
+    box answer     x1 y1 x2 y2  x1 y1 x2 y2 ... EOS        4K + 1 tokens for K boxes; no box: [EOS]
+    contour answer x y x y ... SEP x y x y ... EOS        contours of 3 or more points, SEP between them
+
+Order: boxes by their top-left corner, row-major on tokens (y1, then x1, then y2, x2); contours by their
+first vertex, row-major (y, then x), equal first vertices keeping their given order; a contour's points
+keep their given order. Caps: at most ``max_objects`` boxes or contours and ``max_points`` points per
+contour, so an answer is at most 4 * max_objects + 1 or max_objects * (2 * max_points + 1) tokens.
+Encoding refuses what the caps or the format cannot hold; decoding takes what a model emits: it reads up
+to the first EOS (or the end), drops a box cut short or holding a separator, a contour of fewer than 3
+points and an odd trailing token, keeps the first ``max_points`` points of a contour and the first
+``max_objects`` objects, in emission order.
 """
 
 from __future__ import annotations
@@ -57,6 +73,12 @@ class TokenLayout:
     @property
     def eos(self) -> int:
         return self.num_bin
+
+    @property
+    def separator(self) -> int:
+        """The token between two contours of a generalised answer (module doc): the id after EOS. The paper's
+        sequences never hold it, and `vocab_size` does not count it."""
+        return self.num_bin + 1
 
     @property
     def vocab_size(self) -> int:
@@ -206,6 +228,122 @@ class SequenceCodec:
             decoded["pred_polygon"] = polygon.reshape(-1).tolist()
             decoded["pred_rle"] = polygon_rle(polygon, meta["ori_shape"])
         return decoded
+
+    def encode_boxes(self, boxes_xyxy: Any, pad_shape: tuple[int, int], max_objects: int) -> np.ndarray:
+        """A generalised box answer: boxes (K, 4) x1, y1, x2, y2 in pixels of the padded input -> int64
+        (4K + 1,) tokens, boxes in row-major order of their top-left corners, then EOS (module doc)."""
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+        boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be (K, 4) x1, y1, x2, y2, got shape {boxes.shape}")
+        height, width = self.extent(pad_shape)
+        return box_answer(quantize(boxes, width, height, self.layout.num_bin), self.layout, max_objects)
+
+    def decode_boxes(self, tokens: Any, pad_shape: tuple[int, int], max_objects: int) -> np.ndarray:
+        """A generalised box answer's tokens -> float32 (K, 4) boxes in pixels of the padded input, in emission
+        order (K = 0 for an answer of no object)."""
+        boxes = read_box_answer(tokens, self.layout, max_objects)
+        height, width = self.extent(pad_shape)
+        return dequantize(boxes.astype(np.float64), width, height, self.layout.num_bin, self.bin_centres
+                          ).astype(np.float32).reshape(-1, 4)
+
+    def encode_contours(self, contours: Any, pad_shape: tuple[int, int], max_objects: int,
+                        max_points: int) -> np.ndarray:
+        """A generalised contour answer: contours, each (K_i, 2) x, y points in pixels of the padded input
+        (3 <= K_i <= max_points, none missing) -> int64 tokens, contours ordered by their first vertex and
+        separated by the separator token, then EOS (module doc)."""
+        height, width = self.extent(pad_shape)
+        quantized = []
+        for index, contour in enumerate(contours):
+            points = np.asarray(contour, dtype=np.float64)
+            if points.ndim != 2 or points.shape[1] != 2:
+                raise ValueError(f"contour {index} must be (K, 2) x, y points, got shape {points.shape}")
+            if (points < 0).any():
+                raise ValueError(f"contour {index} has a negative coordinate; drop missing points (-1) first")
+            quantized.append(quantize(points, width, height, self.layout.num_bin))
+        return contour_answer(quantized, self.layout, max_objects, max_points)
+
+    def decode_contours(self, tokens: Any, pad_shape: tuple[int, int], max_objects: int,
+                        max_points: int) -> list[np.ndarray]:
+        """A generalised contour answer's tokens -> float32 (K_i, 2) contours in pixels of the padded input, in
+        emission order (none for an answer of no object), each moved ``outline_offset`` outward."""
+        height, width = self.extent(pad_shape)
+        contours = []
+        for points in read_contour_answer(tokens, self.layout, max_objects, max_points):
+            pixels = dequantize(points.astype(np.float64), width, height, self.layout.num_bin, self.bin_centres)
+            if self.outline_offset:
+                pixels = offset_polygon(pixels, self.outline_offset)
+            contours.append(pixels.astype(np.float32))
+        return contours
+
+
+def box_answer(boxes: Any, layout: TokenLayout, max_objects: int) -> np.ndarray:
+    """Box tokens (K, 4) -> the generalised box answer (4K + 1,): boxes row-major by (y1, x1, y2, x2), then EOS."""
+    boxes = _coordinate_tokens(boxes, layout).reshape(-1, _BOX_TOKENS)
+    if len(boxes) > max_objects:
+        raise ValueError(f"the answer has {len(boxes)} boxes but the cap is {max_objects}; raise the cap on "
+                         "objects or leave the expression out")
+    order = np.lexsort((boxes[:, 2], boxes[:, 3], boxes[:, 0], boxes[:, 1]))  # the last key sorts first
+    return np.append(boxes[order].reshape(-1), layout.eos)
+
+
+def read_box_answer(tokens: Any, layout: TokenLayout, max_objects: int) -> np.ndarray:
+    """A generalised box answer as a model emits it -> int64 (K, 4) box tokens, K <= max_objects, in emission
+    order: read to the first EOS; a box cut short or holding a separator is dropped."""
+    emitted = _answer_tokens(tokens, layout)
+    groups = emitted[: len(emitted) // _BOX_TOKENS * _BOX_TOKENS].reshape(-1, _BOX_TOKENS)
+    return groups[(groups < layout.num_bin).all(axis=1)][:max_objects]
+
+
+def contour_answer(contours: Any, layout: TokenLayout, max_objects: int, max_points: int) -> np.ndarray:
+    """Contour tokens, each (K_i, 2) x, y -> the generalised contour answer: contours ordered by their first
+    vertex (y, then x; ties keep the given order), separator between them, then EOS."""
+    contours = [_coordinate_tokens(c, layout).reshape(-1, 2) for c in contours]
+    if len(contours) > max_objects:
+        raise ValueError(f"the answer has {len(contours)} contours but the cap is {max_objects}; raise the cap "
+                         "on objects or leave the expression out")
+    for index, contour in enumerate(contours):
+        if not 3 <= len(contour) <= max_points:
+            raise ValueError(f"contour {index} has {len(contour)} points; a contour needs 3 to {max_points} "
+                             "(max_points); resample it or drop it")
+    ordered = sorted(contours, key=lambda contour: (contour[0, 1], contour[0, 0]))  # sorted() is stable
+    tokens: list[int] = []
+    for index, contour in enumerate(ordered):
+        tokens += ([layout.separator] if index else []) + contour.reshape(-1).tolist()
+    return np.array(tokens + [layout.eos], dtype=np.int64)
+
+
+def read_contour_answer(tokens: Any, layout: TokenLayout, max_objects: int, max_points: int) -> list[np.ndarray]:
+    """A generalised contour answer as a model emits it -> int64 (K_i, 2) contours, at most max_objects, in
+    emission order: read to the first EOS, split at separators; a contour keeps its first max_points points
+    (an odd trailing token dropped) and one of fewer than 3 is dropped."""
+    emitted = _answer_tokens(tokens, layout)
+    pieces = np.split(emitted, np.flatnonzero(emitted == layout.separator))
+    contours = []
+    for piece in pieces:
+        coordinates = piece[piece != layout.separator]
+        points = coordinates[: len(coordinates) // 2 * 2].reshape(-1, 2)[:max_points]
+        if len(points) >= 3:
+            contours.append(points)
+    return contours[:max_objects]
+
+
+def _answer_tokens(tokens: Any, layout: TokenLayout) -> np.ndarray:
+    """A generalised answer's ids (T,) up to its first EOS, int64; an id outside the vocabulary is refused."""
+    ids = _numpy(tokens).astype(np.int64).reshape(-1)
+    outside = ids[(ids < 0) | (ids > layout.separator)]
+    if len(outside):
+        raise ValueError(f"token {int(outside[0])} is not in the generalised vocabulary 0 .. {layout.separator} "
+                         f"(coordinates, EOS {layout.eos}, separator {layout.separator})")
+    eos_at = np.flatnonzero(ids == layout.eos)
+    return ids[: eos_at[0]] if len(eos_at) else ids
+
+
+def _coordinate_tokens(tokens: Any, layout: TokenLayout) -> np.ndarray:
+    ids = _numpy(tokens).astype(np.int64)
+    if ((ids < 0) | (ids >= layout.num_bin)).any():
+        raise ValueError(f"coordinate tokens must lie in 0 .. {layout.num_bin - 1}")
+    return ids
 
 
 def polygon_rle(points: np.ndarray, shape: tuple[int, int]) -> dict:
