@@ -189,6 +189,26 @@ def cell_selection(record: str, split: str) -> tuple[Value, ...]:
     return tuple(Value(f"docs/results/cell_selection_synthetic_det_{record}.json", f"splits/{split}/{key}", "{:.1f}")
                  for key in ("cell_right", "acc", "acc_cell_right", "acc_true_cell", "scene_colour", "scene_kind"))
 
+HISTORY = "docs/results/history.json"
+
+
+def sci(value: float) -> str:
+    """1.5e-07 as the docs print it: 1.5e-7."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def transcribed(entry: str, formats: tuple[str, ...]) -> tuple[Value, ...]:
+    """The values of an entry of the history record (numbers measured before a record of their own was kept,
+    transcribed with the commit that typed them), in the order the document gives them."""
+    return tuple(Value(HISTORY, f"entries/{entry}/values/{i}", sci if f == "sci" else f) for i, f in enumerate(formats))
+
+
+def past(entry: str, key: str, fmt: str | Callable[[Any], str] = "{}") -> Value:
+    """One named value of an entry of the history record."""
+    return Value(HISTORY, f"entries/{entry}/{key}", fmt)
+
+
 NOW, BEFORE, SCRATCH = "2026-12-06", "2026-11-29", "2026-11-28"
 SCORED = Value(DEMO, "evaluation/expressions_scored", "{:,}")
 
@@ -702,6 +722,59 @@ CLAIMS += [
 ]
 
 
+# benchmarks/README.md: how long the probes and scripts take, the decoder's per-step times
+CLAIMS += [
+    Claim("benchmarks/README.md", "`python benchmarks/learning_probes.py` (about {} minutes on 2 cores)",
+          (Value(PROBES, "", lambda probes: f"{sum(p['seconds'] for p in probes.values() if isinstance(p, dict)) / 60:.0f}"),)),
+    Claim("benchmarks/README.md", "`python benchmarks/outline_cap.py` (about {} minutes)", (past("outline_cap_runtime", "minutes"),)),
+    Claim("benchmarks/README.md", "the small model's steps are dominated by per-operation overhead (about {} ms per step in "
+          "both paths). On the GPU both paths are launch-bound at these sizes (about {} ms per step)",
+          (Value("docs/results/bench_decode_cpu.json", "results[model=small_cpu_256,task=box,batch=1]/cached_ms_per_step", "{:.2f}"),
+           Value("docs/results/bench_decode_h200.json", "results[model=full_640,task=mask,batch=1]/cached_ms_per_step", "{:.1f}"))),
+    Claim("benchmarks/README.md", "the graph decoder's eager static step runs at {}-{}x the speed of the cached",
+          (past("graph_decoder_cpu_speed", "speed_over_cached/0"), past("graph_decoder_cpu_speed", "speed_over_cached/1"))),
+]
+
+
+# docs/notebooks.md
+CLAIMS += [
+    Claim("docs/notebooks.md", "(02 took {} minutes: every split", (past("notebook_02_run_all", "minutes"),)),
+]
+
+# docs/gpu_recipe.md: the GPU records behind the recipe's estimates (tests/test_gpu_recipe.py checks the arithmetic)
+TRAIN_COMPILED, TRAIN_EAGER = "docs/results/bench_train_h200_compile.json", "docs/results/bench_train_h200_eager.json"
+DATA_H200 = "docs/results/bench_data_h200.json"
+
+
+def refcoco_time(epochs: int) -> Callable[[float], str]:
+    """Minutes for ``epochs`` passes over RefCOCO unc's 42,404 train objects (docs/data.md) at a record's samples/s."""
+    return lambda samples_per_s: f"{round(epochs * 42_404 / samples_per_s / 60)} min"
+
+
+CLAIMS += [
+    *(Claim("docs/gpu_recipe.md", f"{row} | {{}} | {{}} |", (Value(record, key, "{:,}"), Value(record, key, refcoco_time(epochs))))
+      for row, record, key, epochs in (
+          ("[bench_train_h200_compile.json](results/bench_train_h200_compile.json)", TRAIN_COMPILED,
+           "results[batch_size=128]/samples_per_s", 60),
+          ("[bench_train_h200_eager.json](results/bench_train_h200_eager.json)", TRAIN_EAGER, "results[batch_size=128]/samples_per_s", 60),
+          ("8 workers (box, LSJ, uint8 batches) | [bench_data_h200.json](results/bench_data_h200.json)", DATA_H200,
+           "results/loader_box_train_lsj_8_workers_uint8/samples_per_s", 60),
+          ("16 workers (box, LSJ, uint8 batches) | [bench_data_h200.json](results/bench_data_h200.json)", DATA_H200,
+           "results/loader_box_train_lsj_16_workers_uint8/samples_per_s", 60),
+          ("mask loader, 8 workers (LSJ, uint8 batches) | [bench_data_h200.json](results/bench_data_h200.json)", DATA_H200,
+           "results/loader_mask_train_lsj_8_workers_uint8/samples_per_s", 90))),
+    Claim("docs/gpu_recipe.md", "(the compiled record's warm-up took {})",
+          (Value(TRAIN_COMPILED, "results[batch_size=128]/warmup_s", "{:.2f} s"),)),
+    Claim("docs/gpu_recipe.md", "Peak GPU memory at batch 128: {} GiB compiled and {} GiB without compiling",
+          (Value(TRAIN_COMPILED, "results[batch_size=128]/peak_memory_gib", "{:.2f}"),
+           Value(TRAIN_EAGER, "results[batch_size=128]/peak_memory_gib", "{:.2f}"))),
+    Claim("docs/gpu_recipe.md", "of which the benchmark's own resident batches are {} GiB",
+          (Value(TRAIN_COMPILED, "results[batch_size=128]/data_memory_gib", "{:.2f}"),)),
+    Claim("docs/gpu_recipe.md", "16 workers fed the mask recipe more slowly there ({} samples/s)",
+          (Value(DATA_H200, "results/loader_mask_train_lsj_16_workers_uint8/samples_per_s", "{}"),)),
+]
+
+
 # --- the tests ---------------------------------------------------------------------------------------
 
 
@@ -736,52 +809,78 @@ def test_each_documented_number_is_its_records(claim):
         pytest.fail(f"{claim.document} does not say, with the records' numbers {printed}: {claim.text}")
 
 
-# Numbers of the README that are not measurements: versions, sizes, settings, a target and its bound. Each
-# phrase must excuse a number the README still has, so that the list cannot outlive what it excuses.
-NOT_MEASURED = [
-    "Python 3.11", "under 4 MB each", "2-core", "640 px", "at batch 128", "batch 1", "at batch 16",
-    "(target 3x missed: no AMX, bf16 at most 2x here)", "Zen 4", "AVX-512", "1 thread",
-    "torchrun 2 x batch 2 against 1 x batch 4", "after 2 steps",
-]
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+             "benchmarks/README.md", "outputs/README.md"]
+
+# Numbers of each document that are not measurements: versions, sizes, settings, targets and their bounds, the
+# paper's hyper-parameters. Each phrase must excuse a number its document still has, so that the lists cannot
+# outlive what they excuse.
+NOT_MEASURED = {
+    "README.md": [
+        "Python 3.11", "under 4 MB each", "2-core", "640 px", "at batch 128", "batch 1", "at batch 16",
+        "(target 3x missed: no AMX, bf16 at most 2x here)", "Zen 4", "AVX-512", "1 thread",
+        "torchrun 2 x batch 2 against 1 x batch 4", "after 2 steps",
+    ],
+    "docs/data.md": ["840B tokens, 2.2M vocab", "a 2.03 GB download"],
+    "docs/gpu_recipe.md": ["640, true (large-scale jitter 0.3-1.4)", "640 x 640", "torch 2.11.0 and CUDA 13.0",
+                           "pins torch 2.14.1"],
+    "docs/troubleshooting.md": ["Python 3.11", "accepts Python 3.11 or later", "set up 3.11", "ran under 3.12",
+                                "torch 2.14.1", "`2.14.1+cu130` (CUDA 13.0)", "too old for CUDA 13.0",
+                                "driver 580.159.04 with CUDA 13.0"],
+    "benchmarks/README.md": [
+        "in under 8 minutes",  # gpu_check.sh's time budget
+        "torch 2.11, CUDA 13", "(>= 800 samples/s at batch 128", "The target of 2,000 samples/s", "meets the 3x target",
+        "(targets: mask >= 3x, box >= 2x", "target >= 0.95 at batch 128", "171 x 171", "256 x 256", "384 x 256",
+        "256 x 384", "IoU >= 0.5", "every view at least 85 % (box) and 80 % (mask), the square view still at least 93 %",
+    ],
+}
 
 
-def _readme_prose() -> str:
-    """The README with each fenced block (commands, trees, code) replaced by its comments alone."""
+def _prose(name: str) -> str:
+    """The document with each fenced block (commands, trees, code) replaced by its comments alone."""
     def comments(block: re.Match) -> str:
         return " ".join(m.group(1) for m in re.finditer(r"(?:^|\s)# (.*)$", block.group(0), flags=re.M))
-    return re.sub(r"\s+", " ", re.sub(r"```.*?```", comments, (ROOT / "README.md").read_text(), flags=re.S))
+    return re.sub(r"\s+", " ", re.sub(r"```.*?```", comments, (ROOT / name).read_text(), flags=re.S))
 
 
-def _readme_numbers(document: str) -> list[tuple[int, int]]:
-    """Spans of the README's decimals, percentages, times, speeds and ratios, and of every number of its Results
-    table; numbers in code, link targets, dates and metric names (Acc@0.5) are not counted."""
+def _numbers(name: str, document: str) -> list[tuple[int, int]]:
+    """Spans of the document's decimals, percentages, times, speeds and ratios (and of every number of the README's
+    Results table); numbers in code, link targets and texts, dates and metric names (Acc@0.5) are not counted."""
     ignored = [m.span() for pattern in (r"`[^`]*`", r"\]\([^)]*\)", r"!\[[^\]]*\]", r"\d{4}-\d{2}-\d{2}", r"@0\.\d+",
                                         r"\[[^\]]*\]")
                for m in re.finditer(pattern, document)]
     number = r"(?<![\w.,])\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?"
     measured = rf"{number}(?=\s*(?:%|x\b|min\b|s\b|ms\b|minutes|seconds|samples/s|GiB|MB))|(?<![\w.])\d+\.\d+"
     spans = [m.span() for m in re.finditer(measured, document)]
-    results = document.index("## Results"), document.index("## Faithful to the paper")
-    table = document.index("| result | number |", *results)
-    spans += [(table + m.start(), table + m.end()) for m in re.finditer(number, document[table:results[1]])]
+    if name == "README.md":
+        results = document.index("## Results"), document.index("## Faithful to the paper")
+        table = document.index("| result | number |", *results)
+        spans += [(table + m.start(), table + m.end()) for m in re.finditer(number, document[table:results[1]])]
     return [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in ignored)]
 
 
-def test_every_number_of_the_readme_is_claimed_or_not_a_measurement():
-    document = _readme_prose()
-    numbers = _readme_numbers(document)
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_number_of_the_docs_is_claimed_or_not_a_measurement(name):
+    document = _prose(name)
+    numbers = _numbers(name, document)
 
     def inside(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
         return any(start <= span[0] and span[1] <= end for start, end in spans)
 
-    covered = [span for claim in CLAIMS if claim.document == "README.md" for span in _claimed_spans(claim, document)]
-    for phrase in NOT_MEASURED:
+    covered = [span for claim in CLAIMS if claim.document == name for span in _claimed_spans(claim, document)]
+    for phrase in NOT_MEASURED.get(name, []):
         excused = [m.span() for m in re.finditer(re.escape(phrase), document)]
-        assert any(inside(n, excused) for n in numbers), f"NOT_MEASURED: {phrase!r} excuses no number of the README"
+        assert any(inside(n, excused) for n in numbers), f"NOT_MEASURED: {phrase!r} excuses no number of {name}"
         covered += excused
     unclaimed = [document[max(0, a - 40):b + 10] for a, b in numbers if not inside((a, b), covered)]
-    assert not unclaimed, "numbers of the README with no record (add a claim, or NOT_MEASURED if not measured):\n" + \
+    assert not unclaimed, f"numbers of {name} with no record (add a claim, or NOT_MEASURED if not measured):\n" + \
         "\n".join(unclaimed)
+
+
+def test_the_guard_reads_every_document():
+    """A document added under docs/ is guarded too; and each excused phrase is a document's."""
+    assert {"README.md", "docs/results.md", "docs/method.md", "docs/training.md"} <= set(DOCUMENTS)
+    assert set(NOT_MEASURED) <= set(DOCUMENTS)
 
 
 def test_the_demo_record_scores_what_the_demo_scores():
