@@ -204,9 +204,20 @@ def sci(value: float) -> str:
 
 def transcribed(entry: str, formats: tuple[str, ...]) -> tuple[Value, ...]:
     """The values of an entry of the history record (numbers measured before a record of their own was kept,
-    transcribed with the commit that typed them), in the order the document gives them."""
+    transcribed with the commit that typed them), in the entry's order, which is the order the sentence gives them."""
     special = {"sci": sci, "ms": minutes_seconds}  # 1.5e-7; seconds as "48 min 16 s"
-    return tuple(Value(HISTORY, f"entries/{entry}/values/{i}", special.get(f, f)) for i, f in enumerate(formats))
+    keys = [key for key, _ in _leaves(_load(HISTORY)["entries"][entry]) if key.partition("/")[0] not in ("document", "source", "note")]
+    assert len(keys) == len(formats), entry
+    return tuple(Value(HISTORY, f"entries/{entry}/{key}", special.get(f, f)) for key, f in zip(keys, formats))
+
+
+def _leaves(data: Any, key: str = "") -> list[tuple[str, Any]]:
+    """(key, value) of every number or text of ``data`` in order, keys as `_lookup` reads them ("a/b/0")."""
+    if isinstance(data, dict):
+        return [leaf for k, v in data.items() for leaf in _leaves(v, f"{key}/{k}" if key else k)]
+    if isinstance(data, list):
+        return [leaf for i, v in enumerate(data) for leaf in _leaves(v, f"{key}/{i}")]
+    return [(key, data)]
 
 
 def past(entry: str, key: str, fmt: str | Callable[[Any], str] = "{}") -> Value:
@@ -278,7 +289,7 @@ def by_type_row(row: str) -> tuple[Value, ...]:
 
 BEFORE_COLOUR, BEFORE_SCENE = "box_before_colour_pathway", "box_before_scene_loss"
 RECHECK_BOX = "docs/results/bench_cpu_inference_box.json"
-COMPILED = "entries/compiled_backbone_inference/values"  # its 11 numbers in the order results.md gives them
+COMPILED = "entries/compiled_backbone_inference"
 
 
 FROZEN = "frozen_backbone_step_time"
@@ -820,7 +831,8 @@ CLAIMS += [
            Value("docs/results/bench_cpu.json", "results[section=inference,task=box,choice=fp32]/median_s", "{:.1f}",
                  per="results[section=inference,task=box,choice=autocast_whole_model]/median_s"))),
     Claim("docs/results.md", "is out of reach here by bf16 alone, and {}x ({}x with the backbone compiled, below) is close to that 2x bound.",
-          (Value(HISTORY, f"{COMPILED}/8", "{:.2f}"), Value(HISTORY, f"{COMPILED}/10", "{:.2f}"))),
+          (Value(HISTORY, f"{COMPILED}/eager_channels_last+bf16+fold_bn_speedup", "{:.2f}"),
+           Value(HISTORY, f"{COMPILED}/compiled_channels_last+bf16+fold_bn_speedup", "{:.2f}"))),
     Claim("docs/results.md", "Hence `recheck` for boxes ({} % equal on 486 expressions at {} % rechecked)",
           (past("released_box_recheck", "equal_tokens_percent"), past("released_box_recheck", "rechecked_percent/0.02"))),
     Claim("docs/results.md", "(channels_last+fold_bn); {} tests, {} s on this machine.",
@@ -831,8 +843,9 @@ CLAIMS += [
            Value("docs/results/bench_cpu.json", "results[section=inference,task=box,choice=fp32]/median_s", "{:.2f}",
                  per="results[section=inference,task=box,choice=channels_last+fold_bn]/median_s"))),
     # the gain of compiling: eager over compiled time, bf16 (the smaller) and float32
-    *(Claim("docs/results.md", text, tuple(Value(HISTORY, COMPILED, lambda v, a=a, b=b: f"{round(100 * (v[a] / v[b] - 1))}")
-                                          for a, b in ((7, 9), (3, 5))))
+    *(Claim("docs/results.md", text, tuple(Value(HISTORY, f"{COMPILED}/eager_{choice}_seconds", lambda eager, choice=choice: "{:.0f}".format(
+        100 * (eager / _lookup(_load(HISTORY), f"{COMPILED}/compiled_{choice}_seconds") - 1)))
+                                          for choice in ("channels_last+bf16+fold_bn", "channels_last+fold_bn")))
       for text in ("A {}-{} % gain against half a minute", "torch.compile gains {}-{} % (above).")),
 ]
 
@@ -917,14 +930,14 @@ CLAIMS += [
     Claim("docs/method.md", "the finer map alone gave {} %, the cell loss and query selection alone at 4x4 gave {} %, and both "
           "together {} %.", transcribed("demo_set_trials_issue10", ("{:.1f}",) * 3)),
     Claim("docs/method.md", "The earlier mask model scored {} % mIoU teacher-forced but {} % when it followed its own points.",
-          (Value(HISTORY, "entries/mask_teacher_forcing_gap/values/1", "{}"), Value(HISTORY, "entries/mask_teacher_forcing_gap/values/2", "{}"))),
+          (Value(HISTORY, "entries/mask_teacher_forcing_gap/miou_teacher_forced", "{}"), Value(HISTORY, "entries/mask_teacher_forcing_gap/miou_generated", "{}"))),
     Claim("docs/method.md", "On the GPU, p = 0.4 gave {} % EMA val mIoU at 80 thousand samples, against {} % without noise. On the "
           "CPU the full run reaches {} / {} % (raw / EMA), against {} / {} % without it.",
           (*curve("h200/cells_s16_mask_noise40", (12,), ("ema",)), *curve("h200/cells_s16_mask", (12,), ("ema",)),
            *(past("mask_2000_images_run", f"miou/val/{w}", "{:.2f}") for w in ("raw", "ema")),
            *(past("mask_2000_images_run", f"before_the_noise_val/{w}", "{:.2f}") for w in ("raw", "ema")))),
     Claim("docs/method.md", "at each object's centre told the object's kind only {}-{} % of the time",
-          (Value(HISTORY, "entries/old_backbone_linear_probe/values/0", "{}"), Value(HISTORY, "entries/old_backbone_linear_probe/values/1", "{}"))),
+          (Value(HISTORY, "entries/old_backbone_linear_probe/kind_stride_16", "{}"), Value(HISTORY, "entries/old_backbone_linear_probe/kind_stride_8", "{}"))),
     *(Claim("docs/method.md", text, (past("box_before_colour_pathway", "acc@0.5/val/ema", "{:.1f}"),
                                      past("box_before_scene_loss", "acc@0.5/val/ema", "{:.1f}"), *more))
       for text, more in (
@@ -932,19 +945,19 @@ CLAIMS += [
           ("The full run reaches {} % val Acc@0.5 (EMA) against {} % without it, {} % on testB against {} %; on the demo schedule "
            "{} % against {} %.",
            (past("box_before_colour_pathway", "acc@0.5/testB/ema", "{:.1f}"), past("box_before_scene_loss", "acc@0.5/testB/ema", "{:.1f}"),
-            Value(HISTORY, "entries/demo_scene_loss_trials/values/3", "{:.1f}"),
-            Value(HISTORY, "entries/demo_scene_loss_trials/values/1", "{:.1f}"))))),
+            Value(HISTORY, "entries/demo_scene_loss_trials/scene_loss_1_ema", "{:.1f}"),
+            Value(HISTORY, "entries/demo_scene_loss_trials/without_ema", "{:.1f}"))))),
     Claim("docs/method.md", "the scratch run with the scene loss reached {} % val mIoU after one epoch and {} % after eight.",
           (*curve("synthetic_mask_scene_full", (0,), ("ema",), "{:.0f}"), *curve("synthetic_mask_scene_full", (7,), ("ema",)))),
     Claim("docs/method.md", "64 bins at 128 px put a true contour at {} % mIoU at best (128 bins: {} %; an earlier one-off probe",
-          tuple(Value(HISTORY, f"entries/outline_ceiling_probe_then/values/{i}", "{:.0f}") for i in (0, 1))),
+          tuple(past("outline_ceiling_probe_then", f"miou_{bins}_bins", "{:.0f}") for bins in (64, 128))),
     Claim("docs/method.md", "After one epoch {} % (EMA, first 1,000 val expressions) against {} % from scratch; after four, {} % with "
           "128 bins against {} % with 64; after eight, {} %. On the whole val split {} % against {} %, on testB {} % against {} %.",
           (*curve("synthetic_mask_ft128_full", (0,), ("ema",)), *curve("synthetic_mask_scene_full", (0,), ("ema",)),
-           *curve("synthetic_mask_ft128_full", (3,), ("ema",)), Value(HISTORY, "entries/mask_64_bins_run/values/3", "{:.1f}"),
+           *curve("synthetic_mask_ft128_full", (3,), ("ema",)), Value(HISTORY, "entries/mask_64_bins_run/ema_after_epoch_4", "{:.1f}"),
            *curve("synthetic_mask_ft128_full", (7,), ("ema",)),
-           past("mask_ft128", "miou/val/ema", "{:.2f}"), Value(HISTORY, "entries/mask_scene_run_eval/values/2", "{:.2f}"),
-           past("mask_ft128", "miou/testB/ema", "{:.2f}"), Value(HISTORY, "entries/mask_scene_run_eval/values/6", "{:.2f}"))),
+           past("mask_ft128", "miou/val/ema", "{:.2f}"), Value(HISTORY, "entries/mask_scene_run_eval/val_ema", "{:.2f}"),
+           past("mask_ft128", "miou/testB/ema", "{:.2f}"), Value(HISTORY, "entries/mask_scene_run_eval/testB_ema", "{:.2f}"))),
     Claim("docs/method.md", "box saw 18 thousand samples in that time and reached {} % val Acc@0.5; the full run needed about {} for {} %.",
           (demo(SCRATCH, "box/acc@0.5/ema", "{:.0f}"), Value("docs/results/learning_curve_synthetic_det_scene_full.json", "points/1/samples", thousands),
            *curve("synthetic_det_scene_full", (1,), ("ema",), "{:.0f}"))),
@@ -996,28 +1009,23 @@ CLAIMS += [
           transcribed("ddp_weights_after_steps", ("sci",) * 2)),
     Claim("docs/training.md", "activations stay of order one and the runs agree to {} in three of five rows; in",
           transcribed("ddp_released_backbone_rows", ("sci",))),
-    Claim("docs/training.md", "the params file's departures on | {} | {} ({} with the released backbone) | {} | |",
-          transcribed("ddp_row_departures_on", ("sci",) * 4)),
-    Claim("docs/training.md", "scene loss, colour pathway, attribute prior off | {} | |",
-          transcribed("ddp_row_no_scene_colour_prior", ("sci",))),
-    Claim("docs/training.md", "{} (six LeakyReLU inputs cross",
-          transcribed("ddp_row_no_scene_colour_prior_released", ("sci",))),
-    Claim("docs/training.md", "departures off, memory_stride 16, channels_last true | {} | |",
-          transcribed("ddp_row_off_stride16_cl", ("sci",))),
-    Claim("docs/training.md", "{} | |",
-          transcribed("ddp_row_off_stride16_cl_released", ("sci",))),
-    Claim("docs/training.md", "departures off, memory_stride 16, channels_last false | {} | |",
-          transcribed("ddp_row_off_stride16", ("sci",))),
-    Claim("docs/training.md", "{} (one LeakyReLU input crosses",
-          transcribed("ddp_row_off_stride16_released", ("sci",))),
-    Claim("docs/training.md", "departures off, memory_stride 32 (channels_last true) | {} | |",
-          transcribed("ddp_row_off_stride32", ("sci",))),
-    Claim("docs/training.md", "{} | |",
-          transcribed("ddp_row_off_stride32_released", ("sci",))),
+    *(Claim("docs/training.md", f"| {label} | {{}} | {middle}| {{}}{after} |",
+            tuple(past("ddp_table", f"{row}/{column}", sci) for column in columns))
+      for label, row, middle, after, columns in (
+          ("the params file's departures on", "departures_on", "{} ({} with the released backbone) ", "",
+           ("initial", "before_count_fix", "before_count_fix_released", "released")),
+          ("scene loss, colour pathway, attribute prior off", "no_scene_colour_prior", "", " (six LeakyReLU inputs cross zero, below)",
+           ("initial", "released")),
+          ("all departures off, memory_stride 16, channels_last true", "off_stride16_channels_last", "", "", ("initial", "released")),
+          ("all departures off, memory_stride 16, channels_last false", "off_stride16_no_channels_last", "",
+           " (one LeakyReLU input crosses zero)", ("initial", "released")),
+          ("all departures off, memory_stride 32 (channels_last true)", "off_stride32_channels_last", "", "", ("initial", "released")))),
+    Claim("docs/training.md", "| BatchNorm in training mode (departures on) | {} (a running variance) |",
+          (past("ddp_table", "batchnorm_training_mode/initial"),)),
     Claim("docs/training.md", "same run on the code before `count_share` (one step: {} before, {} after).",
           transcribed("ddp_count_share", ("sci",) * 2)),
     Claim("docs/training.md", "the code before it (the row without the prior read {} in an earlier measurement).",
-          transcribed("ddp_row_no_prior_earlier", ("sci",))),
+          (past("ddp_row_no_prior_earlier", "released_backbone_earlier", sci),)),
     Claim("docs/training.md", "split (0 and 1, 2 and 3) in one process also ends {} from the batch of 4 after two steps: the "
           "earlier note that the same split agrees in one process to {} does not hold (replayed here,",
           transcribed("ddp_same_split_one_process", ("sci",) * 2)),
@@ -1034,13 +1042,14 @@ CLAIMS += [
           "float32); with the single run's slopes imposed on both forward passes, by {}.",
           transcribed("ddp_step2_float64_gradients", ("sci",) * 3)),
     Claim("docs/training.md", "second step turns it into weight differences of up to {} (stage-3 and stage-4 convolutions).",
-          transcribed("ddp_step2_weights", ("sci",))),
+          (past("ddp_table", "no_scene_colour_prior/released", sci),)),  # the table's number, explained
     Claim("docs/training.md", "**With the prior on** the input closest to zero is {} times farther from it than the rounding "
           "moves it, no slope changes, and the runs agree to {}.",
           transcribed("ddp_prior_on_margin", ("{:.1f}", "sci"))),
     Claim("docs/training.md", "channels_last (departures off, stride 16) one input crosses ({} times the move from zero): "
           "float64 step-2 gradients {} apart, {} with the slopes imposed; hence {}.",
-          transcribed("ddp_no_channels_last_crossing", ("{:.2f}", *("sci",) * 3))),
+          (*transcribed("ddp_no_channels_last_crossing", ("{:.2f}", "sci", "sci")),
+           past("ddp_table", "off_stride16_no_channels_last/released", sci))),  # the table's number, explained
     Claim("docs/training.md", "The test's tiny model agrees to {} without the prior, a fifth of its tolerance (a hundredth "
           "of the largest update, {}); because another instruction",
           transcribed("ddp_test_tiny_model", ("sci",) * 2)),
