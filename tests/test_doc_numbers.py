@@ -682,7 +682,13 @@ CLAIMS += [
           "EMA / EMA with shuffled expressions: val {} / **{}** / {} (target 70, missed; {} EMA before), "
           "testB {} / {} / {} ({} EMA before: the unseen colour-kind pairs got worse, and the shuffled "
           "ablation is {} of the real score there, {} on val).",
-          transcribed("mask_scene_run_eval", ("ms", *("{:.2f}",) * 10))),
+          (past("mask_scene_run_eval", "evaluate_seconds", minutes_seconds),
+           *(past("mask_scene_run_eval", key, "{:.2f}") for key in ("val_raw", "val_ema", "val_ema_shuffled")),
+           past("mask_noise_val", "ema", "{:.2f}"),
+           *(past("mask_scene_run_eval", key, "{:.2f}") for key in ("testB_raw", "testB_ema", "testB_ema_shuffled")),
+           past("mask_noise_testB", "ema", "{:.2f}"),
+           *(Value(HISTORY, f"entries/mask_scene_run_eval/{split}_ema_shuffled", "{:.2f}", per=f"entries/mask_scene_run_eval/{split}_ema")
+             for split in ("testB", "val")))),
     Claim("docs/results.md", "Val Prec@0.5 / 0.7 (EMA): {} / {} %. testA was not evaluated.",
           transcribed("mask_scene_run_prec", ("{:.1f}",) * 2)),
     Claim("docs/results.md", "`model.scene_loss`: 18 contour points, the same departures plus 40 % input-token noise, 6,000 "
