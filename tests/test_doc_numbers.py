@@ -1288,14 +1288,20 @@ def _prose(name: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"```.*?```", comments, (ROOT / name).read_text(), flags=re.S))
 
 
+def _not_counted(document: str) -> list[tuple[int, int]]:
+    """Spans whose numbers are not counted: code, link targets and texts, dates, metric names (Acc@0.5) and
+    section numbers (a heading's "9.1", "section 9.2", "9.1 (j)"). A bracket spans at most 200 characters, so that
+    an interval such as "[i, i + 1)" does not hide the text after it."""
+    return [m.span() for pattern in (r"`[^`]*`", r"\]\([^)]*\)", r"!\[[^\]]*\]", r"\d{4}-\d{2}-\d{2}", r"@0\.\d+",
+                                     r"\[[^\][]{0,200}\]", r"#+ \d+(?:\.\d+)*", r"\bsections? \d+(?:\.\d+)*",
+                                     r"\b\d+\.\d+(?= \([a-z]\))")
+            for m in re.finditer(pattern, document)]
+
+
 def _numbers(name: str, document: str) -> list[tuple[int, int]]:
     """Spans of the document's decimals, percentages, times, speeds and ratios (and of every number of the README's
-    Results table); numbers in code, link targets and texts, dates, metric names (Acc@0.5) and section numbers
-    (a heading's "9.1", "section 9.2", "9.1 (j)") are not counted."""
-    ignored = [m.span() for pattern in (r"`[^`]*`", r"\]\([^)]*\)", r"!\[[^\]]*\]", r"\d{4}-\d{2}-\d{2}", r"@0\.\d+",
-                                        r"\[[^\][]{0,200}\]", r"#+ \d+(?:\.\d+)*", r"\bsections? \d+(?:\.\d+)*",
-                                        r"\b\d+\.\d+(?= \([a-z]\))")
-               for m in re.finditer(pattern, document)]
+    Results table), outside the spans of `_not_counted`."""
+    ignored = _not_counted(document)
     number = r"(?<![\w.,])\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?"
     measured = rf"{number}(?=\s*(?:%|x\b(?!\s*\d)|min\b|s\b|ms\b|minutes|seconds|samples/s|GiB|MB))|(?<![\w.])\d+\.\d+(?:e-?\d+)?"
     spans = [m.span() for m in re.finditer(measured, document)]
@@ -1304,6 +1310,14 @@ def _numbers(name: str, document: str) -> list[tuple[int, int]]:
         table = document.index("| result | number |", *results)
         spans += [(table + m.start(), table + m.end()) for m in re.finditer(number, document[table:results[1]])]
     return [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in ignored)]
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_the_guard_skips_no_stretch_of_prose(name):
+    """An unclosed backtick or bracket would exempt every number up to the next one: each span the guard skips is
+    at most a long command (the longest inline command of the docs is under 200 characters)."""
+    longest = max((b - a, a) for a, b in _not_counted(_prose(name)))
+    assert longest[0] <= 250, f"{name}: the guard skips {longest[0]} characters from {_prose(name)[longest[1]:longest[1] + 80]!r}"
 
 
 @pytest.mark.parametrize("name", DOCUMENTS)
