@@ -1014,7 +1014,7 @@ CLAIMS += [
           "channels_last,",
           transcribed("ddp_weights_after_steps", ("sci",) * 2)),
     Claim("docs/training.md", "activations stay of order one and the runs agree to {} in three of five rows; in",
-          transcribed("ddp_released_backbone_rows", ("sci",))),
+          (past("ddp_table", "departures_on/released", sci),)),  # the table's last column
     *(Claim("docs/training.md", f"| {label} | {{}} | {middle}| {{}}{after} |",
             tuple(past("ddp_table", f"{row}/{column}", sci) for column in columns))
       for label, row, middle, after, columns in (
@@ -1051,7 +1051,7 @@ CLAIMS += [
           (past("ddp_table", "no_scene_colour_prior/released", sci),)),  # the table's number, explained
     Claim("docs/training.md", "**With the prior on** the input closest to zero is {} times farther from it than the rounding "
           "moves it, no slope changes, and the runs agree to {}.",
-          transcribed("ddp_prior_on_margin", ("{:.1f}", "sci"))),
+          (*transcribed("ddp_prior_on_margin", ("{:.1f}",)), past("ddp_table", "departures_on/released", sci))),
     Claim("docs/training.md", "channels_last (departures off, stride 16) one input crosses ({} times the move from zero): "
           "float64 step-2 gradients {} apart, {} with the slopes imposed; hence {}.",
           (*transcribed("ddp_no_channels_last_crossing", ("{:.2f}", "sci", "sci")),
