@@ -26,7 +26,7 @@ from conftest import ROOT, cli_env, run_cli
 
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ["bench_cpu.py", "bench_data.py", "bench_decode.py", "bench_eval.py", "bench_train.py", "cell_selection.py",
-           "cpu_agreement.py", "demo_step_profile.py", "learning_curve.py", "learning_probes.py", "outline_cap.py", "readme_picture.py",
+           "cpu_agreement.py", "demo_step_profile.py", "demo_timing.py", "learning_curve.py", "learning_probes.py", "outline_cap.py", "readme_picture.py",
            "scale_views.py", "widget_screenshot.py"]
 # learning_curve.py on the tiny set: one epoch of two steps, scored on the first 8 val expressions.
 TINY_CURVE = ["--budget-s", "1", "--max-epochs", "1", "--val-limit", "8", "--set", "data.synthetic.num_images=24",
@@ -165,6 +165,27 @@ def test_demo_step_profile_takes_every_step_apart(tiny_data_root, tmp_path):
         assert math.isclose(case["samples_per_s"] * case["ms_per_step"], 1000 * 32, rel_tol=1e-12)
         assert all(value > 0 for value in phases.values())
         assert (case["precompute_seconds"] > 0) is case["precompute_images"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("fast_project")
+def test_demo_timing_reads_what_a_demo_left(fast_project):
+    """demo_timing.py's reading of a demo's outputs, on the fast demo's: every notebook of both experiments and 05,
+    02's scores as metrics.json holds them, one validation per epoch of the fast schedule."""
+    from conftest import demo_outputs
+    from seqtr_lib.pipeline import FAST_OVERRIDES
+
+    outputs = demo_outputs(fast_project)
+    record = _benchmark_module("demo_timing").read_outputs(outputs)
+    epochs = int(next(o for o in FAST_OVERRIDES if o.startswith("train.epochs=")).split("=")[1])
+    assert set(record["notebook_seconds"]) == {"05", "box", "mask"}
+    for task, experiment, metric in (("box", "synthetic_det", "acc@0.5"), ("mask", "synthetic_mask", "miou")):
+        assert list(record["notebook_seconds"][task]) == ["00", "01", "02", "03", "04"]
+        assert all(seconds > 0 for seconds in record["notebook_seconds"][task].values())
+        val = json.loads((outputs / experiment / "metrics.json").read_text())["splits"]["val"]
+        assert record[task][metric] == {weights: round(scores[metric], 2) for weights, scores in val.items()}
+        assert set(record[task][metric]) == {"raw", "ema", "raw_shuffled", "ema_shuffled"}
+        assert [e["epoch"] for e in record[task]["val_per_epoch"]] == list(range(epochs))
 
 
 def test_bench_eval_tiny(tmp_path):
