@@ -25,8 +25,11 @@ def _add_params(parser: argparse.ArgumentParser, required: bool = True, default:
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
     from seqtr_lib.data.synthetic import generate_dataset
 
+    from seqtr_lib.config import GeneralisedConfig
+
+    shares = GeneralisedConfig(args.multi_target, args.no_target, args.split_objects)
     summary = generate_dataset(args.out, num_images=args.num_images, seed=args.seed,
-                               image_size=args.image_size, workers=args.workers)
+                               image_size=args.image_size, workers=args.workers, generalised=shares)
     print(json.dumps(summary, indent=2))
 
 
@@ -202,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.add_argument("--multi-target", type=float, default=0.0,
+                   help="generalised set: share of records naming several objects (docs/method.md, section 11)")
+    p.add_argument("--no-target", type=float, default=0.0, help="generalised set: share of records naming nothing")
+    p.add_argument("--split-objects", type=float, default=0.0,
+                   help="generalised set: share of images with an object cut in pieces by a shape in front of it")
     p.set_defaults(run=cmd_make_synthetic)
 
     p = commands.add_parser("contact-sheet", help="draw dataset samples with boxes, masks and expressions")
