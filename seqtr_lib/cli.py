@@ -48,6 +48,13 @@ def cmd_convert_refer(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_convert_grefcoco(args: argparse.Namespace) -> None:
+    from seqtr_lib.data.grefcoco import convert_grefcoco
+
+    counts = convert_grefcoco(args.grefs, args.instances, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {count} refs" for split, count in counts.items()))
+
+
 def cmd_check_params(args: argparse.Namespace) -> None:
     experiment = load_params(args.params, args.overrides)
     print(json.dumps(experiment_to_dict(experiment), indent=2))
@@ -225,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", required=True, help="COCO instances.json of the same release")
     p.add_argument("--out", required=True, help="output instances.json")
     p.set_defaults(run=cmd_convert_refer)
+
+    p = commands.add_parser("convert-grefcoco", help="convert a gRefCOCO release (expressions naming zero or more "
+                            "objects) to instances.json")
+    p.add_argument("--grefs", required=True, help="grefs(unc).json (or grefs(unc).p) from the gRefCOCO release")
+    p.add_argument("--instances", required=True, help="the release's COCO instances.json")
+    p.add_argument("--out", required=True, help="output instances.json, e.g. data/annotations/grefcoco/instances.json")
+    p.set_defaults(run=cmd_convert_grefcoco)
 
     p = commands.add_parser("check-params", help="validate a params file and print the resolved values")
     _add_params(p)
