@@ -206,3 +206,41 @@ def test_the_generalised_params_give_batches_of_answers_from_a_generated_set(tas
                                                 batch["metas"]):
         answer = tokens[weights > 0]
         assert answer[-1] == layout.eos and bool(no_target) == (len(answer) == 1) == meta["no_target"]
+
+
+def test_the_gallery_draws_every_object_of_an_answer_and_says_no_target_for_none(data_root):
+    from matplotlib.patches import Polygon, Rectangle
+
+    from seqtr_lib.samples import load_sample, sample_gallery
+
+    experiment = load_params(None, [f"data.data_root={data_root}", "data.max_objects=4", "model.task=box"])
+    figure = sample_gallery(experiment, "val", num_samples=3)
+    panels = sorted((sum(isinstance(p, Rectangle) for p in ax.patches), sum(isinstance(p, Polygon) for p in ax.patches),
+                     [t.get_text() for t in ax.texts]) for ax in figure.axes if ax.images)
+    # nobody; the classic record's one object with its mask; all three objects (the third in two pieces)
+    assert panels == [(0, 0, ["no target"]), (1, 1, []), (3, 4, [])]
+    sample = load_sample(experiment, "val", 0)
+    assert np.array_equal(sample.boxes, [RECT["a"], RECT["b"], (20, 60, 70, 90)]) and not sample.no_target
+    assert load_sample(experiment, "val", 1).no_target
+
+
+@pytest.mark.slow
+def test_notebook_00_prepares_a_generalised_set_and_draws_its_gallery(tmp_path):
+    import nbformat
+    import papermill
+
+    from conftest import ROOT
+
+    out = tmp_path / "00.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "00_prepare_data.ipynb"), str(out), kernel_name="python3",
+                               cwd=str(ROOT), progress_bar=False, parameters={
+                                   "params_file": "params/synthetic_gref_det.yaml", "data_root": str(tmp_path / "data"),
+                                   "output_dir": str(tmp_path / "outputs"),
+                                   "overrides": ["data.synthetic.num_images=24", "data.synthetic.image_size=64"]})
+    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+                   for o in c.outputs)
+    assert "generated 24 images" in text
+    records = [r for split in json.loads(annotation_path(tmp_path / "data", "synthetic").read_text()).values()
+               for r in split]
+    assert any(r["no_target"] for r in records) and any(len(r["bboxes"]) >= 2 for r in records)
+    assert (tmp_path / "outputs" / "synthetic_gref_det" / "samples.png").stat().st_size > 10_000
