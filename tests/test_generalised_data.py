@@ -244,3 +244,35 @@ def test_notebook_00_prepares_a_generalised_set_and_draws_its_gallery(tmp_path):
                for r in split]
     assert any(r["no_target"] for r in records) and any(len(r["bboxes"]) >= 2 for r in records)
     assert (tmp_path / "outputs" / "synthetic_gref_det" / "samples.png").stat().st_size > 10_000
+
+
+def test_a_classic_set_is_not_taken_for_the_generalised_one_the_params_ask_for(tiny_data_root):
+    from seqtr_lib import dataset_check
+
+    sizes = ["data.synthetic.num_images=24", "data.synthetic.image_size=64", "data.synthetic.seed=3"]
+    generalised = load_params("params/synthetic_gref_det.yaml", [f"data.data_root={tiny_data_root}", *sizes],
+                              start_files=False)
+    with pytest.raises(ValueError, match=r"holds 24 images of 64 px but the params ask for 24 of 64 px \(a "
+                                         r"generalised set\); set regenerate"):
+        dataset_check.prepare_synthetic(generalised)
+    classic = load_params("params/synthetic_det.yaml", [f"data.data_root={tiny_data_root}", *sizes], start_files=False)
+    assert "kept" in dataset_check.prepare_synthetic(classic)
+
+
+def test_lsj_moves_every_mask_piece_with_the_image(data_root):
+    data = ReferDataset(data_root, "synthetic", "train", "mask", Vocabulary(["<pad>", "<unk>", "<cls>"]),
+                        training=True, image_size=IMAGE_SIZE, lsj=True, lsj_scale=(0.5, 2.0), max_objects=4,
+                        max_points=8)
+    crops = 0
+    for epoch in range(12):
+        sample = data[(epoch, 0)]
+        (sx, sy), (cx, cy) = sample["meta"]["scale_factor"], sample["meta"]["crop"]
+        # Each piece's rectangle moved as a point p goes to p * scale - crop; nearest-pixel resizing moves an
+        # edge by at most one pixel.
+        moved = [(x0 * sx - cx - 1, y0 * sy - cy - 1, x1 * sx - cx + 1, y1 * sy - cy + 1)
+                 for x0, y0, x1, y1 in RECT.values()]
+        for contour in sample["contours"]:
+            assert any(((contour[:, 0] >= a) & (contour[:, 0] <= c) & (contour[:, 1] >= b) & (contour[:, 1] <= d)).all()
+                       for a, b, c, d in moved), (epoch, contour)
+        crops += (cx, cy) != (0, 0)
+    assert crops

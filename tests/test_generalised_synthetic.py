@@ -324,3 +324,13 @@ def test_bad_shares_are_refused_naming_the_key():
         load_params(None, ["data.synthetic.generalised.no_target=1.5"])
     with pytest.raises(ConfigError, match="plus multi_target must be at most 1"):
         load_params(None, ["data.synthetic.generalised.no_target=0.6", "data.synthetic.generalised.multi_target=0.6"])
+
+
+def test_make_synthetic_takes_the_shares_on_the_command_line(tmp_path, capsys):
+    from seqtr_lib.cli import main
+
+    main(["make-synthetic", "--out", str(tmp_path), "--num-images", "12", "--image-size", "64", "--workers", "1",
+          "--multi-target", "0.5", "--no-target", "0.25", "--split-objects", "1"])
+    records = [r for split in json.loads(annotation_path(tmp_path, "synthetic").read_text()).values() for r in split]
+    assert all(r["split_object"] is not None for r in records)  # every image, with a share of 1
+    assert any(r["no_target"] for r in records) and any(len(r["bboxes"]) >= 2 for r in records)
