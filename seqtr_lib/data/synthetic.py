@@ -717,6 +717,14 @@ def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0,
             "seconds": round(time.perf_counter() - start, 2), "splits": counts}
 
 
+def _target_words(expression: str) -> list[str]:
+    """The words before a relation ("... left of the blue square"): those that describe the target(s)."""
+    padded = f" {expression} "
+    cut = min((padded.find(f" {p} ") for words in RELATION_WORDS.values() for p in words if f" {p} " in padded),
+              default=len(padded))
+    return padded[:cut].split()
+
+
 def named_attributes(expression: str, color: str, kind: str) -> np.ndarray:
     """Which colour and kind ``expression`` names for its target, whose own are ``color`` and ``kind``.
 
@@ -724,10 +732,7 @@ def named_attributes(expression: str, color: str, kind: str) -> np.ndarray:
     (2,): the index of ``color`` in ``SCENE_ATTRIBUTES["color"]`` when that word is among them, else the
     number of colours ("names none"); then the same for the kind. For model.attribute_prior.
     """
-    padded = f" {expression} "
-    cut = min((padded.find(f" {p} ") for words in RELATION_WORDS.values() for p in words if f" {p} " in padded),
-              default=len(padded))
-    words = padded[:cut].split()
+    words = _target_words(expression)
     colors, kinds = SCENE_ATTRIBUTES["color"], SCENE_ATTRIBUTES["kind"]
     return np.array([colors.index(color) if color in words else len(colors),
                      kinds.index(kind) if kind in words else len(kinds)], np.int64)
@@ -736,10 +741,7 @@ def named_attributes(expression: str, color: str, kind: str) -> np.ndarray:
 def named_attributes_in_words(expression: str) -> np.ndarray:
     """`named_attributes` read from the words alone, for generalised records (several targets or none): the
     first colour and the first kind (singular or plural) before a relation, each "names none" when absent."""
-    padded = f" {expression} "
-    cut = min((padded.find(f" {p} ") for words in RELATION_WORDS.values() for p in words if f" {p} " in padded),
-              default=len(padded))
-    words = padded[:cut].split()
+    words = _target_words(expression)
     colors, kinds = SCENE_ATTRIBUTES["color"], SCENE_ATTRIBUTES["kind"]
     color = next((colors.index(w) for w in words if w in colors), len(colors))
     kind = next((kinds.index(w.removesuffix("s")) for w in words if w.removesuffix("s") in kinds), len(kinds))
