@@ -25,8 +25,11 @@ def _add_params(parser: argparse.ArgumentParser, required: bool = True, default:
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
     from seqtr_lib.data.synthetic import generate_dataset
 
+    from seqtr_lib.config import GeneralisedConfig
+
+    shares = GeneralisedConfig(args.multi_target, args.no_target, args.split_objects)
     summary = generate_dataset(args.out, num_images=args.num_images, seed=args.seed,
-                               image_size=args.image_size, workers=args.workers)
+                               image_size=args.image_size, workers=args.workers, generalised=shares)
     print(json.dumps(summary, indent=2))
 
 
@@ -43,6 +46,13 @@ def cmd_convert_refer(args: argparse.Namespace) -> None:
 
     convert_refer(args.refs, args.instances, args.out)
     print(f"wrote {args.out}")
+
+
+def cmd_convert_grefcoco(args: argparse.Namespace) -> None:
+    from seqtr_lib.data.grefcoco import convert_grefcoco
+
+    counts = convert_grefcoco(args.grefs, args.instances, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {count} refs" for split, count in counts.items()))
 
 
 def cmd_check_params(args: argparse.Namespace) -> None:
@@ -202,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.add_argument("--multi-target", type=float, default=0.0,
+                   help="generalised set: share of records naming several objects (docs/method.md, section 11)")
+    p.add_argument("--no-target", type=float, default=0.0, help="generalised set: share of records naming nothing")
+    p.add_argument("--split-objects", type=float, default=0.0,
+                   help="generalised set: share of images with an object cut in pieces by a shape in front of it")
     p.set_defaults(run=cmd_make_synthetic)
 
     p = commands.add_parser("contact-sheet", help="draw dataset samples with boxes, masks and expressions")
@@ -217,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", required=True, help="COCO instances.json of the same release")
     p.add_argument("--out", required=True, help="output instances.json")
     p.set_defaults(run=cmd_convert_refer)
+
+    p = commands.add_parser("convert-grefcoco", help="convert a gRefCOCO release (expressions naming zero or more "
+                            "objects) to instances.json")
+    p.add_argument("--grefs", required=True, help="grefs(unc).json (or grefs(unc).p) from the gRefCOCO release")
+    p.add_argument("--instances", required=True, help="the release's COCO instances.json")
+    p.add_argument("--out", required=True, help="output instances.json, e.g. data/annotations/grefcoco/instances.json")
+    p.set_defaults(run=cmd_convert_grefcoco)
 
     p = commands.add_parser("check-params", help="validate a params file and print the resolved values")
     _add_params(p)

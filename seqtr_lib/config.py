@@ -77,12 +77,26 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class GeneralisedConfig:
+    """Shares of a generalised synthetic set (issue 36; docs/method.md, section 11); all 0: the classic set."""
+
+    multi_target: float = 0.0  # share of records naming two or more objects ("all the red shapes")
+    no_target: float = 0.0  # share of records naming nothing in the image ("the green star" where there is none)
+    split_objects: float = 0.0  # share of images with one object cut into pieces by a shape in front of it
+
+    @property
+    def on(self) -> bool:
+        return self.multi_target > 0 or self.no_target > 0 or self.split_objects > 0
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """The generated "shapes" set (`seqtr_lib.data.synthetic`); read only when data.dataset is synthetic."""
 
     num_images: int = 6000  # images over all four splits
     image_size: int = 256  # side of the square images, in pixels
-    seed: int = 0  # the set is a deterministic function of (num_images, image_size, seed)
+    seed: int = 0  # the set is a deterministic function of (num_images, image_size, seed, generalised)
+    generalised: GeneralisedConfig = field(default_factory=GeneralisedConfig)  # off: the classic set
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,11 @@ class DataConfig:
     device_transforms: bool = False  # workers send JPEG bytes; decode, resize, crop and pad on the device
     precompute_images: bool = False  # decode each training image (and run the frozen backbone modules) once
     zoom_out: ZoomOutConfig = field(default_factory=ZoomOutConfig)  # dataset: synthetic only (docs/method.md, 9.1)
+    # Generalised answers (issue 36; docs/method.md, section 11): > 0 reads records naming zero or more objects
+    # (gRefCOCO's, a generalised synthetic set's) into answers of at most max_objects boxes or contours;
+    # 0 keeps the paper's one-object samples. max_points: points per contour (task mask).
+    max_objects: int = 0
+    max_points: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # dataset: synthetic only
 
 
@@ -218,7 +237,8 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "params", upgrade_mo
 
 def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
     """Plain nested values (lists, not tuples) for YAML, JSON and checkpoints; ``data.synthetic`` only for the
-    synthetic dataset (a real dataset's config does not carry it)."""
+    synthetic dataset (a real dataset's config does not carry it), and its ``generalised`` shares only when on
+    (a classic config reads as it did before they existed)."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
@@ -230,6 +250,8 @@ def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
     values = plain(dataclasses.asdict(experiment))
     if experiment.data.dataset != "synthetic":
         del values["data"]["synthetic"]
+    elif not experiment.data.synthetic.generalised.on:
+        del values["data"]["synthetic"]["generalised"]
     return values
 
 
@@ -296,6 +318,20 @@ def validate(experiment: Experiment, start_files: bool = True) -> None:
         ("data.synthetic.image_size", d.synthetic.image_size >= 64,
          "must be at least 64 pixels (smaller shapes are unreadable)"),
         ("data.synthetic.seed", d.synthetic.seed >= 0, "must be 0 or more"),
+        *((f"data.synthetic.generalised.{name}", 0 <= getattr(d.synthetic.generalised, name) <= 1, "must be in [0, 1]")
+          for name in ("multi_target", "no_target", "split_objects")),
+        ("data.synthetic.generalised.no_target", d.synthetic.generalised.multi_target
+         + d.synthetic.generalised.no_target <= 1, "plus multi_target must be at most 1 (they are shares of records)"),
+        ("data.max_objects", d.max_objects >= 0, "must be 0 (the paper's one-object answers) or the most objects "
+         "an answer names"),
+        ("data.max_objects", d.max_objects == 0 or m.task in ("box", "mask"),
+         "needs model.task box or mask: a generalised answer is boxes or contours, not both"),
+        ("data.max_objects", d.max_objects == 0 or d.zoom_out.probability == 0,
+         "and data.zoom_out cannot be combined yet (zoom-out re-reads one target's region words); set one to 0"),
+        ("data.shuffle_fraction", d.max_objects == 0 or d.shuffle_fraction == 0,
+         "must be 0 with data.max_objects > 0 (the point-order shuffle is defined for one contour of num_ray slots)"),
+        ("data.max_points", d.max_objects == 0 or m.task != "mask" or d.max_points >= 3,
+         "must be at least 3 with data.max_objects > 0 and task mask (a contour needs three points)"),
         ("train.epochs", t.epochs >= 1, "must be at least 1"),
         ("train.val_limit", t.val_limit >= 0, "must be 0 (the whole split) or positive"),
         ("train.lr", t.lr > 0, "must be positive"),

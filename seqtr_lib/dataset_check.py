@@ -16,11 +16,13 @@ from seqtr_lib.data.refer import read_annotations
 from seqtr_lib.text import clean_expression
 
 
-def _synthetic_shape(annotation_file: Path) -> tuple[int, int]:
-    """(number of images, image side) of a generated synthetic set; every image has an annotation."""
+def _synthetic_shape(annotation_file: Path) -> tuple[int, int, bool]:
+    """(number of images, image side, generalised) of a generated synthetic set; every image has an annotation,
+    and a generalised set's records name their objects in ``bboxes``."""
     document = read_annotations(annotation_file)
     annotations = [a for split in document.values() for a in split]
-    return len({a["image_id"] for a in annotations}), (annotations[0]["width"] if annotations else 0)
+    return (len({a["image_id"] for a in annotations}), (annotations[0]["width"] if annotations else 0),
+            bool(annotations) and "bboxes" in annotations[0])
 
 
 def prepare_synthetic(experiment: Experiment, regenerate: bool = False, workers: int | None = None) -> str:
@@ -34,14 +36,17 @@ def prepare_synthetic(experiment: Experiment, regenerate: bool = False, workers:
 
     data, synthetic = experiment.data, experiment.data.synthetic
     path = experiment.annotation_path
-    wanted = (synthetic.num_images, synthetic.image_size)
+    wanted = (synthetic.num_images, synthetic.image_size, synthetic.generalised.on)
     if path.is_file() and not regenerate:
         found = _synthetic_shape(path)
         if found != wanted:
-            raise ValueError(f"{path} holds {found[0]} images of {found[1]} px but the params ask for {wanted[0]} "
-                             f"of {wanted[1]} px; set regenerate = True to replace it, or choose another data_root")
+            kinds = [" (a generalised set)" if shape[2] else "" for shape in (found, wanted)]
+            raise ValueError(f"{path} holds {found[0]} images of {found[1]} px{kinds[0]} but the params ask for "
+                             f"{wanted[0]} of {wanted[1]} px{kinds[1]}; set regenerate = True to replace it, or choose "
+                             "another data_root")
         return f"kept the synthetic set in {data.data_root} ({found[0]} images of {found[1]} px)"
-    summary = generate_dataset(data.data_root, synthetic.num_images, synthetic.seed, synthetic.image_size, workers)
+    summary = generate_dataset(data.data_root, synthetic.num_images, synthetic.seed, synthetic.image_size, workers,
+                               generalised=synthetic.generalised)
     return f"generated {synthetic.num_images} images in {summary['seconds']:.0f} s under {data.data_root}"
 
 

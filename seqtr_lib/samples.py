@@ -17,11 +17,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from seqtr_lib.config import DataConfig, Experiment
-from seqtr_lib.data.refer import ReferDataset, build_dataset, decode_mask, ground_truth_box
+from seqtr_lib.data.refer import ReferDataset, box_corners, build_dataset, decode_mask, ground_truth_box
 from seqtr_lib.data.transforms import pad_shape_for
 from seqtr_lib.images import read_image
 from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
-from seqtr_lib.viz import draw_comparison, grid_figure
+from seqtr_lib.viz import draw_comparison, draw_objects, grid_figure
 
 # Samples are read by annotation, never encoded: the vocabulary's words do not matter, and building the
 # real one would parse the annotation file a second time.
@@ -37,8 +37,14 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     annotation: dict[str, Any]
     expression: str
-    box: np.ndarray  # (4,) x1, y1, x2, y2
-    mask: np.ndarray | None  # (H, W) uint8, None when the annotation has no mask
+    box: np.ndarray  # (4,) x1, y1, x2, y2 (of a generalised record: the box around all its objects, zeros for none)
+    mask: np.ndarray | None  # (H, W) uint8, None when the annotation has no mask (generalised: the objects' union)
+    boxes: np.ndarray | None = None  # generalised records only (docs/method.md, 11): (K, 4) per object, K = 0 for none
+
+    @property
+    def no_target(self) -> bool:
+        """Whether the expression names nothing in the image (a generalised record's flag)."""
+        return self.boxes is not None and not len(self.boxes)
 
 
 def split_dataset(experiment: Experiment, split: str) -> ReferDataset:
@@ -68,10 +74,23 @@ def load_sample(experiment: Experiment, split: str, index: int, expression_index
     annotation = dataset.annotation(index)
     image = read_image(dataset.image_path(annotation))
     height, width = image.shape[:2]
+    expressions = annotation["expressions"]
+    expression = expressions[expression_index % len(expressions)]
+    if "bboxes" in annotation:
+        return _generalised_sample(image, annotation, expression)
     mask, rle = decode_mask(annotation["mask"], height, width) if "mask" in annotation else (None, None)
     box = ground_truth_box(annotation, height, width, rle).astype(np.float32)  # the box evaluation scores against
-    expressions = annotation["expressions"]
-    return Sample(image, annotation, expressions[expression_index % len(expressions)], box, mask)
+    return Sample(image, annotation, expression, box, mask)
+
+
+def _generalised_sample(image: np.ndarray, annotation: dict[str, Any], expression: str) -> Sample:
+    """A record naming zero or more objects (gRefCOCO's shape): every object's box, their masks' union."""
+    height, width = image.shape[:2]
+    boxes = np.array([box_corners(b, height, width) for b in annotation["bboxes"]], np.float32).reshape(-1, 4)
+    masks = [decode_mask(m, height, width)[0] for m in annotation.get("masks", [])]
+    union = np.any(masks, axis=0).astype(np.uint8) if masks else np.zeros((height, width), np.uint8)
+    around = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)]) if len(boxes) else np.zeros(4, np.float32)
+    return Sample(image, annotation, expression, around, union, boxes)
 
 
 def padded(mask: np.ndarray, pad_shape: tuple[int, int]) -> np.ndarray:
@@ -128,7 +147,8 @@ def _polygons(annotation: dict[str, Any]) -> list | None:
 
 
 def sample_gallery(experiment: Experiment, split: str = "train", num_samples: int = 12, seed: int = 0) -> Figure:
-    """A grid of random objects of a split with box, mask polygons and one expression each."""
+    """A grid of random objects of a split with box, mask polygons and one expression each; for generalised
+    records (docs/method.md, section 11) every object the expression names in its own colour, or "no target"."""
     count = len(split_dataset(experiment, split))
     if count == 0:
         raise ValueError(f"split {split!r} of {experiment.annotation_path} has no annotations")
@@ -137,7 +157,12 @@ def sample_gallery(experiment: Experiment, split: str = "train", num_samples: in
     figure, axes = grid_figure(len(picks))
     for ax, pick in zip(axes, picks):
         sample = load_sample(experiment, split, int(pick), int(rng.integers(1000)))
-        draw_comparison(ax, sample.image, sample.box, _polygons(sample.annotation), title=sample.expression)
+        if sample.boxes is None:
+            draw_comparison(ax, sample.image, sample.box, _polygons(sample.annotation), title=sample.expression)
+            continue
+        masks = sample.annotation.get("masks") or [None] * len(sample.boxes)
+        draw_objects(ax, sample.image, sample.boxes, [m if isinstance(m, list) else None for m in masks],
+                     sample.expression)
     return figure
 
 

@@ -45,6 +45,33 @@ def draw_sample(ax: Axes, image: np.ndarray, box: Sequence[float] | None = None,
     return ax
 
 
+OBJECT_COLORS = ("#00ff66", "#ffcc00", "#33ccff", "#ff66cc", "#ff8800", "#cc99ff", "#99ff33", "#ffffff")
+
+
+def draw_objects(ax: Axes, image: np.ndarray, boxes: Sequence[Sequence[float]],
+                 polygons: Sequence[Sequence[Sequence[float]] | None], expression: str | None = None,
+                 *, wrap: int = 34) -> Axes:
+    """Draw a generalised answer (docs/method.md, section 11): every object's box and mask polygons, one colour
+    per object (an object in pieces has several polygons of its colour), or "no target" when there is none.
+
+    boxes: [x1, y1, x2, y2] pixel corners, one per object; polygons: per object, COCO flat lists or None.
+    """
+    draw_sample(ax, image, expression=expression, wrap=wrap)
+    for number, (box, object_polygons) in enumerate(zip(boxes, polygons)):
+        color = OBJECT_COLORS[number % len(OBJECT_COLORS)]
+        for polygon in object_polygons or ():
+            vertices = np.asarray(polygon, dtype=float).reshape(-1, 2)
+            # A light fill: the shapes' own colours must still read through it ("all the red shapes").
+            ax.add_patch(Polygon(vertices, closed=True, facecolor=to_rgba(color, 0.12), edgecolor=color,
+                                 linewidth=1.5))
+        x1, y1, x2, y2 = box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
+    if not len(boxes):
+        ax.text(0.5, 0.5, "no target", transform=ax.transAxes, ha="center", va="center", fontsize=11,
+                color="white", bbox={"boxstyle": "round,pad=0.3", "facecolor": "#cc3333", "alpha": 0.85})
+    return ax
+
+
 def draw_points(ax: Axes, points: np.ndarray, scores: Sequence[float] | None = None, *, color: str = "#ff3366",
                 close: bool = True) -> Axes:
     """Draw contour vertices (K, 2) numbered in emission order, joined into the polygon they close.

@@ -34,6 +34,7 @@ FAMILIES = {
     "referitgame-berkeley": (("train", "val", "test"), 20, "images/saiaprtc12/{}.jpg"),
     "flickr30k": (("train", "val", "test"), 20, "images/flickr30k/{}.jpg"),
     "synthetic": (("train", "val", "testA", "testB"), 20, "images/synthetic/{}.jpg"),
+    "grefcoco": (("train", "val", "testA", "testB"), 20, COCO_NAME),  # RefCOCO's images; generalised expressions
 }
 MIXED_NAMES = {"coco": COCO_NAME, "flickr": "images/flickr30k/{}.jpg", "vg": "images/visual-genome/{}.jpg",
                "saiaprtc12": "images/saiaprtc12/{}.jpg"}

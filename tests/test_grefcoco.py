@@ -117,3 +117,27 @@ def test_a_failed_conversion_leaves_the_previous_output(tmp_path):
     with pytest.raises(GRefCocoError):
         convert_grefcoco(edited_refs(tmp_path, 1, ann_id=[999]), INSTANCES, out)
     assert out.read_text() == "previous"
+
+
+def test_convert_grefcoco_writes_a_dataset_whose_samples_name_every_object_or_none(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from seqtr_lib.cli import main
+    from seqtr_lib.data.datasets import annotation_path
+
+    out = annotation_path(tmp_path, "grefcoco")
+    out.parent.mkdir(parents=True)
+    main(["convert-grefcoco", "--grefs", str(GREFS), "--instances", str(INSTANCES), "--out", str(out)])
+    for image_id, (height, width) in {9: (40, 60), 10: (30, 50)}.items():
+        path = tmp_path / "images" / "mscoco" / "train2014" / f"COCO_train2014_{image_id:012d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path)
+    data = ReferDataset(tmp_path, "grefcoco", "val", "box", Vocabulary.build([]), image_size=120, max_objects=2)
+    # val: ref 0 (no target, two sentences), ref 2 (both people, two sentences), ref 4 (one person)
+    samples = [data[i] for i in range(len(data))]
+    assert [len(s["boxes"]) for s in samples] == [0, 0, 2, 2, 1]
+    assert [s["no_target"] for s in samples] == [True, True, False, False, False]
+    # The long side 60 -> 120 doubles every coordinate; x2 = x + w, y2 = y + h; row-major: the left person first.
+    assert np.allclose(samples[2]["boxes"], [[4, 8, 24, 24], [60, 20, 100, 52]])
+    assert samples[0]["meta"]["image_path"].endswith("COCO_train2014_000000000009.jpg")

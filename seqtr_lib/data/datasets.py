@@ -58,6 +58,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "flickr30k": DatasetInfo(("train", "val", "test"), 20, FLICKR30K),
     "mixed": DatasetInfo(("train",), 40, None),
     "synthetic": DatasetInfo(("train", "val", "testA", "testB"), 20, SYNTHETIC),
+    # gRefCOCO (generalised: zero or more objects per expression; `seqtr_lib.data.grefcoco`, convert-grefcoco):
+    # RefCOCO's unc images and splits; read with data.max_objects > 0.
+    "grefcoco": DatasetInfo(("train", "val", "testA", "testB"), 20, COCO),
 }
 
 

@@ -45,6 +45,13 @@ class Collate:
       targets (model.scene_loss): every object's centre and colour / kind / size, labels -1 where padded;
       with them ``named_attributes`` int64 (B, 2), the colour and kind each expression names for its target
       (`seqtr_lib.data.synthetic.named_attributes`);
+    - generalised samples (``max_objects`` > 0; docs/method.md, section 11), instead of ``<part>_tokens``:
+      ``answer_tokens`` int64 (B, T), each sample's answer (`SequenceCodec.encode_boxes` or `encode_contours`:
+      its objects, then EOS) padded with EOS to the longest answer of the batch, T; ``answer_weights`` float32
+      (B, T), 1 on the answer's tokens (its EOS included) and 0 on the padding, for a loss to ignore it; and
+      ``no_target`` bool (B,). The longest of the batch, not the caps: a capped contour answer is
+      max_objects * (2 * max_points + 1) tokens, several times a typical one, and the decoder's cost grows
+      with T;
     - ``metas``: list of the samples' meta dicts (plain values);
     - ``num_skipped``: samples dropped because their image could not be read (skip_bad_images).
 
@@ -56,9 +63,11 @@ class Collate:
     """
 
     def __init__(self, codec: SequenceCodec, shuffle_fraction: float = 0.0,
-                 image_dtype: torch.dtype = torch.uint8, device_transforms: bool = False) -> None:
+                 image_dtype: torch.dtype = torch.uint8, device_transforms: bool = False,
+                 max_objects: int = 0, max_points: int = 0) -> None:
         self.codec, self.shuffle_fraction, self.image_dtype = codec, shuffle_fraction, image_dtype
         self.device_transforms = device_transforms
+        self.max_objects, self.max_points = max_objects, max_points
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [s for s in samples if s is not None]
@@ -87,6 +96,9 @@ class Collate:
         if kept and all("scene_labels" in s for s in kept):
             batch["scene_centres"], batch["scene_labels"] = _padded_scenes(kept)
             batch["named_attributes"] = torch.from_numpy(np.stack([s["named_attributes"] for s in kept]))
+        if self.max_objects:
+            batch.update(self._answers(kept))
+            return batch
         layout = self.codec.layout
         if "box" in layout.parts:
             tokens = [self.codec.encode_box(s["box"], s["meta"]["pad_shape"]) for s in kept]
@@ -99,6 +111,21 @@ class Collate:
             tokens = [self.codec.encode_vertices(v, s["meta"]["pad_shape"]) for v, s in zip(vertices, kept)]
             batch["mask_tokens"] = torch.from_numpy(np.stack(tokens).reshape(size, layout.length("mask")))
         return batch
+
+
+    def _answers(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Generalised answers as tokens, padded with EOS to the batch's longest, with their weights."""
+        answers = [self.codec.encode_boxes(s["boxes"], s["meta"]["pad_shape"], self.max_objects) if "boxes" in s
+                   else self.codec.encode_contours(s["contours"], s["meta"]["pad_shape"], self.max_objects,
+                                                   self.max_points) for s in samples]
+        longest = max((len(a) for a in answers), default=1)
+        tokens = torch.full((len(answers), longest), self.codec.layout.eos, dtype=torch.int64)
+        weights = torch.zeros(len(answers), longest)
+        for row, answer in enumerate(answers):
+            tokens[row, :len(answer)] = torch.from_numpy(answer)
+            weights[row, :len(answer)] = 1.0
+        no_target = torch.tensor([bool(s["no_target"]) for s in samples], dtype=torch.bool)
+        return {"answer_tokens": tokens, "answer_weights": weights, "no_target": no_target}
 
 
 def _padded_scenes(samples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +262,7 @@ def build_loader(
         sampler = ShardSampler(len(dataset), rank, world_size)
     batch_sampler = EpochBatchSampler(sampler, data.batch_size if training else data.eval_batch_size, epoch=epoch)
     collate = Collate(SequenceCodec.from_experiment(experiment), data.shuffle_fraction if training else 0.0,
-                      image_dtype, data.device_transforms)
+                      image_dtype, data.device_transforms, data.max_objects, data.max_points)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 # The annotation field each part of a task's sequence is made from; "expressions" and "image_id" are always needed.
 PART_FIELD = {"box": "bbox", "mask": "mask"}
 # Fields the pipeline interprets; any other field (category, colour, ...) rides along in meta["extra"].
-KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source"})
+KNOWN_FIELDS = frozenset({"image_id", "height", "width", "bbox", "expressions", "mask", "data_source",
+                          "bboxes", "masks", "no_target"})
+# Generalised records (issue 36: gRefCOCO's reader, a generalised synthetic set) name zero or more objects.
+GENERALISED_FIELD = {"box": "bboxes", "mask": "masks"}
 SCENE_FIELDS = ("scene", "color", "category")  # what the scene loss and the attribute prior read
 ZOOM_FIELDS = ("scene", "object_index")  # what data.zoom_out reads to keep region words true
 FIELD_HINTS = {"bbox": "[x, y, w, h] in pixels", "mask": "polygons or an RLE",
@@ -115,6 +118,27 @@ def _box_outside_image(annotation: dict[str, Any]) -> bool:
     return x < 0 or y < 0 or x + w > annotation["width"] or y + h > annotation["height"]
 
 
+def _generalised_problem(annotation: dict[str, Any], task: str, max_objects: int) -> str | None:
+    """What keeps a record from giving a generalised answer, or None. A classic record (``bbox`` / ``mask``)
+    is an answer of its one object."""
+    field = GENERALISED_FIELD[task]
+    if field not in annotation:
+        if PART_FIELD[task] in annotation:
+            return None
+        return (f"has no '{field}' (data.max_objects > 0 reads generalised records); convert gRefCOCO with "
+                "convert-grefcoco, generate a generalised synthetic set, or set data.max_objects: 0")
+    objects = annotation[field]
+    if not isinstance(objects, list) or not isinstance(annotation.get("no_target"), bool):
+        return f"needs '{field}' as a list and 'no_target' as true or false"
+    if annotation["no_target"] != (not objects):
+        return f"says no_target {annotation['no_target']} but names {len(objects)} objects"
+    if task == "box" and not all(isinstance(b, list) and len(b) == 4 and b[2] >= 0 and b[3] >= 0 for b in objects):
+        return "has a box in 'bboxes' that is not [x, y, w, h] with w, h >= 0"
+    if len(objects) > max_objects:
+        return f"names {len(objects)} objects, more than data.max_objects = {max_objects}; raise the cap"
+    return None
+
+
 class _PackedAnnotations:
     """Annotations stored as one byte buffer of pickled records, decoded on access.
 
@@ -194,6 +218,8 @@ class ReferDataset:
         scene_targets: bool = False,
         zoom_out_probability: float = 0.0,
         zoom_out_max_factor: float = 2.0,
+        max_objects: int = 0,
+        max_points: int = 0,
         seed: int = 0,
     ) -> None:
         if dataset not in DATASETS:
@@ -212,6 +238,13 @@ class ReferDataset:
         self.device_transforms = device_transforms
         self.scene_targets = scene_targets
         self.zoom_out_probability, self.zoom_out_max_factor = zoom_out_probability, zoom_out_max_factor
+        self.max_objects, self.max_points = max_objects, max_points
+        if max_objects and task not in GENERALISED_FIELD:
+            raise ValueError(f"generalised answers (max_objects > 0) are boxes or contours: task box or mask, "
+                             f"not {task!r}")
+        if max_objects and zoom_out_probability > 0:
+            raise ValueError("data.zoom_out re-reads one target's region words; it cannot take generalised records "
+                             "(data.max_objects > 0) yet: set one of them to 0")
         if zoom_out_probability > 0 and device_transforms:
             raise ValueError("data.zoom_out places the decoded image on a canvas in the loader, which "
                              "data.device_transforms skips; turn one off")
@@ -228,10 +261,14 @@ class ReferDataset:
             )
         annotations = document[split]
         needed = tuple(PART_FIELD[part] for part in TASK_PARTS[task]) + (SCENE_FIELDS if scene_targets else ())
+        if max_objects:  # the objects' fields are checked by _generalised_problem; the scene loss reads the words
+            needed = ("scene",) if scene_targets else ()
         if training and zoom_out_probability > 0:
             needed += ZOOM_FIELDS
         for index, annotation in enumerate(annotations):
             problem = _annotation_problem(annotation, needed, dataset)
+            if problem is None and max_objects:
+                problem = _generalised_problem(annotation, task, max_objects)
             if problem:
                 raise AnnotationError(f"{self.annotation_file}, split '{split}', annotation {index} {problem}")
         outside = [i for i, a in enumerate(annotations) if _box_outside_image(a)]
@@ -291,10 +328,11 @@ class ReferDataset:
             log.warning("skipping %s (%s)", error, where)
             return None
         rng_key = (self.seed, epoch, index)
+        make = self._generalised_sample if self.max_objects else self._sample
         if not self.device_transforms:
-            return self._sample(annotation, image, path, ann_index, expression_index, rng, rng_key)
+            return make(annotation, image, path, ann_index, expression_index, rng, rng_key)
         # The geometry and targets as on the host, without the pixels; the image travels as its file's bytes.
-        sample = self._sample(annotation, None, path, ann_index, expression_index, rng, rng_key, ori_shape)
+        sample = make(annotation, None, path, ann_index, expression_index, rng, rng_key, ori_shape)
         sample["image"] = payload
         return sample
 
@@ -374,6 +412,92 @@ class ReferDataset:
             )
         return sample
 
+    def _generalised_sample(self, annotation: dict[str, Any], image: np.ndarray | None, path: Path, ann_index: int,
+                            expression_index: int, rng: np.random.Generator, rng_key: tuple[int, int, int],
+                            ori_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+        """A sample of a record naming zero or more objects (data.max_objects > 0; docs/method.md, section 11).
+
+        The transform is drawn as for one object, the LSJ crop kept around all of them (their enclosing box, or
+        the union of their masks), and then moves every object (`transforms.transformed_targets`). Instead of
+        ``box`` / ``vertices`` the sample holds ``boxes`` float32 (K, 4) x1, y1, x2, y2 (task box) or
+        ``contours``, a list of float32 (K_i, 2) x, y (task mask: each visible piece of each object, up to
+        ``max_points`` points sampled as the classic contour, pieces of fewer than 3 points dropped, at most
+        ``max_objects`` of them, the largest kept), in pixels of the transformed image, in the codec's order
+        (row-major by top-left corner or first vertex; the codec breaks ties between equal tokens); and
+        ``no_target``. ``target_box`` is the box of the first object in that order (zeros for none). The meta
+        holds ``gt_boxes`` (original pixels), ``no_target`` and, for masks, ``gt_mask_rle``: the union.
+        """
+        from seqtr_lib.data import transforms
+        from seqtr_lib.sequence import mask_to_rle
+
+        height, width = image.shape[:2] if image is not None else ori_shape
+        boxes, masks = self._objects(annotation, height, width, path, ann_index)
+        mask_task = self.task == "mask"
+        union_mask = np.any(masks, axis=0).astype(np.uint8) if masks else np.zeros((height, width), np.uint8)
+        enclosing = None if mask_task or not len(boxes) else np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
+        image_tv, box_tv, mask_tv = transforms.to_tv_tensors(image, enclosing, union_mask if mask_task and masks
+                                                             else None, (height, width))
+        lsj = self.training and self.lsj
+        if lsj:
+            out = transforms.large_scale_jitter(image_tv, box_tv, mask_tv, rng, self.image_size, self.lsj_scale,
+                                                (height, width))
+        else:
+            out = transforms.resize_long_side(image_tv, box_tv, mask_tv, self.image_size, (height, width))
+        moved_boxes, moved_masks = transforms.transformed_targets(out.geometry, None if mask_task else boxes,
+                                                                  masks, clip_boxes=lsj)
+        expression = annotation["expressions"][expression_index]
+        no_target = bool(annotation.get("no_target", False))
+        meta = {
+            "image_id": annotation["image_id"], "ann_index": ann_index, "expression": expression,
+            "expression_index": expression_index, "image_path": str(path), **vars(out.geometry),
+            "gt_boxes": boxes.tolist(), "no_target": no_target,
+            "extra": {k: v for k, v in annotation.items() if k not in KNOWN_FIELDS},
+        }
+        sample: dict[str, Any] = {"image": out.image, "expression_ids": self.vocabulary.encode(expression, self.max_token),
+                                  "meta": meta, "rng_key": rng_key, "no_target": no_target}
+        if mask_task:
+            meta["gt_mask_rle"] = mask_to_rle(union_mask)
+            sample["contours"] = answer_contours(moved_masks, self.max_points, self.max_objects,
+                                                 out.geometry.pad_shape, self.center_sampling)
+            first = sample["contours"][0] if sample["contours"] else None
+            sample["target_box"] = (np.zeros(4, np.float32) if first is None
+                                    else np.concatenate([first.min(0), first.max(0)]).astype(np.float32))
+        else:
+            order = np.lexsort((moved_boxes[:, 2], moved_boxes[:, 3], moved_boxes[:, 0], moved_boxes[:, 1]))
+            sample["boxes"] = moved_boxes[order]
+            sample["target_box"] = sample["boxes"][0] if len(order) else np.zeros(4, np.float32)
+        if self.scene_targets:
+            from seqtr_lib.data.synthetic import named_attributes_in_words, scene_targets
+
+            try:
+                sample["scene_centres"], sample["scene_labels"] = scene_targets(
+                    annotation["scene"], out.geometry.scale_factor, out.geometry.crop, out.geometry.img_shape)
+            except (KeyError, ValueError, TypeError) as error:
+                raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index}: its "
+                                      f"'scene' cannot give scene-loss targets ({error!r}); regenerate the set with "
+                                      "make-synthetic or set model.scene_loss: 0") from error
+            sample["named_attributes"] = named_attributes_in_words(expression)
+        return sample
+
+    def _objects(self, annotation: dict[str, Any], height: int, width: int, path: Path,
+                 ann_index: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """A record's objects in original pixels: boxes float64 (K, 4) x1, y1, x2, y2 (`box_corners`; for the mask
+        task the tight boxes of the masks) and, for the mask task, (H, W) uint8 masks. A classic record is one."""
+        generalised = GENERALISED_FIELD[self.task] in annotation
+        if self.task == "box":
+            bboxes = annotation["bboxes"] if generalised else [annotation["bbox"]]
+            return np.array([box_corners(b, height, width) for b in bboxes]).reshape(-1, 4), []
+        masks, boxes = [], []
+        for number, polygons in enumerate(annotation["masks"] if generalised else [annotation["mask"]]):
+            try:
+                mask, rle = decode_mask(polygons, height, width)
+            except (ValueError, TypeError, KeyError) as error:
+                raise AnnotationError(f"{self.annotation_file}, split '{self.split}', annotation {ann_index} "
+                                      f"({path}): cannot decode the mask of object {number}: {error}") from error
+            masks.append(mask)
+            boxes.append(ground_truth_box({}, height, width, rle))
+        return np.array(boxes).reshape(-1, 4), masks
+
     def _zoom_canvas(self, annotation: dict[str, Any], expression_index: int, ori_shape: tuple[int, int],
                      rng: np.random.Generator) -> Canvas | None:
         """The canvas (`transforms.Canvas`) a training sample is zoomed out onto, or None: with
@@ -387,6 +511,30 @@ class ReferDataset:
         canvas = transforms.draw_canvas(ori_shape, self.zoom_out_max_factor, BACKGROUND_BASE, rng)
         expression = annotation["expressions"][expression_index]
         return canvas if zoom_keeps_denotation(expression, annotation, canvas.shape, canvas.offset) else None
+
+
+def answer_contours(masks: list[np.ndarray], max_points: int, max_objects: int, pad_shape: tuple[int, int],
+                    center_sampling: bool = False) -> list[np.ndarray]:
+    """The contours of a generalised mask answer: each 8-connected piece of each (H, W) mask, sampled as the
+    classic contour (`sample_mask_vertices`, ``max_points`` slots) without its missing points; pieces of fewer
+    than 3 points dropped; the ``max_objects`` largest pieces kept; row-major by first vertex (y, then x).
+    Returns float32 (K_i, 2) x, y arrays."""
+    import cv2
+
+    from seqtr_lib.sequence import sample_mask_vertices
+
+    pieces = []
+    for mask in masks:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, np.uint8),
+                                                                   connectivity=8)
+        for label in range(1, count):
+            vertices = sample_mask_vertices((labels == label).astype(np.uint8), max_points, pad_shape,
+                                            center_sampling)
+            points = vertices.T[(vertices >= 0).all(axis=0)]
+            if len(points) >= 3:
+                pieces.append((int(stats[label, cv2.CC_STAT_AREA]), points.astype(np.float32)))
+    kept = sorted(pieces, key=lambda piece: -piece[0])[:max_objects]  # sorted() is stable: ties keep mask order
+    return sorted((points for _, points in kept), key=lambda points: (points[0, 1], points[0, 0]))
 
 
 def _tight_box(mask: np.ndarray) -> np.ndarray:
@@ -483,6 +631,8 @@ def build_dataset(experiment: Experiment, split: str, vocabulary: Vocabulary, tr
         device_transforms=data.device_transforms,
         zoom_out_probability=data.zoom_out.probability,
         zoom_out_max_factor=data.zoom_out.max_factor,
+        max_objects=data.max_objects,
+        max_points=data.max_points,
         scene_targets=training and model.scene_loss > 0 if scene_targets is None else scene_targets,
         seed=experiment.train.seed,
     )

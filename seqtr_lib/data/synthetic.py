@@ -10,6 +10,14 @@ from small pools, so distractors share the target's colour or kind and every wor
 Splits: train / val / testA share one distribution; testB targets are colour-kind pairs
 (``HELD_OUT_PAIRS``) that never appear in the other splits' scenes.
 
+Generalised sets (issue 36, beyond the paper; docs/method.md section 11), when `generate_dataset` gets
+``generalised`` shares: expressions may also name several objects ("all the red shapes", "the two circles on
+the left", "both squares", "every star left of the blue circle"; `group_denotation`) or none ("the green
+star" in a scene with green things and stars but no green star; `no_target_referents`), and a share of images
+has one object cut into pieces by a shape drawn in front of it (`_add_occluder`). Every record then has the
+shape of the gRefCOCO reader's (`seqtr_lib.data.grefcoco`): ``bboxes`` and ``masks``, one per object it names
+(none for no target), and ``no_target``. Without them the output is the classic one, byte for byte.
+
 Layout written by `generate_dataset` (a ``data_root`` like the real datasets', by the rules of
 `seqtr_lib.data.datasets`):
 
@@ -26,10 +34,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -37,6 +45,9 @@ from tqdm import tqdm
 
 from seqtr_lib.atomic import write_json_atomic
 from seqtr_lib.data.datasets import SYNTHETIC, annotation_path
+
+if TYPE_CHECKING:
+    from seqtr_lib.config import GeneralisedConfig
 
 COLORS: dict[str, tuple[int, int, int]] = {  # RGB, far apart so that noise and JPEG cannot mix them up
     "red": (220, 40, 40),
@@ -74,6 +85,12 @@ EXTREME_WORDS = {"left": ("leftmost",), "right": ("rightmost",), "top": ("topmos
                  "bottom": ("bottommost", "lowest")}
 RELATION_WORDS = {"left": ("left of", "to the left of"), "right": ("right of", "to the right of"),
                   "top": ("above",), "bottom": ("below", "under")}
+# Generalised sets: the quantity words of an expression naming several objects, and how many each names
+# (None: two or more, as many as match).
+QUANTITY_COUNTS: dict[str, int | None] = {"all": None, "every": None, "both": 2, "two": 2, "three": 3}
+SPLIT_MIN_VISIBLE = 0.3      # of a deliberately split object's own area (the others keep MIN_VISIBLE_FRACTION)
+MIN_PIECE_FRACTION = 0.08    # each piece of a split object, of its own area: no speck counts as a piece
+OCCLUDER_TRIES = 40          # placements of the shape in front tried per scene before the scene is redrawn
 REGION_PHRASES = {("left",): "on the left", ("right",): "on the right", ("top",): "at the top",
                   ("bottom",): "at the bottom", ("top", "left"): "at the top left",
                   ("top", "right"): "at the top right", ("bottom", "left"): "at the bottom left",
@@ -123,6 +140,7 @@ class Referent:
     extreme: str | None = None     # a key of DIRECTIONS: "left" -> the leftmost
     relation: str | None = None    # a key of DIRECTIONS: "left" -> left of ``landmark``
     landmark: Referent | None = None
+    quantity: str | None = None    # a key of QUANTITY_COUNTS: several objects (`group_denotation`); None: one
 
     @property
     def expression_type(self) -> str:
@@ -205,6 +223,8 @@ def expression_text(referent: Referent, rng: np.random.Generator) -> str:
     def pick(options: tuple[str, ...]) -> str:
         return options[rng.integers(len(options))]
 
+    if referent.quantity:
+        return _group_text(referent, rng)
     words = ["the"]
     if referent.extreme:
         words.append(pick(EXTREME_WORDS[referent.extreme]))
@@ -218,6 +238,91 @@ def expression_text(referent: Referent, rng: np.random.Generator) -> str:
     if referent.relation:
         words += [pick(RELATION_WORDS[referent.relation]), expression_text(referent.landmark, rng)]
     return " ".join(words)
+
+
+def _group_text(referent: Referent, rng: np.random.Generator) -> str:
+    """Words for a referent of several objects: "all the red circles", "every circle", "both squares", "the
+    two stars on the left", "the three shapes left of the blue square"."""
+    noun = referent.kind or "shape"
+    color = [referent.color] if referent.color else []
+    quantity = referent.quantity
+    if quantity == "every":
+        words = ["every", *color, noun]
+    elif quantity == "both":
+        words = ["both", *color, f"{noun}s"]
+    elif quantity == "all":
+        words = ["all", "the", *color, f"{noun}s"]
+    else:
+        words = ["the", quantity, *color, f"{noun}s"]
+    if referent.region:
+        words.append(REGION_PHRASES[referent.region])
+    if referent.relation:
+        options = RELATION_WORDS[referent.relation]
+        words += [options[rng.integers(len(options))], expression_text(referent.landmark, rng)]
+    return " ".join(words)
+
+
+def group_denotation(referent: Referent, objects: list[SceneObject], image_size: int) -> frozenset[int] | None:
+    """The objects (indices) a referent of several objects names, or None when it names no clear group.
+
+    Its colour, kind, region and relation are read as `denotation` reads them; the group is what they
+    surely denote, and it is clear when nothing else may match (no object near a threshold), when it has at
+    least two members and when its quantity word counts them ("both" and "two": exactly two, "three":
+    exactly three, "all" and "every": two or more).
+    """
+    sure, maybe = denotation(referent, objects, image_size)
+    count = QUANTITY_COUNTS[referent.quantity]
+    if sure != maybe or len(sure) < 2 or count not in (None, len(sure)):
+        return None
+    return sure
+
+
+def _landmarks(objects: list[SceneObject]) -> list[Referent]:
+    """Every way the grammar names one object as a landmark: colour and kind, kind, or colour."""
+    named = {r: None for o in objects
+             for r in (Referent(o.color, o.kind), Referent(kind=o.kind), Referent(color=o.color))}
+    return list(named)
+
+
+def group_referents(objects: list[SceneObject], image_size: int) -> dict[frozenset[int], list[Referent]]:
+    """Every clear group of two or more objects the grammar can name, with the referents naming it:
+    colour and/or kind ("all the red shapes"), with a region ("the two circles on the left") or a relation
+    to a landmark ("every star left of the blue circle"), each with every quantity word that fits."""
+    colors, kinds = sorted({o.color for o in objects}), sorted({o.kind for o in objects})
+    landmarks = _landmarks(objects)
+    groups: dict[frozenset[int], list[Referent]] = {}
+    for color in (None, *colors):
+        for kind in (None, *kinds):
+            bases = [Referent(color, kind), *(Referent(color, kind, region=r) for r in REGION_PHRASES),
+                     *(Referent(color, kind, relation=d, landmark=m) for d in DIRECTIONS for m in landmarks)]
+            for base in bases:
+                # The quantity does not change what colour, kind and place select; "all" accepts any group.
+                group = group_denotation(replace(base, quantity="all"), objects, image_size)
+                if group is None:
+                    continue
+                groups.setdefault(group, []).extend(
+                    replace(base, quantity=q) for q, n in QUANTITY_COUNTS.items()
+                    if n in (None, len(group)))
+    return groups
+
+
+def no_target_referents(objects: list[SceneObject], image_size: int, split: str) -> list[Referent]:
+    """Referents that name nothing in the scene, from words the scene shows: a colour and a kind that both
+    occur in it but never together ("the green star" beside a green circle and a red star), or a pair that
+    occurs, with a region where none of its objects clearly is. Held-out pairs only in testB, as for objects."""
+    colors, kinds = sorted({o.color for o in objects}), sorted({o.kind for o in objects})
+    present = {(o.color, o.kind) for o in objects}
+    nothing = (frozenset(), frozenset())
+    referents = []
+    for color in colors:
+        for kind in kinds:
+            if (color, kind) not in present:
+                if split == "testB" or (color, kind) not in HELD_OUT_PAIRS:
+                    referents.append(Referent(color, kind))
+                continue
+            referents += [r for r in (Referent(color, kind, region=region) for region in REGION_PHRASES)
+                          if denotation(r, objects, image_size) == nothing]
+    return referents
 
 
 def _candidate_referents(target: int, objects: list[SceneObject], image_size: int) -> Iterator[Referent]:
@@ -298,11 +403,47 @@ def _layout(rng: np.random.Generator, image_size: int, split: str) -> list[_Shap
         else:
             continue
         angle = np.deg2rad(rng.uniform(-1, 1) * ROTATION_JITTER[kind])
-        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        points = center + radius * UNIT_OUTLINES[kind] @ rotation.T
-        vertices = np.round(points).astype(np.int32).reshape(-1, 1, 2)
-        shapes.append(_Shape(color, kind, size, radius, center, vertices))
+        shapes.append(_placed(color, kind, size, radius, center, angle))
     return shapes
+
+
+def _placed(color: str, kind: str, size: str, radius: float, center: np.ndarray, angle: float) -> _Shape:
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = center + radius * UNIT_OUTLINES[kind] @ rotation.T
+    return _Shape(color, kind, size, radius, center, np.round(points).astype(np.int32).reshape(-1, 1, 2))
+
+
+def _add_occluder(rng: np.random.Generator, shapes: list[_Shape], image_size: int,
+                  split: str) -> tuple[list[_Shape], _Shape | None]:
+    """One more shape, drawn last, across a random shape so that what stays visible of it is several pieces
+    (each at least MIN_PIECE_FRACTION of its area, together at least SPLIT_MIN_VISIBLE): the shapes and the
+    one split, or None when OCCLUDER_TRIES placements cut nothing in two. Its colour is another of the
+    scene's when there is one, its kind any, its pair not held out (except in testB)."""
+    if not shapes:
+        return shapes, None
+    target_index = int(rng.integers(len(shapes)))
+    target = shapes[target_index]
+    full = _full_mask(target, image_size)
+    covered = np.zeros_like(full)
+    for later in shapes[target_index + 1:]:
+        covered |= _full_mask(later, image_size)
+    colors = sorted({s.color for s in shapes} - {target.color}) or sorted(COLORS)
+    for _ in range(OCCLUDER_TRIES):
+        color, kind = _free_pair(rng, colors, list(KINDS), split)
+        size = str(rng.choice(list(SIZES)))
+        radius = float(SIZES[size] * image_size * rng.uniform(0.95, 1.05))
+        center = target.center + rng.uniform(-0.4, 0.4, size=2) * target.radius
+        angle = np.deg2rad(rng.uniform(-1, 1) * ROTATION_JITTER[kind])
+        if not (radius + 2 <= center).all() or not (center <= image_size - radius - 2).all():
+            continue
+        occluder = _placed(color, kind, size, radius, center, angle)
+        visible = full & (1 - (covered | _full_mask(occluder, image_size)))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(visible, connectivity=8)
+        areas = stats[1:count, cv2.CC_STAT_AREA]
+        if (len(areas) >= 2 and areas.min() >= MIN_PIECE_FRACTION * full.sum()
+                and areas.sum() >= SPLIT_MIN_VISIBLE * full.sum()):
+            return [*shapes, occluder], target
+    return shapes, None
 
 
 def _outline_thickness(image_size: int) -> int:
@@ -331,8 +472,10 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]] | None:
     return [((c.reshape(-1, 2) + 0.5) / 2).ravel().tolist() for c in contours]
 
 
-def _visible_objects(shapes: list[_Shape], image_size: int) -> tuple[list[_Shape], list[SceneObject]]:
-    """Drop shapes left mostly hidden (or with holes) until every remaining one is clearly visible."""
+def _visible_objects(shapes: list[_Shape], image_size: int,
+                     split_shape: _Shape | None = None) -> tuple[list[_Shape], list[SceneObject]]:
+    """Drop shapes left mostly hidden (or with holes) until every remaining one is clearly visible;
+    ``split_shape``, cut into pieces on purpose, needs SPLIT_MIN_VISIBLE of its area only."""
     full = [_full_mask(s, image_size) for s in shapes]
     keep = list(range(len(shapes)))
     while True:
@@ -342,7 +485,8 @@ def _visible_objects(shapes: list[_Shape], image_size: int) -> tuple[list[_Shape
             visible = full[k] & (1 - covered)
             covered |= full[k]
             area = int(visible.sum())
-            polygons = mask_polygons(visible) if area >= MIN_VISIBLE_FRACTION * full[k].sum() else None
+            least = SPLIT_MIN_VISIBLE if shapes[k] is split_shape else MIN_VISIBLE_FRACTION
+            polygons = mask_polygons(visible) if area >= least * full[k].sum() else None
             if polygons is not None:
                 x, y, w, h = cv2.boundingRect(visible)
                 s = shapes[k]
@@ -390,17 +534,101 @@ def _annotation(image_id: int, image_size: int, target: int, objects: list[Scene
         "category": o.kind, "color": o.color, "size": o.size,
         "expression_types": [kind for _, kind in expressions],
         "object_index": target,  # into "scene", the whole scene, for analysis and independent checks
-        "scene": [{"color": s.color, "kind": s.kind, "size": s.size, "radius": s.radius,
-                   "center": list(s.center), "bbox": list(s.bbox), "area": s.area} for s in objects],
+        "scene": _scene_entries(objects),
     }
 
 
-def make_image(seed: int, index: int, image_size: int, split: str) -> tuple[np.ndarray, list[dict]]:
+def _scene_entries(objects: list[SceneObject]) -> list[dict]:
+    return [{"color": s.color, "kind": s.kind, "size": s.size, "radius": s.radius, "center": list(s.center),
+             "bbox": list(s.bbox), "area": s.area} for s in objects]
+
+
+def _record(image_id: int, image_size: int, indices: list[int], expressions: list[tuple[str, str]],
+            objects: list[SceneObject], split_object: int | None) -> dict:
+    """A generalised record: the gRefCOCO reader's fields (``bboxes``, ``masks``, ``no_target``) for the
+    objects at ``indices`` (in scene order; none: no target), and the scene for analysis."""
+    return {
+        "image_id": image_id, "height": image_size, "width": image_size,
+        "expressions": [text for text, _ in expressions], "no_target": not indices,
+        "bboxes": [list(objects[i].bbox) for i in indices], "masks": [objects[i].polygons for i in indices],
+        "expression_types": [kind for _, kind in expressions],
+        "object_indices": list(indices),  # into "scene"
+        "split_object": split_object,  # the scene object cut into pieces on purpose, or None
+        "scene": _scene_entries(objects),
+    }
+
+
+def _generalised_records(image_id: int, image_size: int, split: str, objects: list[SceneObject],
+                         singles: list[dict], shares: GeneralisedConfig, split_object: int | None,
+                         rng: np.random.Generator) -> list[dict] | None:
+    """One record per classic annotation slot, each drawn to name several objects (``multi_target``), none
+    (``no_target``) or, else, its one object; None when the scene has too few groups or absent descriptions
+    for the draws (the scene is then redrawn). A group or description is used once per image."""
+    groups = group_referents(objects, image_size)
+    unused = [g for g in groups if split != "testB" or any(
+        (objects[i].color, objects[i].kind) in HELD_OUT_PAIRS for i in g)]
+    unused = [unused[i] for i in rng.permutation(len(unused))]
+    empty = no_target_referents(objects, image_size, split)
+    empty = [empty[i] for i in rng.permutation(len(empty))]
+    records = []
+    for single in singles:
+        draw = rng.random()
+        if draw < shares.multi_target:
+            if not unused:
+                return None
+            group = unused.pop()
+            records.append(_record(image_id, image_size, sorted(group), _choose_expressions(groups[group], rng),
+                                   objects, split_object))
+        elif draw < shares.multi_target + shares.no_target:
+            if not empty:
+                return None
+            chosen, empty = empty[:MAX_EXPRESSIONS], empty[MAX_EXPRESSIONS:]
+            records.append(_record(image_id, image_size, [], _choose_expressions(chosen, rng), objects,
+                                   split_object))
+        else:
+            records.append(_record(image_id, image_size, [single["object_index"]],
+                                   list(zip(single["expressions"], single["expression_types"])), objects,
+                                   split_object))
+    return records
+
+
+def _generalised_image(seed: int, index: int, image_size: int, split: str,
+                       shares: GeneralisedConfig) -> tuple[np.ndarray, list[dict]]:
+    """`make_image` for a generalised set: whether the image has a split object is drawn first (a scene
+    that cannot cut one is redrawn), then each classic annotation's slot (`_generalised_records`)."""
+    rng = np.random.default_rng([seed, index])
+    split_wanted = rng.random() < shares.split_objects
+    for _ in range(MAX_SCENE_ATTEMPTS):
+        shapes, split_shape = _layout(rng, image_size, split), None
+        if split_wanted:
+            shapes, split_shape = _add_occluder(rng, shapes, image_size, split)
+            if split_shape is None:
+                continue
+        shapes, objects = _visible_objects(shapes, image_size, split_shape)
+        split_object = next((i for i, s in enumerate(shapes) if s is split_shape), None)
+        if split_wanted and (split_object is None or len(objects[split_object].polygons) < 2):
+            continue
+        targets = [i for i, o in enumerate(objects)
+                   if split != "testB" or (o.color, o.kind) in HELD_OUT_PAIRS]
+        singles = [a for i in targets if (a := _annotation(index, image_size, i, objects, rng))]
+        records = singles and _generalised_records(index, image_size, split, objects, singles, shares,
+                                                   split_object, rng)
+        if records:
+            return _render(rng, shapes, image_size), records
+    raise RuntimeError(f"no generalised scene after {MAX_SCENE_ATTEMPTS} attempts (seed={seed}, index={index}, "
+                       f"image_size={image_size}, split={split}); lower the generalised shares")
+
+
+def make_image(seed: int, index: int, image_size: int, split: str,
+               generalised: GeneralisedConfig | None = None) -> tuple[np.ndarray, list[dict]]:
     """One scene: RGB uint8 image (H, W, 3) and its annotations (instances.json format, image_id = index).
 
-    Depends only on (seed, index, image_size, split). A scene whose objects all lack a unique
-    expression (or, in testB, that keeps no held-out target) is redrawn.
+    Depends only on (seed, index, image_size, split, generalised). A scene whose objects all lack a unique
+    expression (or, in testB, that keeps no held-out target) is redrawn. With ``generalised`` shares
+    (`_generalised_image`) the annotations are generalised records; without, the classic ones.
     """
+    if generalised is not None and generalised.on:
+        return _generalised_image(seed, index, image_size, split, generalised)
     rng = np.random.default_rng([seed, index])
     for _ in range(MAX_SCENE_ATTEMPTS):
         shapes, objects = _visible_objects(_layout(rng, image_size, split), image_size)
@@ -419,9 +647,9 @@ def split_sizes(num_images: int) -> dict[str, int]:
     return {"train": num_images - 3 * held, "val": held, "testA": held, "testB": held}
 
 
-def _write_image(task: tuple[int, int, int, str, str]) -> list[dict]:
-    seed, index, image_size, split, data_root = task
-    image, annotations = make_image(seed, index, image_size, split)
+def _write_image(task: tuple[int, int, int, str, str, GeneralisedConfig | None]) -> list[dict]:
+    seed, index, image_size, split, data_root, generalised = task
+    image, annotations = make_image(seed, index, image_size, split, generalised)
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
@@ -435,12 +663,14 @@ def _init_worker() -> None:
 
 
 def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0, image_size: int = 256,
-                     workers: int | None = None, progress: bool = True) -> dict:
+                     workers: int | None = None, progress: bool = True,
+                     generalised: GeneralisedConfig | None = None) -> dict:
     """Write the synthetic dataset under ``out_dir`` (a data_root); return its summary.
 
-    Byte-identical output for a given (num_images, seed, image_size), whatever ``workers``.
-    Summary: {"annotation_file", "image_dir", "seconds", "splits": {split: {"images", "objects",
-    "expressions"}}}.
+    Byte-identical output for a given (num_images, seed, image_size, generalised), whatever ``workers``;
+    ``generalised`` shares (data.synthetic.generalised) make a generalised set, None or all-zero shares the
+    classic one. Summary: {"annotation_file", "image_dir", "seconds", "splits": {split: {"images",
+    "objects", "expressions"}}}; "objects" counts records (annotated objects, or groups and no-targets).
     """
     if num_images < 4:
         raise ValueError(f"num_images must be at least 4 (one image for each of {', '.join(SPLITS)}); "
@@ -460,7 +690,7 @@ def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0,
     json_path.unlink(missing_ok=True)
 
     splits = [name for name, count in split_sizes(num_images).items() for _ in range(count)]
-    tasks = [(seed, index, image_size, split, str(out_dir)) for index, split in enumerate(splits)]
+    tasks = [(seed, index, image_size, split, str(out_dir), generalised) for index, split in enumerate(splits)]
     bar = tqdm(total=num_images, desc="synthetic images", unit="img", disable=not progress)
     dataset: dict[str, list[dict]] = {name: [] for name in SPLITS}
 
@@ -487,6 +717,14 @@ def generate_dataset(out_dir: str | Path, num_images: int = 6000, seed: int = 0,
             "seconds": round(time.perf_counter() - start, 2), "splits": counts}
 
 
+def _target_words(expression: str) -> list[str]:
+    """The words before a relation ("... left of the blue square"): those that describe the target(s)."""
+    padded = f" {expression} "
+    cut = min((padded.find(f" {p} ") for words in RELATION_WORDS.values() for p in words if f" {p} " in padded),
+              default=len(padded))
+    return padded[:cut].split()
+
+
 def named_attributes(expression: str, color: str, kind: str) -> np.ndarray:
     """Which colour and kind ``expression`` names for its target, whose own are ``color`` and ``kind``.
 
@@ -494,13 +732,20 @@ def named_attributes(expression: str, color: str, kind: str) -> np.ndarray:
     (2,): the index of ``color`` in ``SCENE_ATTRIBUTES["color"]`` when that word is among them, else the
     number of colours ("names none"); then the same for the kind. For model.attribute_prior.
     """
-    padded = f" {expression} "
-    cut = min((padded.find(f" {p} ") for words in RELATION_WORDS.values() for p in words if f" {p} " in padded),
-              default=len(padded))
-    words = padded[:cut].split()
+    words = _target_words(expression)
     colors, kinds = SCENE_ATTRIBUTES["color"], SCENE_ATTRIBUTES["kind"]
     return np.array([colors.index(color) if color in words else len(colors),
                      kinds.index(kind) if kind in words else len(kinds)], np.int64)
+
+
+def named_attributes_in_words(expression: str) -> np.ndarray:
+    """`named_attributes` read from the words alone, for generalised records (several targets or none): the
+    first colour and the first kind (singular or plural) before a relation, each "names none" when absent."""
+    words = _target_words(expression)
+    colors, kinds = SCENE_ATTRIBUTES["color"], SCENE_ATTRIBUTES["kind"]
+    color = next((colors.index(w) for w in words if w in colors), len(colors))
+    kind = next((kinds.index(w.removesuffix("s")) for w in words if w.removesuffix("s") in kinds), len(kinds))
+    return np.array([color, kind], np.int64)
 
 
 def scene_targets(scene: list[dict], scale_factor: tuple[float, float], crop: tuple[int, int],

@@ -253,6 +253,28 @@ def large_scale_jitter(
     return Transformed(image, box, mask, _geometry(ori_shape, img_shape, resized, crop))
 
 
+def transformed_targets(geometry: Geometry, boxes_xyxy: np.ndarray | None, masks: list[np.ndarray],
+                        clip_boxes: bool) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """Several targets through a transform already drawn (`large_scale_jitter`, `resize_long_side`): boxes
+    (K, 4) XYXY and (H, W) uint8 masks of the original image, resized to the geometry's resized shape and
+    cut to its crop, as those transforms move their one target; boxes clipped to [0, W-1] x [0, H-1] of the
+    result with ``clip_boxes`` (LSJ clips, the test resize does not). Returns float32 (K, 4) and the masks."""
+    resized, (height, width), (left, top) = geometry.resized_shape, geometry.img_shape, geometry.crop
+    moved_boxes = None
+    if boxes_xyxy is not None:
+        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float32)).reshape(-1, 4),
+                                         format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=geometry.ori_shape)
+        boxes = F.resize(boxes, list(resized))
+        if (left, top) != (0, 0) or (height, width) != resized:
+            boxes = F.crop(boxes, top, left, height, width)
+        if clip_boxes:
+            boxes = _clip_box(boxes, (height, width))
+        moved_boxes = boxes.as_subclass(torch.Tensor).numpy().astype(np.float32)
+    moved_masks = [cv2.resize(mask, (resized[1], resized[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+                   [top:top + height, left:left + width] for mask in masks]
+    return moved_boxes, moved_masks
+
+
 @dataclass(frozen=True)
 class Canvas:
     """Where a zoom-out puts an image: on a ``shape`` (height, width) canvas of one ``grey`` level, its top-left
