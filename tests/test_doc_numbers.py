@@ -1248,6 +1248,8 @@ NOT_MEASURED = {
         "use 0.125", "dropout 0.1", "one bin is 0.64 px", "ε = 0.1", "- 1.5 on a box's", "- 0.1 on every EOS",
         "betas (0.9, 0.98)", "× 0.1 from", "total norm 0.15", "shuffle 0.2", "width 0.125", "plus (d) at 0.4", "IoU ≥ 0.5",
         "X = 0.5, 0.6, 0.7, 0.8, 0.9",
+        "generalised: {multi_target: 0.3, no_target: 0.15, split_objects: 0.2}",
+        "each at least 8 % of its area, all together at least 30 %, where other shapes must keep 60 %",
         "label-smoothed CE (0.1) with x1 weight 1.5 and mask EOS weight 0.1, Adam (amsgrad, betas 0.9/0.98",
         "clip 0.15, EMA 0.999", "(3.4 MiB, float32)", "(t + 0.5)", "(0.299 R + 0.587 G + 0.114 B)",
         "at probability 0.5", "under 0.3", "9.0 lists it",
