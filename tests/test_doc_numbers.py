@@ -998,8 +998,6 @@ CLAIMS += [
     Claim("docs/training.md", "71,945 / {} / {} / {} expressions",
           tuple(box(split, metric="num_expressions", fmt="{:,}") for split in ("val", "testA", "testB"))),
     # docs/training.md: measurements typed before they had a record (history.json)
-    Claim("docs/training.md", "last two modules as in the paper: a CPU step takes {} of the time); epochs of 192",
-          (past("frozen_backbone_step_time", "share_of_step_time", "{:.1f}"),)),
     Claim("docs/training.md", "weights/synthetic_det.pt --splits val --limit 512` gave Acc@0.5 {} / mIoU {} with `--set "
           "data.device_transforms=true` and {} / {} without (on this CPU).",
           transcribed("device_transforms_released_box", ("{:.2f}",) * 4)),
