@@ -198,3 +198,25 @@ def axes_frames(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
         if (ring == 255).all(axis=-1).mean() >= 0.5:
             frames.append(frame)
     return sorted(frames, key=lambda frame: (frame[0] // 20, frame[2]))
+
+
+def fitted(values: Sequence[float]) -> tuple[float, float]:
+    """The limits matplotlib fits an axis to for data ``values``: their span plus 5 % of it on each side
+    (axes.xmargin, axes.ymargin); a span of zero is widened evenly (here by 1 each way: the value in the middle)."""
+    low, high = min(values), max(values)
+    margin = 0.05 * (high - low) if high > low else 1.0
+    return low - margin, high + margin
+
+
+def frame_locator(frame: tuple[int, int, int, int], x_limits: tuple[float, float],
+                  y_limits: tuple[float, float]) -> Locate:
+    """(x, y) data -> (row, column) in an Axes whose frame is ``frame`` (`axes_frames`) and whose axes run over
+    ``x_limits`` and ``y_limits`` (y upwards), between the middles of the spines."""
+    top, bottom, left, right = frame
+
+    def locate(x: float, y: float) -> tuple[int, int]:
+        across = (x - x_limits[0]) / (x_limits[1] - x_limits[0])
+        up = (y - y_limits[0]) / (y_limits[1] - y_limits[0])
+        return round(bottom - 0.5 - up * (bottom - top - 1)), round(left + 0.5 + across * (right - left - 1))
+
+    return locate

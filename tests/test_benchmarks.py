@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli_env, run_cli
-from figure_pixels import assert_box_drawn, assert_contour_drawn, axes_frames, bounds_locator, colour_near, drawn_panels
+from figure_pixels import (assert_box_drawn, assert_contour_drawn, axes_frames, bounds_locator, colour_near, drawn_panels,
+                           fitted, frame_locator)
 from seqtr_lib.viz import PRED_COLOR
 
 BENCHMARKS = ROOT / "benchmarks"
@@ -301,8 +302,9 @@ def test_learning_curve_one_tiny_epoch_and_figures(tiny_data_root, tmp_path):
     pixels = cv2.cvtColor(cv2.imread(str(results / "learning_curves.png")), cv2.COLOR_BGR2RGB)
     frames = axes_frames(pixels)
     assert len(frames) == 2, frames
-    for frame in frames:
-        assert colour_near(pixels, _in_frame(frame, 0.5, 0.5), "C0"), f"no raw score in the middle of {frame}"
+    for frame, x in zip(frames, (point["train_seconds"] / 60, point["samples"] / 1000)):
+        at = frame_locator(frame, fitted([x]), fitted([point["raw"]]))(x, point["raw"])
+        assert colour_near(pixels, at, "C0"), f"no raw score in the middle of {frame}"
     # --from-run reads the finished run back as a curve.
     _script("learning_curve.py", "--from-run", str(tmp_path / "outputs" / "cells_s16"), "--results", str(results),
             "--no-plot")
@@ -317,20 +319,6 @@ def test_learning_curve_one_tiny_epoch_and_figures(tiny_data_root, tmp_path):
     _assert_default_curves_drawn(recorded / "learning_curves_defaults.png", recorded, curve_module.DEFAULT_CURVES)
 
 
-def _placed(value: float, values: list[float]) -> float:
-    """Where ``value`` lies across an Axes fitted to ``values`` by matplotlib: their span plus 5 % on each side
-    (axes.xmargin, axes.ymargin), a span of zero widened evenly (the value in the middle)."""
-    low, high = min(values), max(values)
-    return 0.5 if high == low else (value - low + 0.05 * (high - low)) / (1.1 * (high - low))
-
-
-def _in_frame(frame: tuple[int, int, int, int], x: float, y: float) -> tuple[int, int]:
-    """(row, column) of the point ``x``, ``y`` (shares of the width and height, y upwards) between the middles
-    of an Axes' spines."""
-    top, bottom, left, right = frame
-    return round(bottom - 0.5 - y * (bottom - top - 1)), round(left + 0.5 + x * (right - left - 1))
-
-
 def _assert_default_curves_drawn(path: Path, results: Path, curves) -> None:
     """learning_curves_defaults.png: a box and a mask panel (y from 0 to 100 %), each recorded curve's EMA
     scores drawn in its colour (the legend's: full schedule C0, demo C1, plain recipe C7) at each point."""
@@ -340,10 +328,10 @@ def _assert_default_curves_drawn(path: Path, results: Path, curves) -> None:
     for frame, task in zip(frames, ("box", "mask")):
         shown = [(json.loads((results / file).read_text())["points"], style)
                  for file, _, panel, style in curves if panel == task]
-        xs = [p["samples"] / 1000 for points, _ in shown for p in points]
+        locate = frame_locator(frame, fitted([p["samples"] / 1000 for points, _ in shown for p in points]), (0, 100))
         for points, style in shown:
             for point in points:
-                at = _in_frame(frame, _placed(point["samples"] / 1000, xs), point["ema"] / 100)
+                at = locate(point["samples"] / 1000, point["ema"])
                 assert colour_near(pixels, at, {"-": "C0", "--": "C1", ":": "C7"}[style]), (task, style, point)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_moved_aside, demo_outputs, run_cli, write_params
-from figure_pixels import axes_frames, colour_near, drawn_panels, rgb255
+from figure_pixels import axes_frames, colour_near, drawn_panels, fitted, frame_locator, rgb255
 from seqtr_lib import notebook, reports, viz
 from seqtr_lib.config import load_params
 
@@ -64,31 +64,19 @@ def _assert_figure(path, images: int = 0, frames: int = 0, in_every_picture: tup
 
 def _assert_curves_follow_the_log(path, records) -> None:
     """curves.png (loss, learning rate, validation; `viz.training_curves`): the epoch means of the loss drawn in
-    orange (C1) and the logged learning rates in blue (C0) where the log's values put them. Matplotlib fits each
-    Axes to its data with a margin of 5 % of the data's span on each side (axes.xmargin, axes.ymargin); a span of
-    zero is widened evenly, putting the value in the middle."""
+    orange (C1) and the logged learning rates in blue (C0) where the log's values put them."""
     pixels = _assert_figure(path, frames=3)
     loss_frame, lr_frame, _ = axes_frames(pixels)
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
     assert steps and epochs
-
-    def where(frame, point, xs, ys) -> tuple[int, int]:
-        (top, bottom, left, right), placed = frame, []
-        for value, values in zip(point, (xs, ys)):
-            low, high = min(values), max(values)
-            placed.append(0.5 if high == low else (value - low + 0.05 * (high - low)) / (1.1 * (high - low)))
-        # between the spines' middles, y upwards
-        return round(bottom - 0.5 - placed[1] * (bottom - top - 1)), round(left + 0.5 + placed[0] * (right - left - 1))
-
-    steps_drawn = [r["step"] for r in steps + epochs]
-    losses_drawn = [r["loss"] for r in steps + epochs]
+    locate = frame_locator(loss_frame, fitted([r["step"] for r in steps + epochs]),
+                           fitted([r["loss"] for r in steps + epochs]))
     for record in epochs:
-        at = where(loss_frame, (record["step"], record["loss"]), steps_drawn, losses_drawn)
-        assert colour_near(pixels, at, "C1"), f"no epoch-mean loss drawn at step {record['step']}"
+        assert colour_near(pixels, locate(record["step"], record["loss"]), "C1"), f"no mean loss at step {record['step']}"
+    locate = frame_locator(lr_frame, fitted([r["step"] for r in steps]), fitted([r["lr"] for r in steps]))
     for record in steps:
-        at = where(lr_frame, (record["step"], record["lr"]), [r["step"] for r in steps], [r["lr"] for r in steps])
-        assert colour_near(pixels, at, "C0"), f"no learning rate drawn at step {record['step']}"
+        assert colour_near(pixels, locate(record["step"], record["lr"]), "C0"), f"no learning rate at step {record['step']}"
 
 
 @pytest.fixture
