@@ -1,8 +1,10 @@
 """What a reader sees in a figure: the colours drawn at given image coordinates.
 
 A Figure from seqtr_lib.viz is rendered to an array and its Axes' data transform gives the pixel of an image
-coordinate. A PNG written by someone else (predict's overlay) is read back, and the image is found in it as
-the bounding box of its uniform background colour; image coordinates map linearly onto that box.
+coordinate. A PNG written by someone else (predict's overlay, a notebook's or a benchmark's figure) is read
+back: an image is found in it as the bounding box of its uniform background colour or as a region of
+non-white pixels (image coordinates map linearly onto that box), a chart's Axes by their black frames (data
+map linearly onto the frame, over the limits matplotlib fits to the data).
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def drawn_panels(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
     are non-white from end to end, those of what sticks out for a short stretch."""
     import cv2
 
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((pixels != 255).any(axis=-1).astype(np.uint8),
-                                                               connectivity=4)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((pixels != 255).any(axis=-1).astype(np.uint8),
+                                                           connectivity=4)
     sizes = stats[1:, cv2.CC_STAT_AREA]
     bounds = []
     for label in np.flatnonzero(sizes >= sizes.max() / 2) + 1:
@@ -82,14 +84,19 @@ def drawn_panels(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
         rows = np.flatnonzero(region.sum(axis=1) > region.sum(axis=1).max() / 2)
         columns = np.flatnonzero(region.sum(axis=0) > region.sum(axis=0).max() / 2)
         bounds.append((int(rows.min()), int(rows.max()) + 1, int(columns.min()), int(columns.max()) + 1))
-    # A row's panels share their top to within a pixel or two; the next row starts a panel's height lower.
+    return _row_by_row(bounds)
+
+
+def _row_by_row(bounds: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) boxes of a grid in reading order: a row's boxes share their top to within a
+    pixel or two, the next row starts a box's height lower."""
     rows: list[list[tuple[int, int, int, int]]] = []
-    for panel in sorted(bounds):
-        if rows and panel[0] - rows[-1][0][0] < (panel[1] - panel[0]) / 2:
-            rows[-1].append(panel)
+    for box in sorted(bounds):
+        if rows and box[0] - rows[-1][0][0] < (box[1] - box[0]) / 2:
+            rows[-1].append(box)
         else:
-            rows.append([panel])
-    return [panel for row in rows for panel in sorted(row, key=lambda b: b[2])]
+            rows.append([box])
+    return [box for row in rows for box in sorted(row, key=lambda b: b[2])]
 
 
 def colour_near(pixels: np.ndarray, where: tuple[int, int], colour: str, radius: int = 2,
@@ -170,13 +177,13 @@ def assert_contour_drawn(pixels: np.ndarray, locate: Locate, polygon: np.ndarray
 
 
 def axes_frames(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """The (top, bottom, left, right) pixels of each Axes' frame (its four black spines, their middles), left to
-    right then top to bottom: regions of connected dark pixels with a full-width row near their top and bottom
+    """The (top, bottom, left, right) bounds of each Axes' frame (the outer rows and columns of its four black
+    spines), in reading order: regions of connected dark pixels with a full-width row near their top and bottom
     and a full-height column near their left and right (tick marks and lines drawn up to the frame belong to
     it; text is no such rectangle) on the white of the figure (unlike the outline of a square in an image)."""
     import cv2
 
-    dark = (pixels <= 100).all(axis=-1)  # black spines 0.8 pt wide cover a pixel's middle by 80 % or more
+    dark = (pixels <= 100).all(axis=-1)  # Agg snaps the spines (0.8 pt) to the pixel grid: their middle is black
     count, labels, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8), connectivity=8)
     frames = []
     for label in range(1, count):
@@ -197,7 +204,7 @@ def axes_frames(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
                                pixels[top:bottom + 1, left], pixels[top:bottom + 1, right]])
         if (ring == 255).all(axis=-1).mean() >= 0.5:
             frames.append(frame)
-    return sorted(frames, key=lambda frame: (frame[0] // 20, frame[2]))
+    return _row_by_row(frames)
 
 
 def fitted(values: Sequence[float]) -> tuple[float, float]:
@@ -211,7 +218,7 @@ def fitted(values: Sequence[float]) -> tuple[float, float]:
 def frame_locator(frame: tuple[int, int, int, int], x_limits: tuple[float, float],
                   y_limits: tuple[float, float]) -> Locate:
     """(x, y) data -> (row, column) in an Axes whose frame is ``frame`` (`axes_frames`) and whose axes run over
-    ``x_limits`` and ``y_limits`` (y upwards), between the middles of the spines."""
+    ``x_limits`` and ``y_limits`` (y upwards), from spine to spine (within a pixel: a spine may be two pixels)."""
     top, bottom, left, right = frame
 
     def locate(x: float, y: float) -> tuple[int, int]:
