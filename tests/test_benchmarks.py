@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli_env, run_cli
-from figure_pixels import (assert_box_drawn, assert_contour_drawn, axes_frames, bounds_locator, colour_near, drawn_panels,
-                           fitted, frame_locator)
+from figure_pixels import (assert_box_drawn, assert_contour_drawn, axes_frames, bounds_locator, colour_near,
+                           drawn_panels, fitted, frame_locator)
 from seqtr_lib.viz import PRED_COLOR
 
 BENCHMARKS = ROOT / "benchmarks"

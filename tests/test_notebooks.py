@@ -73,10 +73,12 @@ def _assert_curves_follow_the_log(path, records) -> None:
     locate = frame_locator(loss_frame, fitted([r["step"] for r in steps + epochs]),
                            fitted([r["loss"] for r in steps + epochs]))
     for record in epochs:
-        assert colour_near(pixels, locate(record["step"], record["loss"]), "C1"), f"no mean loss at step {record['step']}"
+        at = locate(record["step"], record["loss"])
+        assert colour_near(pixels, at, "C1"), f"no mean loss at step {record['step']}"
     locate = frame_locator(lr_frame, fitted([r["step"] for r in steps]), fitted([r["lr"] for r in steps]))
     for record in steps:
-        assert colour_near(pixels, locate(record["step"], record["lr"]), "C0"), f"no learning rate at step {record['step']}"
+        at = locate(record["step"], record["lr"])
+        assert colour_near(pixels, at, "C0"), f"no learning rate at step {record['step']}"
 
 
 @pytest.fixture
