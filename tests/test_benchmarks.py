@@ -20,9 +20,13 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import ROOT, cli_env, run_cli
+from figure_pixels import (assert_box_drawn, assert_contour_drawn, axes_frames, bounds_locator, colour_near,
+                           drawn_panels, fitted, frame_locator)
+from seqtr_lib.viz import PRED_COLOR
 
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ["bench_cpu.py", "bench_data.py", "bench_decode.py", "bench_eval.py", "bench_train.py", "cell_selection.py",
@@ -314,7 +318,14 @@ def test_learning_curve_one_tiny_epoch_and_figures(tiny_data_root, tmp_path):
     [point] = curve["points"]
     assert point["epoch"] == 1 and point["samples"] == 8 and _finite(point["loss"], point["raw"], point["ema"])
     assert curve["config"]["model"]["attribute_prior"] == 0.0
-    assert (results / "learning_curves.png").is_file()
+    # One metric: a panel against minutes and one against samples, each showing the one raw score (a blue
+    # marker) in its middle, where matplotlib puts a lone point.
+    pixels = cv2.cvtColor(cv2.imread(str(results / "learning_curves.png")), cv2.COLOR_BGR2RGB)
+    frames = axes_frames(pixels)
+    assert len(frames) == 2, frames
+    for frame, x in zip(frames, (point["train_seconds"] / 60, point["samples"] / 1000)):
+        at = frame_locator(frame, fitted([x]), fitted([point["raw"]]))(x, point["raw"])
+        assert colour_near(pixels, at, "C0"), f"no raw score in the middle of {frame}"
     # --from-run reads the finished run back as a curve.
     _script("learning_curve.py", "--from-run", str(tmp_path / "outputs" / "cells_s16"), "--results", str(results),
             "--no-plot")
@@ -326,7 +337,23 @@ def test_learning_curve_one_tiny_epoch_and_figures(tiny_data_root, tmp_path):
         (recorded / file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "docs" / "results" / file, recorded / file)
     _script("learning_curve.py", "--defaults-figure", "--results", str(recorded))
-    assert cv2.imread(str(recorded / "learning_curves_defaults.png")) is not None
+    _assert_default_curves_drawn(recorded / "learning_curves_defaults.png", recorded, curve_module.DEFAULT_CURVES)
+
+
+def _assert_default_curves_drawn(path: Path, results: Path, curves) -> None:
+    """learning_curves_defaults.png: a box and a mask panel (y from 0 to 100 %), each recorded curve's EMA
+    scores drawn in its colour (the legend's: full schedule C0, demo C1, plain recipe C7) at each point."""
+    pixels = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    frames = axes_frames(pixels)
+    assert len(frames) == 2, frames
+    for frame, task in zip(frames, ("box", "mask")):
+        shown = [(json.loads((results / file).read_text())["points"], style)
+                 for file, _, panel, style in curves if panel == task]
+        locate = frame_locator(frame, fitted([p["samples"] / 1000 for points, _ in shown for p in points]), (0, 100))
+        for points, style in shown:
+            for point in points:
+                at = locate(point["samples"] / 1000, point["ema"])
+                assert colour_near(pixels, at, {"-": "C0", "--": "C1", ":": "C7"}[style]), (task, style, point)
 
 
 def test_learning_probes_two_steps(tmp_path):
@@ -353,15 +380,26 @@ def test_outline_cap_tiny(tiny_data_root, tmp_path):
     assert all(_finite(row[k]) and 0 < row[k] <= 100 for k in ("lower_edge", "bin_centres", "offset_0.5"))
 
 
-def test_readme_picture_on_a_tiny_image(tiny_data_root, tmp_path):
-    annotations = json.loads((tiny_data_root / "annotations" / "synthetic" / "instances.json").read_text())
-    first = annotations["val"][0]
-    image = tiny_data_root / "images" / "synthetic" / f"{first['image_id']}.jpg"
+def test_readme_picture_on_a_tiny_image(tmp_path):
+    """The picture shows the printed box and contour, each in its panel where it lies in the image."""
+    scene = np.full((64, 64, 3), 200, dtype=np.uint8)  # uniform grey: every drawn colour over it is known
+    cv2.circle(scene, (22, 38), 9, (0, 0, 255), -1)  # a red disc (BGR) left of the middle, below it
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), scene)
+    scene = scene[..., ::-1]
     out = tmp_path / "picture.png"
-    stdout = _script("readme_picture.py", "--image", str(image), "--expression", first["expressions"][0], "--out",
-                     str(out))
-    assert stdout.startswith("box [") and "\nmask [[" in stdout
-    assert cv2.imread(str(out)) is not None
+    stdout = _script("readme_picture.py", "--image", str(image), "--expression", "the red circle", "--out", str(out))
+    box = json.loads(re.search(r"^box (\[.*\])$", stdout, re.M).group(1))
+    polygon = np.array(json.loads(re.search(r"^mask (\[\[.*\]\])$", stdout, re.M).group(1)))
+    x1, y1, x2, y2 = box
+    assert x2 - x1 >= 8 and y2 - y1 >= 8, box  # a box around the 18 px disc, with a middle far from its sides
+    pixels = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    box_panel, mask_panel = drawn_panels(pixels)
+    away = [((x1 + x2) / 2, (y1 + y2) / 2)] + [(x, y) for x in (2.0, 62.0) for y in (2.0, 62.0)
+                                               if x <= x1 - 4 or x >= x2 + 4 or y <= y1 - 4 or y >= y2 + 4]
+    assert len(away) > 1  # some corner of the scene lies 4 px or more outside the box
+    assert_box_drawn(pixels, bounds_locator(box_panel, scene.shape[:2]), box, PRED_COLOR, away)
+    assert_contour_drawn(pixels, bounds_locator(mask_panel, scene.shape[:2]), polygon, PRED_COLOR, scene)
 
 
 def test_scale_views_geometry_by_hand(tiny_data_root):

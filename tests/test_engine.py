@@ -494,14 +494,41 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_data_root, tmp_path):
     tally = fast["recheck"]["val/raw"]  # how many samples needed float32, said and stored
     assert tally["samples"] == fast["splits"]["val"]["raw"]["num_expressions"] and 0 <= tally["rechecked"] <= tally["samples"]
     assert f"{tally['rechecked']} of {tally['samples']} samples rechecked in float32" in result.stdout
-    sample = annotations["val"][0]
-    image = tiny_data_root / "images" / "synthetic" / f"{sample['image_id']}.jpg"
-    out = tmp_path / "overlay.png"
-    result = run_cli("-m", "seqtr_lib", "predict", "--checkpoint", str(run_dir / "best.pt"), "--image", str(image),
-                     "--expression", sample["expressions"][0], "--task", "mask", "--out", str(out),
-                     "--attention", str(tmp_path / "attention.png"), "--strategy", "top_p", "--seed", "3")
-    assert "polygon" in result.stdout and out.stat().st_size > 1000
-    assert cv2.imread(str(tmp_path / "attention.png")) is not None  # a PNG of the per-point panels
+    _predict_draws_the_printed_contour_and_its_attention(run_dir / "best.pt", tmp_path)
+
+
+def _predict_draws_the_printed_contour_and_its_attention(checkpoint, tmp_path):
+    """`predict --out --attention` of a mask on a drawn 64 x 64 scene: the overlay shows the printed contour where
+    it lies, and the attention figure one panel per point, each the heat map of that point's attention as the
+    Grounder returns it for the same seed (its brightest colour where that map is largest)."""
+    from figure_pixels import assert_contour_drawn, assert_heat_map_shown, bounds_locator, drawn_panels
+    from seqtr_lib.predict import Grounder
+    from seqtr_lib.viz import PRED_COLOR
+
+    scene = np.full((64, 64, 3), 200, dtype=np.uint8)  # uniform grey: every drawn colour over it is known
+    cv2.circle(scene, (22, 38), 9, (0, 0, 255), -1)  # a red disc (BGR) left of the middle, below it
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), scene)
+    scene = scene[..., ::-1]
+    sampling = ("--strategy", "top_p", "--seed", "3")
+    result = run_cli("-m", "seqtr_lib", "predict", "--checkpoint", str(checkpoint), "--image", str(image),
+                     "--expression", "the red circle", "--task", "mask", "--out", str(tmp_path / "overlay.png"),
+                     "--attention", str(tmp_path / "attention.png"), *sampling)
+    printed = re.search(r"polygon \(x, y, \.\.\.\): (\[.*\])", result.stdout).group(1)
+    polygon = np.array(json.loads(printed), dtype=np.float64).reshape(-1, 2)
+    assert len(polygon) >= 3, polygon
+    overlay = cv2.cvtColor(cv2.imread(str(tmp_path / "overlay.png")), cv2.COLOR_BGR2RGB)
+    (bounds,) = drawn_panels(overlay)  # the scene (the title is small)
+    assert_contour_drawn(overlay, bounds_locator(bounds, scene.shape[:2]), polygon, PRED_COLOR, scene)
+
+    prediction = Grounder.from_checkpoint(checkpoint, device="cpu").predict(
+        str(image), "the red circle", task="mask", return_attention=True, strategy="top_p", seed=3)
+    assert np.abs(prediction.polygon - polygon).max() <= 0.05 + 1e-4  # the same contour, printed to 0.1 px
+    figure = cv2.cvtColor(cv2.imread(str(tmp_path / "attention.png")), cv2.COLOR_BGR2RGB)
+    point_panels = drawn_panels(figure)[1:]  # after the prediction's panel
+    assert len(point_panels) == len(polygon)
+    for bounds, point, heat in zip(point_panels, polygon, prediction.attention.reshape(len(polygon), 2, 64, 64)):
+        assert_heat_map_shown(figure, bounds, scene, heat.mean(axis=0), point)  # its x and y tokens' maps
 
 
 @pytest.mark.parametrize("task", ["box", "mask"])

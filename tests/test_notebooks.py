@@ -13,10 +13,12 @@ from pathlib import Path
 
 import cv2
 import nbformat
+import numpy as np
 import pytest
 
 from conftest import ROOT, assert_moved_aside, demo_outputs, run_cli, write_params
-from seqtr_lib import notebook, reports
+from figure_pixels import axes_frames, colour_near, drawn_panels, fitted, frame_locator, rgb255
+from seqtr_lib import notebook, reports, viz
 from seqtr_lib.config import load_params
 
 NOTEBOOKS = ["00_prepare_data", "01_train", "02_evaluate", "03_visualize_sequences", "04_demo"]
@@ -37,9 +39,46 @@ def _executed(path) -> tuple[str, list]:
     return text, [o for o in outputs if o.output_type == "error"]
 
 
-def _assert_figure(path) -> None:
+def _assert_figure(path, images: int = 0, frames: int = 0, in_every_picture: tuple[str, ...] = (),
+                   in_some_picture: tuple[str, ...] = ()) -> np.ndarray:
+    """What a reader sees in the PNG at ``path``: ``images`` pictures (a gallery) with the colours given drawn in
+    them, or else a chart of ``frames`` Axes; returns its pixels (RGB). A colour counts where it is drawn at
+    full strength (boxes and points cover whole pixels, which keep their colour to within the rounding of one
+    blend), unlike the synthetic images' own colours (their red shapes come within 37 of the prediction's)."""
     image = cv2.imread(str(path))
-    assert image is not None and min(image.shape[:2]) > 100, f"{path} is not a readable figure"
+    assert image is not None, f"{path} is not a readable figure"
+    pixels = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if images:
+        panels = drawn_panels(pixels)
+        assert len(panels) == images, f"{path.name}: {len(panels)} pictures, not {images}"
+        drawn = [{colour for colour in {*in_every_picture, *in_some_picture}
+                  if (np.abs(pixels[top:bottom, left:right].astype(int) - rgb255(colour)).max(axis=-1) <= 1).any()}
+                 for top, bottom, left, right in panels]
+        for number, colours in enumerate(drawn, start=1):
+            assert set(in_every_picture) <= colours, f"{path.name}: picture {number} shows only {colours}"
+        assert set(in_some_picture) <= set().union(*drawn), f"{path.name}: no picture shows {in_some_picture}"
+    if frames or not images:  # a chart (a sequence view has pictures and a chart)
+        assert len(axes_frames(pixels)) == frames, f"{path.name}: {len(axes_frames(pixels))} Axes, not {frames}"
+    return pixels
+
+
+def _assert_curves_follow_the_log(path, records) -> None:
+    """curves.png (loss, learning rate, validation; `viz.training_curves`): the epoch means of the loss drawn in
+    orange (C1) and the logged learning rates in blue (C0) where the log's values put them."""
+    pixels = _assert_figure(path, frames=3)
+    loss_frame, lr_frame, _ = axes_frames(pixels)
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert steps and epochs
+    locate = frame_locator(loss_frame, fitted([r["step"] for r in steps + epochs]),
+                           fitted([r["loss"] for r in steps + epochs]))
+    for record in epochs:
+        at = locate(record["step"], record["loss"])
+        assert colour_near(pixels, at, "C1"), f"no mean loss at step {record['step']}"
+    locate = frame_locator(lr_frame, fitted([r["step"] for r in steps]), fitted([r["lr"] for r in steps]))
+    for record in steps:
+        at = locate(record["step"], record["lr"])
+        assert colour_near(pixels, at, "C0"), f"no learning rate at step {record['step']}"
 
 
 @pytest.fixture
@@ -155,9 +194,7 @@ def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project, name
     run_dir = demo_outputs(fast_project) / name
     for notebook_name in NOTEBOOKS:
         assert not _executed(run_dir / "notebooks" / f"{notebook_name}.ipynb")[1], notebook_name
-    for figure in ("samples", "expression_lengths", "curves", "ablation", "iou_histogram", "failures", "breakdown",
-                   "sequence_view", "quantization", "num_ray", "shuffled_order", "demo"):
-        _assert_figure(run_dir / f"{figure}.png")
+    _assert_demo_figures(run_dir, _annotations(fast_project / "data"))
     # The project's params carry the fast settings, so the notebooks opened there with their defaults agree.
     experiment = load_params(fast_project / "params" / f"{name}.yaml")
     assert (experiment.data.synthetic.num_images, experiment.train.max_steps_per_epoch) == (40, 3)
@@ -190,6 +227,37 @@ def test_the_fast_demo_runs_every_notebook_in_its_own_project(fast_project, name
     assert f"using your own run {Path('outputs') / name / 'best.pt'}" in text
 
 
+def _assert_demo_figures(run_dir, annotations) -> None:
+    """The figures of notebooks 00-04 run with their default parameters."""
+    _assert_figure(run_dir / "samples.png", images=12, in_every_picture=(viz.GT_COLOR,))  # 00's num_samples
+    _assert_figure(run_dir / "expression_lengths.png", frames=1)
+    _assert_curves_follow_the_log(run_dir / "curves.png", reports.read_log(run_dir))
+    _assert_figure(run_dir / "ablation.png", frames=1)
+    _assert_analysis_figures(run_dir, annotations)
+    _assert_sequence_figures(run_dir, num_rays=4)  # 03's num_rays [6, 12, 18, 36]
+    _assert_figure(run_dir / "demo.png", images=1)
+
+
+def _assert_analysis_figures(run_dir, annotations) -> None:
+    """02's analysis of the val split: the IoU histogram, the worst objects (02's num_failures 8, one picture
+    each, the ground truth drawn in each and the prediction where it has an extent: an untrained model's box may
+    have none), the breakdowns by expression length and by expression type."""
+    _assert_figure(run_dir / "iou_histogram.png", frames=1)
+    _assert_figure(run_dir / "failures.png", images=min(8, len(annotations["val"])),
+                   in_every_picture=(viz.GT_COLOR,), in_some_picture=(viz.PRED_COLOR,))
+    _assert_figure(run_dir / "breakdown.png", frames=2)
+
+
+def _assert_sequence_figures(run_dir, num_rays: int) -> None:
+    """03's figures with a checkpoint: target and prediction beside their token confidences, a picture per
+    quantization_bins value (4), a picture per num_ray value and sampling mode, the order before and after
+    shuffling."""
+    _assert_figure(run_dir / "sequence_view.png", images=2, frames=1)
+    _assert_figure(run_dir / "quantization.png", images=4)
+    _assert_figure(run_dir / "num_ray.png", images=2 * num_rays)
+    _assert_figure(run_dir / "shuffled_order.png", images=2)
+
+
 @pytest.mark.slow
 def test_evaluation_and_sequence_notebooks_on_a_trained_mask_model(tiny_params, tiny_data_root, tmp_path):
     from seqtr_lib import engine
@@ -206,9 +274,8 @@ def test_evaluation_and_sequence_notebooks_on_a_trained_mask_model(tiny_params, 
     text, _ = _executed(run_dir / "notebooks" / "03_visualize_sequences.ipynb")
     points = int(re.search(r"(\d+) points -> 12 tokens", text).group(1))  # num_ray 6: 12 tokens, EOS for missing
     assert 3 <= points <= 6
-    for figure in ("sequence_view", "quantization", "num_ray", "shuffled_order", "iou_histogram", "failures",
-                   "breakdown"):
-        _assert_figure(run_dir / f"{figure}.png")
+    _assert_sequence_figures(run_dir, num_rays=2)
+    _assert_analysis_figures(run_dir, _annotations(tiny_data_root))
 
     # 02's analysis scores the saved records: the mean of their IoUs is the evaluation's mIoU.
     metrics = json.loads((run_dir / "metrics.json").read_text())["splits"]["val"]["raw"]
@@ -230,7 +297,7 @@ def test_training_notebook_runs_two_gloo_processes_through_torchrun(tiny_params,
     assert "best validation score" in text  # streamed from the ranks into the cell
     assert (run_dir / "best.pt").is_file()
     assert [r["epoch"] for r in reports.read_log(run_dir) if r["type"] == "epoch"] == [0]
-    _assert_figure(run_dir / "curves.png")
+    _assert_curves_follow_the_log(run_dir / "curves.png", reports.read_log(run_dir))
 
 
 @pytest.mark.slow
@@ -336,7 +403,7 @@ def test_the_pipeline_run_twice_keeps_the_first_run_with_its_own_figures(tiny_pa
     moved, _ = _first_best_then_second_run(run_dir, train)
     # Moved before 00 ran again: each folder holds its own run's data figures and executed notebooks.
     for folder, seed in ((moved, 1), (run_dir, 2)):
-        _assert_figure(folder / "samples.png")
+        _assert_figure(folder / "samples.png", images=12, in_every_picture=(viz.GT_COLOR,))  # 00's num_samples
         executed = nbformat.read(folder / "notebooks" / "01_train.ipynb", as_version=4)
         assert ("train.seed=2" in json.dumps(executed.metadata.papermill.parameters)) == (seed == 2)
 
@@ -566,7 +633,8 @@ def test_the_fast_demo_ends_with_05_comparing_its_runs(fast_project):
         assert int(row["samples"]) == 2 * 3 * 16
     assert (compare_dir / "runs.md").read_text().startswith("| name | status |")
     assert "| SeqTR | detection (Acc@0.5) | 81.23 | 85.00 | 76.08 |" in (compare_dir / "paper_comparison.md").read_text()
-    _assert_figure(compare_dir / "metric_plot.png")
+    # One panel per swept setting; the box and the mask run share no metric to plot against one: a single panel
+    _assert_figure(compare_dir / "metric_plot.png", frames=1)
 
 
 def test_two_kernels_started_in_one_folder_get_sockets_of_their_own(tmp_path, monkeypatch):

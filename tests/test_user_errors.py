@@ -3,6 +3,8 @@ before decoding, list parameters given as text by papermill."""
 
 from __future__ import annotations
 
+import ast
+import re
 import struct
 import zlib
 
@@ -10,11 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from figure_pixels import assert_box_drawn, image_locator
 from seqtr_lib.cli import main
 from seqtr_lib.images import (MAX_IMAGE_PIXELS, BadImageError, ImageTooLarge, check_header, decode_image_bytes,
                               header_size, read_image)
 from seqtr_lib.notebook import parameter_list
 from seqtr_lib.predict import Grounder
+from seqtr_lib.viz import PRED_COLOR
 
 RELEASED = ROOT / "weights" / "synthetic_det.pt"
 
@@ -161,8 +165,16 @@ def test_predict_with_a_checkpoint_runs_from_any_folder_without_params(tmp_path,
     main(["predict", "--checkpoint", str(RELEASED), "--image", str(image), "--expression", "the red circle",
           "--out", "out.png"])
     out = capsys.readouterr().out
-    assert f"using checkpoint {RELEASED}" in out and "box (x1, y1, x2, y2):" in out
-    assert cv2.imread(str(tmp_path / "out.png")) is not None
+    assert f"using checkpoint {RELEASED}" in out
+    # out.png landed in the folder it was run from, showing the printed box where it lies in the scene
+    box = ast.literal_eval(re.search(r"box \(x1, y1, x2, y2\): (\[.*\])", out).group(1))
+    x1, y1, x2, y2 = box
+    assert x2 - x1 >= 8 and y2 - y1 >= 8, box  # a box around the 24 px disc, with a middle far from its sides
+    pixels = cv2.cvtColor(cv2.imread(str(tmp_path / "out.png")), cv2.COLOR_BGR2RGB)
+    away = [((x1 + x2) / 2, (y1 + y2) / 2)] + [(x, y) for x in (2.0, 94.0) for y in (2.0, 94.0)
+                                               if x <= x1 - 4 or x >= x2 + 4 or y <= y1 - 4 or y >= y2 + 4]
+    assert len(away) > 1  # some corner of the scene lies 4 px or more outside the box
+    assert_box_drawn(pixels, image_locator(pixels, (200, 200, 200), canvas.shape[:2]), box, PRED_COLOR, away)
     err = _one_error_line(capsys, ["predict", "--image", str(image), "--expression", "the red circle"])
     assert "params/synthetic_det.yaml does not exist" in err  # without a checkpoint the params name the run
 
