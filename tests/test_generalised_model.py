@@ -290,18 +290,19 @@ def f1_by_hand(record: dict) -> float:
     return 2 * matches / (len(pred) + len(gt))
 
 
-def test_generalised_metrics_of_two_hand_made_samples():
+def test_generalised_metrics_of_hand_made_samples():
     from seqtr_lib.evaluation import generalised_metrics_from_records
     from seqtr_lib.sequence import mask_to_rle
 
     boxes = [{"gt_boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "no_target": False,
               "pred_boxes": [[0, 0, 10, 10]]},  # one of two found: F1 = 2 / 3
-             {"gt_boxes": [], "no_target": True, "pred_boxes": []}]  # nothing, rightly: F1 = 1
+             {"gt_boxes": [], "no_target": True, "pred_boxes": []},  # nothing, rightly: F1 = 1
+             {"gt_boxes": [], "no_target": True, "pred_boxes": [[1, 1, 5, 5]]}]  # a box for nothing: F1 = 0
     metrics = generalised_metrics_from_records(boxes, "box")
-    assert metrics == {"precision": 50.0, "n_acc": 100.0, "t_acc": 100.0,
-                       "no_target/precision": 100.0, "no_target/n_acc": 100.0,
-                       "several_targets/precision": 0.0, "several_targets/t_acc": 100.0}
-    assert [r["f1"] for r in boxes] == pytest.approx([2 / 3, 1.0])
+    assert metrics == pytest.approx({"precision": 100 / 3, "n_acc": 50.0, "t_acc": 100.0,
+                                     "no_target/precision": 50.0, "no_target/n_acc": 50.0,
+                                     "several_targets/precision": 0.0, "several_targets/t_acc": 100.0})
+    assert [r["f1"] for r in boxes] == pytest.approx([2 / 3, 1.0, 0.0])
 
     def rle(x0, y0, x1, y1):
         mask = np.zeros((20, 20), np.uint8)
@@ -311,9 +312,27 @@ def test_generalised_metrics_of_two_hand_made_samples():
     masks = [{"gt_boxes": [[0, 0, 10, 10]], "no_target": False, "gt_rle": rle(0, 0, 10, 10),
               "pred_polygons": [[0, 0, 10, 0, 10, 5]], "pred_rle": rle(0, 0, 10, 5)},  # I 50, U 100
              {"gt_boxes": [], "no_target": True, "gt_rle": rle(0, 0, 0, 0),
-              "pred_polygons": [[0, 0, 4, 0, 4, 5]], "pred_rle": rle(0, 0, 4, 5)}]  # an answer of area 20: IoU 0
+              "pred_polygons": [[0, 0, 4, 0, 4, 5]], "pred_rle": rle(0, 0, 4, 5)},  # an answer of area 20: IoU 0
+             {"gt_boxes": [[10, 10, 20, 20]], "no_target": False, "gt_rle": rle(10, 10, 20, 20),
+              "pred_polygons": [], "pred_rle": rle(0, 0, 0, 0)}]  # no answer for an object of area 100: IoU 0
     metrics = generalised_metrics_from_records(masks, "mask")
-    assert metrics["giou"] == pytest.approx(25.0) and metrics["ciou"] == pytest.approx(100 * 50 / 120)
-    assert metrics["n_acc"] == 0.0 and metrics["t_acc"] == 100.0
-    assert metrics["one_target/giou"] == pytest.approx(50.0) and metrics["no_target/giou"] == 0.0
-    assert [r["mask_iou"] for r in masks] == pytest.approx([0.5, 0.0])
+    assert metrics["giou"] == pytest.approx(50 / 3) and metrics["ciou"] == pytest.approx(100 * 50 / 220)
+    assert metrics["n_acc"] == 0.0 and metrics["t_acc"] == 50.0
+    assert metrics["one_target/giou"] == pytest.approx(25.0) and metrics["no_target/giou"] == 0.0
+    assert [r["mask_iou"] for r in masks] == pytest.approx([0.5, 0.0, 0.0])
+
+
+def test_an_answer_decodes_to_the_original_image():
+    """A 160 x 120 image shown at half size (scale 0.5), padded to 64 x 64 tokens of 4 pixels (lower edges)."""
+    meta = {"scale_factor": (0.5, 0.5), "pad_shape": (64, 64), "ori_shape": (120, 160)}
+    layout = TokenLayout("box", NUM_BIN, 3, max_objects=2)
+    answer = np.array([[2, 3, 6, 8, 10, 1, 15, 5, layout.eos]])  # x2 = 15 bins: 60 px, 120 in the original
+    decoded = SequenceCodec(layout).decode_answer({"answer_tokens": answer}, 0, meta)
+    assert decoded == {"pred_boxes": [[16, 24, 48, 64], [80, 8, 120, 40]]}
+    layout = TokenLayout("mask", NUM_BIN, 4, max_objects=2, max_points=4)
+    answer = np.array([[1, 1, 5, 1, 5, 5, layout.separator, 9, 9, 12, 9, 12, 12, layout.eos]])
+    decoded = SequenceCodec(layout).decode_answer({"answer_tokens": answer}, 0, meta)
+    assert decoded["pred_polygons"] == [[8, 8, 40, 8, 40, 40], [72, 72, 96, 72, 96, 96]]
+    assert decoded["pred_rle"]["size"] == [120, 160]
+    empty = SequenceCodec(layout).decode_answer({"answer_tokens": np.array([[layout.eos] * 3])}, 0, meta)
+    assert empty["pred_polygons"] == [] and empty["pred_rle"]["size"] == [120, 160]
