@@ -142,6 +142,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"execution: {grounder.execution.describe()}")
     prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention),
                                   strategy=args.strategy, top_p=args.top_p, seed=args.seed)
+    if prediction.objects is not None:
+        print(prediction.description())
     if prediction.box is not None:
         print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
     if prediction.polygon is not None:

@@ -236,7 +236,7 @@ def test_the_loss_falls_on_a_fixed_batch(gref_root, tmp_path, task):
     assert answer_losses[-1] < 0.5 * answer_losses[0]
 
 
-def test_train_and_evaluate_report_grec_on_the_gref_params(gref_root, tmp_path):
+def test_train_evaluate_and_predict_on_the_gref_params(gref_root, tmp_path, capsys):
     import json
 
     from seqtr_lib.cli import main
@@ -267,6 +267,13 @@ def test_train_and_evaluate_report_grec_on_the_gref_params(gref_root, tmp_path):
     for record in records[:2]:
         assert record["f1"] == pytest.approx(f1_by_hand(record))
         assert record["f1"] == pytest.approx(grec_f1(record["pred_boxes"], record["gt_boxes"]))
+    image = next((gref_root / "images").rglob("*.jpg"))
+    capsys.readouterr()
+    main(["predict", "--checkpoint", str(run / "best.pt"), "--image", str(image), "--expression",
+          "all the red shapes", "--out", str(tmp_path / "answer.png")])
+    printed = capsys.readouterr().out
+    assert "box(es)" in printed or "no matching object" in printed
+    assert (tmp_path / "answer.png").is_file()
 
 
 def f1_by_hand(record: dict) -> float:
@@ -336,3 +343,44 @@ def test_an_answer_decodes_to_the_original_image():
     assert decoded["pred_rle"]["size"] == [120, 160]
     empty = SequenceCodec(layout).decode_answer({"answer_tokens": np.array([[layout.eos] * 3])}, 0, meta)
     assert empty["pred_polygons"] == [] and empty["pred_rle"]["size"] == [120, 160]
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_the_grounder_answers_a_list_of_objects(tmp_path, task):
+    """A 128 x 96 image at 64 px (scale 0.5, padded to 64 x 64: 4 input pixels, 8 original ones per token)."""
+    from seqtr_lib.config import load_params
+    from seqtr_lib.predict import Grounder
+
+    params = "params/synthetic_gref_det.yaml" if task == "box" else "params/synthetic_gref_mask.yaml"
+    experiment = load_params(params, ["data.image_size=64", f"model.num_bin={NUM_BIN}", "model.num_ray=4",
+                                      "data.max_objects=2", *(["data.max_points=4"] if task == "mask" else []),
+                                      "model.decode_bin_centres=false", "model.outline_offset=0"], start_files=False)
+    model = tiny_model(task, 2, 4 if task == "mask" else 0).float()
+    grounder = Grounder(model, experiment, VOCABULARY, torch.device("cpu"), execution="fp32")
+    eos, sep = model.layout.eos, model.layout.separator
+    image = np.zeros((96, 128, 3), np.uint8)
+    if task == "box":
+        model.predictor = ScriptedPredictor([[2, 3, 6, 8, 10, 1, 14, 5, eos]], model.layout.vocab_size, eos)
+        prediction = grounder.predict(image, "all the red shapes")
+        assert [box.tolist() for box in prediction.objects] == [[16, 24, 48, 64], [80, 8, 112, 40]]
+        assert prediction.box is None and prediction.description().startswith("2 box(es)")
+    else:
+        model.predictor = ScriptedPredictor([[1, 1, 5, 1, 5, 5, sep, 9, 9, 11, 9, 11, 11, eos]],
+                                            model.layout.vocab_size, eos)
+        prediction = grounder.predict(image, "all the red shapes")
+        assert [c.tolist() for c in prediction.objects] == [[[8, 8], [40, 8], [40, 40]], [[72, 72], [88, 72], [88, 88]]]
+        assert prediction.mask.shape == (96, 128) and prediction.mask[20, 30] and prediction.mask[80, 84]
+    assert grounder.save_overlay(image, "all the red shapes", prediction, tmp_path / "answer.png").is_file()
+    from matplotlib.patches import Polygon, Rectangle
+
+    from seqtr_lib.viz import draw_prediction, new_figure
+
+    _, ax = new_figure()
+    draw_prediction(ax, image, prediction)  # each object outlined: its box, and its contour for a mask
+    assert sum(isinstance(patch, Rectangle) for patch in ax.patches) == 2
+    assert sum(isinstance(patch, Polygon) for patch in ax.patches) == (2 if task == "mask" else 0)
+    model.predictor = ScriptedPredictor([[eos]], model.layout.vocab_size, eos)
+    nothing = grounder.predict(image, "the green star")
+    assert nothing.objects == [] and nothing.description().startswith("no matching object")
+    with pytest.raises(ValueError, match="generalised"):
+        grounder.predict(image, "the green star", return_attention=True)
