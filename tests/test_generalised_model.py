@@ -231,7 +231,7 @@ def test_the_loss_falls_on_a_fixed_batch(gref_root, tmp_path, task):
     batch = next(iter(build_loader(dataset, experiment, training=True, seed=0, epoch=0)))
     assert batch["no_target"].any() and (batch["answer_weights"].sum(1) > 5).any()  # no target and several
     trainer.model.train()
-    answer_losses = [float(trainer.step(batch)["loss_answer"]) for _ in range(30)]
+    answer_losses = [float(trainer.step(batch)["loss_answer"].detach()) for _ in range(30)]
     # 30 Adam steps on one batch: well below the start (a model that cannot fit its batch does not halve it)
     assert answer_losses[-1] < 0.5 * answer_losses[0]
 
