@@ -74,7 +74,8 @@ def cmd_model_summary(args: argparse.Namespace) -> None:
         vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"word{i}" for i in range(args.vocabulary_size - 3))])
         source = (f"a stand-in vocabulary of {args.vocabulary_size} words (--vocabulary-size): no dataset "
                   f"({str(error).splitlines()[0]})")
-    model = build_model(without_weight_files(experiment.model), vocabulary, scene_classes(experiment))
+    model = build_model(without_weight_files(experiment.model), vocabulary, scene_classes(experiment),
+                        experiment.data.max_objects, experiment.data.max_points)
     rows = count_parameters(model)
     width = max(len(name) for name in rows)
     print(f"{'part':<{width}}  {'parameters':>12}  {'trainable':>12}")
@@ -141,6 +142,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"execution: {grounder.execution.describe()}")
     prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention),
                                   strategy=args.strategy, top_p=args.top_p, seed=args.seed)
+    if prediction.objects is not None:
+        print(prediction.description())
     if prediction.box is not None:
         print("box (x1, y1, x2, y2):", [round(float(v), 1) for v in prediction.box])
     if prediction.polygon is not None:

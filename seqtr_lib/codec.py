@@ -20,9 +20,11 @@ Quantization (`seqtr_lib.sequence.quantize`) divides x and y by an extent: the s
 `TokenLayout` is what the model needs (no pixels); `SequenceCodec` adds the mapping for the data
 pipeline, evaluation and the Grounder.
 
-Generalised answers (issue 36, beyond the paper; in progress: no model emits them yet). An expression may
-name zero, one or several objects, and an object may be several contours. The special ids are
-`TokenLayout.eos` (``num_bin``) and `TokenLayout.separator` (``num_bin + 1``), nowhere else:
+Generalised answers (issue 36, beyond the paper). An expression may name zero, one or several objects, and
+an object may be several contours. A layout with ``max_objects > 0`` (the data's caps) is one answer of
+``num_bin + 2`` classes; the paper's layouts keep ``num_bin + 1``. The special ids are `TokenLayout.eos`
+(``num_bin``) and `TokenLayout.separator` (``num_bin + 1``), nowhere else. The decoder inputs are the
+start, then the answer shifted right; the targets are the answer, its EOS included:
 
     box answer     x1 y1 x2 y2  x1 y1 x2 y2 ... EOS        4K + 1 tokens for K boxes; no box: [EOS]
     contour answer x y x y ... SEP x y x y ... EOS        contours of 3 or more points, SEP between them
@@ -61,10 +63,30 @@ class TokenLayout:
     task: str
     num_bin: int
     num_ray: int
+    # The caps of a generalised answer (data.max_objects, data.max_points; module doc): 0 objects is the paper's
+    # one-object sequence.
+    max_objects: int = 0
+    max_points: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASK_PARTS:
             raise ValueError(f"task {self.task!r} is unknown; use one of {', '.join(TASK_PARTS)}")
+        if self.max_objects and self.task not in ("box", "mask"):
+            raise ValueError(f"a generalised answer (max_objects > 0) is boxes or contours: task 'box' or 'mask', "
+                             f"not {self.task!r}")
+        if self.max_objects and self.task == "mask" and self.max_points < 3:
+            raise ValueError("a generalised contour answer needs max_points >= 3 (data.max_points)")
+
+    @classmethod
+    def from_experiment(cls, experiment: Experiment) -> TokenLayout:
+        """The layout of a params file's model: the model's format with the data's caps."""
+        model, data = experiment.model, experiment.data
+        return cls(model.task, model.num_bin, model.num_ray, data.max_objects, data.max_points)
+
+    @property
+    def generalised(self) -> bool:
+        """Whether the sequence is a generalised answer of zero or more objects (module doc)."""
+        return self.max_objects > 0
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -82,8 +104,18 @@ class TokenLayout:
 
     @property
     def vocab_size(self) -> int:
-        """Decoder output classes: the coordinate bins plus EOS."""
-        return self.num_bin + 1
+        """Decoder output classes: the coordinate bins plus EOS, and the separator in a generalised answer."""
+        return self.num_bin + (2 if self.generalised else 1)
+
+    @property
+    def answer_length(self) -> int:
+        """The longest generalised answer, its EOS included: 4 * max_objects + 1 tokens (boxes) or
+        max_objects * (2 * max_points + 1) (contours: the separators between them and the EOS)."""
+        if not self.generalised:
+            raise ValueError("answer_length is a generalised answer's (max_objects > 0)")
+        if self.task == "box":
+            return _BOX_TOKENS * self.max_objects + 1
+        return self.max_objects * (2 * self.max_points + 1)
 
     def length(self, part: str) -> int:
         """Coordinate tokens of a part: 4 for a box, 2 * num_ray for a mask."""
@@ -95,7 +127,9 @@ class TokenLayout:
 
     @property
     def decoder_length(self) -> int:
-        """Decoder positions of the whole sequence: 5, 2N + 1 or 2N + 6."""
+        """Decoder positions of the whole sequence: 5, 2N + 1 or 2N + 6; a generalised answer's cap."""
+        if self.generalised:
+            return self.answer_length
         return sum(self.length(part) + 1 for part in self.parts)
 
     def parts_to_generate(self, task: str | None = None) -> tuple[str, ...]:
@@ -161,7 +195,7 @@ class SequenceCodec:
     @classmethod
     def from_experiment(cls, experiment: Experiment) -> SequenceCodec:
         model = experiment.model
-        return cls(TokenLayout(model.task, model.num_bin, model.num_ray), model.mapping, experiment.data.image_size,
+        return cls(TokenLayout.from_experiment(experiment), model.mapping, experiment.data.image_size,
                    model.decode_bin_centres, model.outline_offset)
 
     def extent(self, pad_shape: tuple[int, int]) -> tuple[int, int]:
@@ -228,6 +262,22 @@ class SequenceCodec:
             decoded["pred_polygon"] = polygon.reshape(-1).tolist()
             decoded["pred_rle"] = polygon_rle(polygon, meta["ori_shape"])
         return decoded
+
+    def decode_answer(self, generated: dict[str, np.ndarray], index: int, meta: dict[str, Any]) -> dict[str, Any]:
+        """Sample ``index`` of a generalised model's numpy output (``answer_tokens``) -> its objects in the
+        original image's pixels, in emission order, as evaluation records hold them: ``pred_boxes`` (K lists
+        of 4, clipped to the image) or ``pred_polygons`` (K flat lists) and ``pred_rle``, their union (empty
+        for no object)."""
+        layout, tokens = self.layout, generated["answer_tokens"][index]
+        sx, sy = meta["scale_factor"]
+        ori_h, ori_w = meta["ori_shape"]
+        if layout.task == "box":
+            boxes = self.decode_boxes(tokens, meta["pad_shape"], layout.max_objects) / np.array([sx, sy, sx, sy])
+            return {"pred_boxes": np.clip(boxes, 0, [ori_w, ori_h, ori_w, ori_h]).astype(np.float32).tolist()}
+        polygons = [(contour / np.array([sx, sy])).astype(np.float32).reshape(-1).tolist()
+                    for contour in self.decode_contours(tokens, meta["pad_shape"], layout.max_objects,
+                                                        layout.max_points)]
+        return {"pred_polygons": polygons, "pred_rle": polygon_to_rle(polygons, ori_h, ori_w)}
 
     def encode_boxes(self, boxes_xyxy: Any, pad_shape: tuple[int, int], max_objects: int) -> np.ndarray:
         """A generalised box answer: boxes (K, 4) x1, y1, x2, y2 in pixels of the padded input -> int64

@@ -215,7 +215,7 @@ class Trainer:
         self.vocabulary = start.vocabulary
         seed_everything(experiment.train.seed)
         self.model = self._build_model(start)
-        self.criterion = Criterion.from_config(experiment.model, scene_classes(experiment))
+        self.criterion = Criterion.from_config(experiment.model, scene_classes(experiment), self.model.layout)
         self.ema, self.optimizer, self.scheduler, self.scaler = self._build_optimisation()
         self.forward_model = self._forward_wrapper()
         self.state = RunState()
@@ -249,7 +249,8 @@ class Trainer:
     def _build_model(self, start: RunStart) -> SeqTR:
         """The params' model, with the fine-tuning start's weights, on the device in its memory format."""
         t = self.experiment.train
-        model = build_model(self.experiment.model, self.vocabulary, scene_classes(self.experiment))
+        model = build_model(self.experiment.model, self.vocabulary, scene_classes(self.experiment),
+                            self.experiment.data.max_objects, self.experiment.data.max_points)
         if start.finetune is not None:
             note = load_finetune_start(model, self.experiment.model, start.finetune, t.finetune_from)
             if self.context.is_main:
@@ -431,9 +432,9 @@ class Trainer:
         training aids read."""
         layout, noise = self.model.layout, self.experiment.model.input_token_noise
         inputs = {k: batch[k] for k in ("images", "pad_mask", "expression_ids")}
-        for part in layout.parts:
-            tokens = batch[f"{part}_tokens"]
-            inputs[f"{part}_tokens"] = noisy_coordinates(tokens, noise, layout.num_bin) if noise > 0 else tokens
+        for name in ("answer_tokens",) if layout.generalised else tuple(f"{part}_tokens" for part in layout.parts):
+            tokens = batch[name]
+            inputs[name] = noisy_coordinates(tokens, noise, layout.num_bin) if noise > 0 else tokens
         if self.model.aids is not None:
             inputs["aid_inputs"] = {key: batch[key] for key in self.model.aids.forward_keys}
         return inputs
@@ -473,7 +474,8 @@ class Trainer:
             models = {"raw": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
             record["val"] = {name: evaluate_model(model, self.experiment, self.vocabulary, self.val_split, self.device,
                                                   limit=limit)["metrics"] for name, model in models.items()}
-            score = max(headline_score(s, self.experiment.model.task) for s in record["val"].values())
+            score = max(headline_score(s, self.experiment.model.task, self.model.layout.generalised)
+                        for s in record["val"].values())
         else:
             score = -train_stats["loss"]
         self.state.epoch = epoch + 1

@@ -29,6 +29,7 @@ from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset, scene_classes
 from seqtr_lib.execution import Execution, ran_as, recheck_tally, resolve, training_bf16
 from seqtr_lib.execution import generate as generate_under
+from seqtr_lib.generalised_metrics import grec_sample_values, summarize_gres, summarize_grec
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
@@ -101,6 +102,7 @@ def _on_current_stream(index: int, batch: dict[str, Any], ready: torch.cuda.Even
 
 # The model keys the codec decodes with (the architecture always comes from the checkpoint itself).
 TOKEN_FORMAT_KEYS = ("task", "num_bin", "num_ray", "mapping")
+ANSWER_CAP_KEYS = ("max_objects", "max_points")  # the data's, part of a generalised model's format
 
 
 @torch.inference_mode()
@@ -160,8 +162,12 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
                      for k, v in generated.items()}
         for i, meta in enumerate(batch["metas"]):
             record: dict[str, Any] = {"ann_index": meta["ann_index"], "expression_index": meta["expression_index"],
-                                      "image_id": meta["image_id"], "expression": meta["expression"],
-                                      "gt_box": [float(v) for v in meta["gt_box"]], **codec.decode(generated, i, meta)}
+                                      "image_id": meta["image_id"], "expression": meta["expression"]}
+            if codec.layout.generalised:
+                record.update(gt_boxes=meta["gt_boxes"], no_target=meta["no_target"],
+                              **codec.decode_answer(generated, i, meta))
+            else:
+                record.update(gt_box=[float(v) for v in meta["gt_box"]], **codec.decode(generated, i, meta))
             if "pred_rle" in record:
                 record["gt_rle"] = meta["gt_mask_rle"]
             records.append(record)
@@ -175,7 +181,9 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
         unique.setdefault((record["ann_index"], record["expression_index"]), record)
     ordered = [unique[key] for key in sorted(unique)]
     skipped = sum(distributed.gather_objects([skipped]))
-    outcome = {"metrics": metrics_from_records(ordered, experiment.model.task), "records": ordered,
+    metrics = (generalised_metrics_from_records(ordered, experiment.model.task) if codec.layout.generalised
+               else metrics_from_records(ordered, experiment.model.task))
+    outcome = {"metrics": metrics, "records": ordered,
                "num_expressions": len(ordered), "skipped_images": skipped}
     tally = recheck_tally(model)
     if tally is not None:  # this process's samples
@@ -216,6 +224,46 @@ def metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, 
     return {f"{part}/{key}": value for part, metrics in per_part.items() for key, value in metrics.items()}
 
 
+# The breakdown of generalised metrics by how many objects an expression names.
+EXPRESSION_TYPES = {"no_target": lambda count: count == 0, "one_target": lambda count: count == 1,
+                    "several_targets": lambda count: count >= 2}
+
+
+def generalised_metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, float]:
+    """A generalised model's metrics over all records (`seqtr_lib.generalised_metrics`, in percent): GREC's
+    ``precision`` (Precision@(F1=1, IoU>=0.5)), ``n_acc`` and ``t_acc`` for boxes, GRES's ``giou``, ``ciou``,
+    ``n_acc`` and ``t_acc`` for masks; then the same over each expression type present, prefixed
+    ``no_target/``, ``one_target/``, ``several_targets/`` (an accuracy a type cannot have is left out). Each
+    record also receives its ``f1`` (boxes) or ``mask_iou`` (masks, gRES's per-sample IoU)."""
+    counts = np.array([0 if r["no_target"] else len(r["gt_boxes"]) for r in records], dtype=np.int64)
+    if task == "box":
+        f1, num_predicted, num_targets = grec_sample_values([r["pred_boxes"] for r in records],
+                                                            [r["gt_boxes"] if not r["no_target"] else []
+                                                             for r in records])
+        for record, value in zip(records, f1.tolist()):
+            record["f1"] = value
+
+        def summarize(rows: np.ndarray) -> dict[str, float]:
+            return summarize_grec(f1[rows], num_predicted[rows], num_targets[rows])
+    else:
+        _, intersections, unions = mask_ious([r["pred_rle"] for r in records], [r["gt_rle"] for r in records])
+        target_empty = counts == 0
+        predicted_empty = np.array([not r["pred_polygons"] for r in records], dtype=bool)
+        for index, record in enumerate(records):
+            record["mask_iou"] = summarize_gres(intersections[index:index + 1], unions[index:index + 1],
+                                                target_empty[index:index + 1],
+                                                predicted_empty[index:index + 1])["giou"] / 100.0
+
+        def summarize(rows: np.ndarray) -> dict[str, float]:
+            return summarize_gres(intersections[rows], unions[rows], target_empty[rows], predicted_empty[rows])
+    metrics = summarize(np.ones(len(records), dtype=bool)) if records else {}
+    for name, of_type in EXPRESSION_TYPES.items():
+        rows = of_type(counts)
+        if rows.any():
+            metrics.update({f"{name}/{key}": value for key, value in summarize(rows).items()})
+    return metrics
+
+
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Experiment, Vocabulary, dict[str, SeqTR]]:
     """Rebuild the model(s) stored in a checkpoint: ``{"raw": model, "ema": model}`` (ema when present)."""
     _, experiment, vocabulary, models = _load_models(path, device)
@@ -231,7 +279,8 @@ def _load_models(path: str | Path, device: torch.device | str
     models = {}
     for name, key in (("raw", "model"), ("ema", "ema")):
         if key in payload:
-            model = build_model(without_weight_files(experiment.model), vocabulary, scene_classes(experiment))
+            model = build_model(without_weight_files(experiment.model), vocabulary, scene_classes(experiment),
+                                experiment.data.max_objects, experiment.data.max_points)
             model.load_state_dict(payload[key])
             models[name] = model.to(device).eval()
     return payload, experiment, vocabulary, models
@@ -256,6 +305,8 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
         # The params read the data and decode the tokens: their token format must be the stored model's.
         differences = [f"model.{key}: {getattr(trained.model, key)!r} -> {getattr(experiment.model, key)!r}"
                        for key in TOKEN_FORMAT_KEYS if getattr(trained.model, key) != getattr(experiment.model, key)]
+        differences += [f"data.{key}: {getattr(trained.data, key)!r} -> {getattr(experiment.data, key)!r}"
+                        for key in ANSWER_CAP_KEYS if getattr(trained.data, key) != getattr(experiment.data, key)]
         if differences:
             raise ValueError(f"checkpoint {checkpoint_path} writes another token format than the params describe "
                              f"(checkpoint -> params: {'; '.join(differences)}); evaluate it with the params it was "
@@ -266,7 +317,8 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
         if decoding != stored and context.is_main:
             print(f"decoding as the params say, {decoding}; the checkpoint stores {stored} (predict and the "
                   "notebooks use the checkpoint's)", flush=True)
-        chosen = resolve(execution, context.device, trained.model, experiment.data.image_size)
+        chosen = resolve(execution, context.device, trained.model, experiment.data.image_size,
+                         generalised=trained.data.max_objects > 0)
         ran_as = chosen.describe() if chosen is not None else f"as trained (train.amp {experiment.train.amp})"
         if context.is_main:
             print(f"execution: {ran_as}", flush=True)

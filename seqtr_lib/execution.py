@@ -210,12 +210,13 @@ def backbone_work(model_config: Any, image_size: int) -> float:
 
 def pick_execution(device: torch.device | str, model_config: Any, image_size: int,
                    flags: set[str] | None = None, environ: dict[str, str] | None = None,
-                   torch_supports: bool | None = None) -> Execution | None:
+                   torch_supports: bool | None = None, generalised: bool = False) -> Execution | None:
     """The fastest safe inference execution for a model of ``model_config`` at ``image_size`` on ``device``.
 
     On a CPU: channels_last and folded BatchNorm always (the same values, cheaper); bf16 where the CPU has
-    bf16 units and the backbone's work is at least BF16_MIN_WORK of the paper's. On a GPU: None, the model
-    runs as its training step does (train.amp's autocast, train.channels_last).
+    bf16 units and the backbone's work is at least BF16_MIN_WORK of the paper's, never for a ``generalised``
+    model (data.max_objects > 0: no recheck of its answers). On a GPU: None, the model runs as its training
+    step does (train.amp's autocast, train.channels_last).
     """
     device = torch.device(device)
     if device.type != "cpu":
@@ -224,9 +225,11 @@ def pick_execution(device: torch.device | str, model_config: Any, image_size: in
     work = backbone_work(model_config, image_size)
     # A mask's 2N tokens nearly always hold a near-tie: bf16 kept 76 % of the synthetic mask's sequences and
     # recheck would redo nearly all of them in float32, so masks stay float32.
-    bf16 = has_units and work >= BF16_MIN_WORK and getattr(model_config, "task", "box") == "box"
+    bf16 = has_units and work >= BF16_MIN_WORK and getattr(model_config, "task", "box") == "box" and not generalised
     if not has_units:
         reason = why
+    elif work >= BF16_MIN_WORK and generalised:
+        reason = f"bf16 units ({why}), but a generalised answer has no bf16 recheck: float32"
     elif work >= BF16_MIN_WORK and not bf16:
         reason = f"bf16 units ({why}), but bf16 does not keep a mask's tokens: float32"
     elif not bf16:
@@ -237,13 +240,19 @@ def pick_execution(device: torch.device | str, model_config: Any, image_size: in
 
 
 def resolve(spec: str | Execution | None, device: torch.device | str, model_config: Any,
-            image_size: int) -> Execution | None:
-    """An Execution from a spec; ``auto`` (or None) is `pick_execution`'s choice (None on a GPU)."""
+            image_size: int, generalised: bool = False) -> Execution | None:
+    """An Execution from a spec; ``auto`` (or None) is `pick_execution`'s choice (None on a GPU); a
+    ``generalised`` model's (data.max_objects > 0) never holds bf16."""
     if isinstance(spec, Execution):
-        return spec
-    if spec is None or spec.strip() == "auto":
-        return pick_execution(device, model_config, image_size)
-    return parse_execution(spec)
+        chosen = spec
+    elif spec is None or spec.strip() == "auto":
+        return pick_execution(device, model_config, image_size, generalised=generalised)
+    else:
+        chosen = parse_execution(spec)
+    if generalised and chosen.bf16:
+        raise ExecutionError(f"execution {chosen.name!r}: bf16 is not supported for a generalised model "
+                             "(data.max_objects > 0, no recheck of its answers); use 'auto', 'fp32' or drop bf16")
+    return chosen
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -6,6 +6,8 @@ Its table of weights (`LossWeights`, plain data) holds one row per term, and the
     sequence    loss_box, loss_mask  the paper's label-smoothed cross-entropy of each  samples x the part's
                                      part of the sequence, token weights box_x1 and    target length
                                      mask_eos (`label_smooth_cross_entropy`)
+                loss_answer          a generalised answer's, the same; token weights   the answers' tokens
+                                     box_x1 and separator                              (padding left out)
     cell        loss_cell            picking the memory cell of the target's centre    samples
                                      (`target_cell_loss`, a training aid)
     scene       loss_scene           every scene object's colour, kind and size        labelled objects per
@@ -18,9 +20,10 @@ logged. Every term is a sum divided by a count (`Criterion.counts`). Under DDP t
 shares of the global batch's (`seqtr_lib.distributed.count_shares`, one all-reduce), so that the mean of the
 processes' losses, which DDP's gradient averaging takes, is the loss of the global batch whatever the split.
 
-The generalised format's tokens (issue 36: a separator between contours, an empty answer whose first target is
-EOS) join here: a weight for their targets is one more token row of `LossWeights`, set in
-`Criterion.token_weights`; a term of their own would be one more row and one more method of `Criterion`.
+A generalised answer (issue 36: zero or more boxes or contours, separators between contours, then EOS) is the
+sequence term of a generalised model, logged as ``loss_answer`` and divided by the answers' tokens without
+their padding (``answer_weights``); its separator's weight is the token row ``separator``
+(`Criterion.token_weights`).
 (The backbone's pre-training has its own objective, `seqtr_lib.pretrain.detection_loss`.)"""
 
 from __future__ import annotations
@@ -113,8 +116,9 @@ class LossWeights:
     cell: float = 0.0  # loss_cell (model.target_cell_loss)
     scene: float = 0.0  # loss_scene (model.scene_loss)
     words: float = 0.0  # loss_words (model.attribute_prior)
-    box_x1: float = 1.5  # a box's first coordinate target
-    mask_eos: float = 0.1  # a mask's EOS targets (missing contour points and the final EOS)
+    box_x1: float = 1.5  # a box's first coordinate target (each box's, in a generalised answer)
+    mask_eos: float = 0.1  # a mask's EOS targets (missing contour points and the final EOS; paper layouts only)
+    separator: float = 1.0  # the separators between a generalised answer's contours
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> LossWeights:
@@ -139,16 +143,27 @@ class Criterion:
             raise ValueError("the scene and word losses need the dataset's scene classes (colour, kind, size)")
 
     @classmethod
-    def from_config(cls, config: ModelConfig, scene_classes: Mapping[str, int] | None = None) -> Criterion:
-        """The criterion of a params file's model; ``scene_classes`` as `seqtr_lib.data.refer.scene_classes`."""
-        layout = TokenLayout(config.task, config.num_bin, config.num_ray)
+    def from_config(cls, config: ModelConfig, scene_classes: Mapping[str, int] | None = None,
+                    layout: TokenLayout | None = None) -> Criterion:
+        """The criterion of a params file's model; ``scene_classes`` as `seqtr_lib.data.refer.scene_classes`;
+        ``layout`` the model's (default: the paper's layout of ``config``; a generalised model's holds the
+        data's caps, `TokenLayout.from_experiment`)."""
+        layout = layout or TokenLayout(config.task, config.num_bin, config.num_ray)
         return cls(layout, LossWeights.from_config(config), tuple((scene_classes or {}).values()))
 
     def counts(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, Any]:
         """This process's counts that the terms divide by: ``samples`` (the batch size), and with their terms
         on and their labels in the batch, ``scene`` (labelled objects per attribute (3,)) and ``words``
-        (labelled expressions per attribute, colour and kind (2,))."""
-        counts: dict[str, Any] = {"samples": outputs[f"{self.layout.parts[0]}_logits"].shape[0]}
+        (labelled expressions per attribute, colour and kind (2,)); for a generalised answer ``answer_tokens``,
+        the answers' tokens without their padding."""
+        if self.layout.generalised:
+            if "answer_logits" not in outputs or batch.get("answer_weights") is None:
+                raise ValueError("a generalised model's loss needs answer_logits (a forward given answer_tokens) "
+                                 "and the batch's answer_tokens and answer_weights (data.max_objects > 0)")
+            counts: dict[str, Any] = {"samples": outputs["answer_logits"].shape[0],
+                                      "answer_tokens": (batch["answer_weights"] > 0).sum()}
+        else:
+            counts = {"samples": outputs[f"{self.layout.parts[0]}_logits"].shape[0]}
         if self.weights.scene and batch.get("scene_labels") is not None:
             counts["scene"] = labelled_counts(batch["scene_labels"])
         if self.weights.words and batch.get("named_attributes") is not None:
@@ -167,7 +182,9 @@ class Criterion:
         divisors = counts if count_shares is None else {name: share.float()
                                                         for name, share in count_shares(counts).items()}
         weights, terms = self.weights, {}
-        if weights.sequence:
+        if weights.sequence and self.layout.generalised:
+            terms["loss_answer"] = weights.sequence * self.answer_term(outputs, batch, divisors)
+        elif weights.sequence:
             for part in self.layout.parts:
                 terms[f"loss_{part}"] = weights.sequence * self.sequence_term(part, outputs, batch, divisors)
         if weights.cell:
@@ -181,9 +198,18 @@ class Criterion:
         return {**terms, "loss": sum(terms.values())}  # type: ignore[dict-item]
 
     def token_weights(self, part: str, targets: torch.Tensor) -> torch.Tensor:
-        """The weight (B, T) of each of a part's targets (B, T) (`TokenLayout.targets`) in the sequence term."""
+        """The weight (B, T) of each of a part's targets (B, T) (`TokenLayout.targets`, or a generalised
+        answer) in the sequence term. In a generalised answer each box's x1 weighs ``box_x1``, each separator
+        ``separator``, and the EOS 1: it says how many objects there are (``mask_eos`` weighs the paper's
+        missing points)."""
         weights = torch.ones(targets.shape, device=targets.device)
-        if part == "box":
+        if self.layout.generalised:
+            if part == "box":  # every fourth position starts a box, unless it holds the EOS
+                starts = torch.zeros_like(weights, dtype=torch.bool)
+                starts[:, ::4] = True
+                weights[starts & (targets < self.layout.num_bin)] = self.weights.box_x1
+            weights[targets == self.layout.separator] = self.weights.separator
+        elif part == "box":
             weights[:, 0] = self.weights.box_x1
         else:
             weights[targets == self.layout.eos] = self.weights.mask_eos
@@ -202,6 +228,19 @@ class Criterion:
         targets = self.layout.targets(batch[f"{part}_tokens"])
         return label_smooth_cross_entropy(outputs[f"{part}_logits"], targets, self.token_weights(part, targets),
                                           samples=divisors["samples"])
+
+    def answer_term(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                    divisors: Mapping[str, Any]) -> torch.Tensor:
+        """A generalised answer's loss (``loss_answer``): its ``answer_logits`` (B, T, V) against the batch's
+        ``answer_tokens`` (B, T) (the answer, then EOS), each token weighted as `token_weights` and by
+        ``answer_weights`` (0 on the padding), divided by the answers' tokens (padding not counted), so that
+        an answer's token weighs the same whatever the batch's longest answer."""
+        targets = batch["answer_tokens"]
+        weights = self.token_weights(self.layout.task, targets) * batch["answer_weights"].to(targets.device)
+        # label_smooth_cross_entropy divides by samples x length: samples := tokens / length gives tokens.
+        length = targets.shape[1]
+        return label_smooth_cross_entropy(outputs["answer_logits"], targets, weights,
+                                          samples=divisors["answer_tokens"] / length)
 
     def cell_term(self, outputs: Mapping[str, torch.Tensor], divisors: Mapping[str, Any]) -> torch.Tensor:
         """Picking the target's cell: the aids' ``cell_logits`` against ``target_cells``."""

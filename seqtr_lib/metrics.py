@@ -23,17 +23,25 @@ MASK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 HEADLINE_METRIC = {"box": "acc@0.5", "mask": "miou"}
 
 
-def headline_metrics(task: str) -> tuple[str, ...]:
-    """The metric keys best.pt is chosen by: ``acc@0.5`` (box), ``miou`` (mask), both prefixed for multi-task."""
+# A generalised model's (docs/method.md, section 11): GREC's Precision@(F1=1, IoU>=0.5), GRES's gIoU.
+GENERALISED_HEADLINE_METRIC = {"box": "precision", "mask": "giou"}
+
+
+def headline_metrics(task: str, generalised: bool = False) -> tuple[str, ...]:
+    """The metric keys best.pt is chosen by: ``acc@0.5`` (box), ``miou`` (mask), both prefixed for multi-task;
+    for a generalised model (zero or more objects per answer) ``precision`` (box) or ``giou`` (mask)."""
+    if generalised:
+        return (GENERALISED_HEADLINE_METRIC[task],)
     parts = TASK_PARTS[task]
     if len(parts) == 1:
         return (HEADLINE_METRIC[parts[0]],)
     return tuple(f"{part}/{HEADLINE_METRIC[part]}" for part in parts)
 
 
-def headline_score(metrics: dict[str, float], task: str) -> float:
-    """The number best.pt is chosen by: Acc@0.5 for boxes, mIoU for masks, their mean for multi-task."""
-    keys = headline_metrics(task)
+def headline_score(metrics: dict[str, float], task: str, generalised: bool = False) -> float:
+    """The number best.pt is chosen by: Acc@0.5 for boxes, mIoU for masks, their mean for multi-task
+    (generalised: `headline_metrics`)."""
+    keys = headline_metrics(task, generalised)
     return sum(metrics[key] for key in keys) / len(keys)
 
 

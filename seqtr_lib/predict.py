@@ -77,6 +77,10 @@ class Prediction:
     attention: np.ndarray | None = None  # (K, H, W) over the original pixels, mean over layers and heads
     attention_grid: np.ndarray | None = None  # (L, nh, K, h, w) every layer and head, on the memory grid
     execution: str = ""  # how the network ran (`seqtr_lib.execution`), e.g. "channels_last+bf16+fold_bn"
+    # A generalised checkpoint's answer (docs/method.md, section 11), in emission order: boxes (4,) x1, y1, x2, y2
+    # or contours (K, 2); [] when nothing matches. None for the paper's one-object result (box or polygon).
+    # ``mask`` is then the union of the contours; ``box`` and ``polygon`` are None.
+    objects: list[np.ndarray] | None = None
 
     @property
     def outlines(self) -> bool:
@@ -98,8 +102,17 @@ class Prediction:
         return np.asarray(self.scores, dtype=float)[: 2 * len(self.points)].reshape(-1, 2).mean(axis=1)
 
     def description(self) -> str:
-        """One line of plain numbers: the box, or the contour's points and pixels; and the latency."""
-        if self.outlines:
+        """One line of plain numbers: the box, or the contour's points and pixels (or a generalised answer's
+        objects); and the latency."""
+        if self.objects is not None and not self.objects:
+            where = "no matching object"
+        elif self.objects is not None and self.task == "box":
+            where = f"{len(self.objects)} box(es) (x1, y1, x2, y2) " + "; ".join(
+                ", ".join(f"{v:.0f}" for v in box) for box in self.objects)
+        elif self.objects is not None:
+            where = f"{len(self.objects)} contour(s) of {', '.join(str(len(c)) for c in self.objects)} points, " \
+                    f"{int(self.mask.sum())} pixels"
+        elif self.outlines:
             where = f"mask from {len(self.polygon)} points, {int(self.mask.sum())} pixels"
         else:
             where = "box (x1, y1, x2, y2) " + ", ".join(f"{v:.0f}" for v in self.box)
@@ -136,10 +149,11 @@ class Grounder:
     def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device,
                  max_pixels: int | None = MAX_IMAGE_PIXELS, execution: str | Execution = "auto") -> None:
         device = torch.device(device)
-        self.execution: Execution = resolve(execution, device, experiment.model, experiment.data.image_size) or FP32
+        self.codec = SequenceCodec.from_experiment(experiment)
+        self.execution: Execution = resolve(execution, device, experiment.model, experiment.data.image_size,
+                                            generalised=self.codec.layout.generalised) or FP32
         # fold_bn works on a copy: the model given keeps its weights
         self.model = self.execution.prepare(model.eval().to(device))
-        self.codec = SequenceCodec.from_experiment(experiment)
         self.experiment = experiment
         self.vocabulary = vocabulary
         self.device = device
@@ -168,6 +182,7 @@ class Grounder:
         (`Prediction.attention`, `Prediction.attention_grid`); it costs K x H x W floats for an H x W image.
         ``strategy`` "top_p" samples each token from the smallest set of likely tokens whose probability mass
         reaches ``top_p`` (nucleus sampling, drawn with ``seed``) instead of taking the most likely one.
+        A generalised checkpoint (data.max_objects > 0) answers a list of objects (`Prediction.objects`).
         """
         task = task or self.tasks[0]
         if task not in self.tasks:
@@ -175,6 +190,9 @@ class Grounder:
                              f"a {task!r}; choose one of {self.tasks}")
         if not expression or not expression.strip():
             raise ValueError("the expression is empty: type what to look for, e.g. 'the red circle on the left'")
+        if return_attention and self.codec.layout.generalised:
+            raise ValueError("attention maps are not available for a generalised checkpoint (data.max_objects > 0) "
+                             "yet; call predict without return_attention")
         started = time.perf_counter()
         rgb = to_rgb_uint8(image, self.max_pixels)
         images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
@@ -183,6 +201,8 @@ class Grounder:
         generated = generate_under(self.model, self.execution, images.to(self.device), pad_mask.to(self.device),
                                    ids.to(self.device), task=task, strategy=strategy, top_p=top_p,
                                    generator=sampling, return_attention=return_attention)
+        if self.codec.layout.generalised:
+            return self._answer(task, generated, meta, started)
         tokens = generated[f"{task}_tokens"][0].cpu().numpy()
         scores = generated[f"{task}_scores"][0].float().cpu().numpy()
         decoded = self.codec.decode({f"{task}_tokens": tokens[None]}, 0, meta)
@@ -199,6 +219,20 @@ class Grounder:
             attention = attention_in_original_pixels(raw.mean(dim=(0, 1)).reshape(emitted, *grid_shape), meta, stride)
         return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started,
                           attention, attention_grid, ran_as(self.model, self.execution))
+
+    def _answer(self, task: str, generated: dict[str, torch.Tensor], meta: dict[str, Any], started: float
+                ) -> Prediction:
+        """A generalised checkpoint's Prediction: its objects in the original image's pixels."""
+        tokens = generated["answer_tokens"][0].cpu().numpy()
+        scores = generated["answer_scores"][0].float().cpu().numpy()
+        decoded = self.codec.decode_answer({"answer_tokens": tokens[None]}, 0, meta)
+        if task == "box":
+            objects, mask = [np.array(box, dtype=np.float32) for box in decoded["pred_boxes"]], None
+        else:
+            objects = [np.array(polygon, dtype=np.float32).reshape(-1, 2) for polygon in decoded["pred_polygons"]]
+            mask = rle_to_mask(decoded["pred_rle"])
+        return Prediction(task, None, None, mask, tokens, scores, time.perf_counter() - started,
+                          execution=ran_as(self.model, self.execution), objects=objects)
 
     def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
         """Draw the prediction over the image (numbered points for masks) and write a PNG."""

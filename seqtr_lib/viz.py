@@ -93,8 +93,14 @@ def draw_points(ax: Axes, points: np.ndarray, scores: Sequence[float] | None = N
 
 
 def draw_prediction(ax: Axes, image: np.ndarray, prediction, expression: str | None = None) -> Axes:
-    """Draw a ``predict.Prediction``: its box, or its polygon with numbered points and filled mask."""
+    """Draw a ``predict.Prediction``: its box, or its polygon with numbered points and filled mask; a generalised
+    answer's objects with `draw_objects`."""
     title = f"{expression}  ({prediction.seconds * 1000:.0f} ms)" if expression else None
+    if prediction.objects is not None:  # a generalised answer: every object in its colour, or "no target"
+        if prediction.task == "box":
+            return draw_objects(ax, image, prediction.objects, [None] * len(prediction.objects), title)
+        boxes = [np.concatenate([contour.min(axis=0), contour.max(axis=0)]) for contour in prediction.objects]
+        return draw_objects(ax, image, boxes, [[contour.reshape(-1)] for contour in prediction.objects], title)
     if not prediction.outlines:
         return draw_sample(ax, image, box=prediction.box, expression=title, color="#ff3366")
     outline = prediction.outline

@@ -11,6 +11,7 @@ the fixed-shape greedy variant that a GPU replays from CUDA graphs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,6 +93,11 @@ def generate_from_memory(
     ``generator``, which must be on the model's device). use_cache=False re-runs the decoder over the whole
     prefix at every step, as the reference; it gives the same result.
 
+    A generalised model (``model.layout.generalised``) decodes one answer of zero or more objects (box
+    or contour answers, `seqtr_lib.codec`) until its EOS: ``answer_tokens`` int64 (B, layout.answer_length),
+    EOS after the answer's, with ``answer_scores`` (and ``answer_attention``). Only answers the codec can
+    read are emitted (`answer_grammar`): EOS first is the answer of no object.
+
     Returns, per decoded part: ``box_tokens`` int64 (B, 4) in [0, num_bin - 1] (the EOS logit is excluded)
     with ``box_scores`` float (B, 4); ``mask_tokens`` int64 (B, 2N) with ``mask_scores``. A score is the
     softmax probability of the emitted token. Mask decoding stops at EOS: after a sequence's first EOS
@@ -105,6 +111,11 @@ def generate_from_memory(
         raise ValueError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
     batch = memory.features.shape[0]
     decoding = Decoding(model, memory, model.start(memory), use_cache, return_attention)
+    if layout.generalised:
+        tokens, scores, attention = _decode(model, decoding, layout.answer_length, True, strategy, top_p, generator,
+                                            allowed_after=answer_grammar(layout))
+        return {"answer_tokens": tokens, "answer_scores": scores,
+                **({"answer_attention": attention} if attention is not None else {})}
     results: dict[str, torch.Tensor] = {}
     for index, part in enumerate(parts):
         if index:
@@ -117,6 +128,48 @@ def generate_from_memory(
     return results
 
 
+def answer_grammar(layout: Any) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The ids a generalised answer may hold next, given the tokens emitted so far (B, step) and the step:
+    bool (B, V). A box answer: EOS only where a box would start (so a box is never cut short), at the last
+    position EOS alone, never a separator. A contour answer: a separator only after a contour of 3 or more
+    points (an even count of coordinates) and below the cap on objects, EOS only after such a contour or
+    first, at most ``max_points`` points per contour, at the last position EOS alone (a capped answer of
+    whole contours ends exactly there). What this lets through the codec reads back whole
+    (`read_box_answer`, `read_contour_answer`)."""
+    eos, separator, vocab = layout.eos, layout.separator, layout.vocab_size
+    last = layout.answer_length - 1
+
+    def allowed(emitted: torch.Tensor, step: int) -> torch.Tensor:
+        batch = emitted.shape[0]
+        ids = torch.zeros(batch, vocab, dtype=torch.bool, device=emitted.device)
+        if step == last:
+            ids[:, eos] = True
+            return ids
+        if layout.task == "box":
+            ids[:, :eos] = True
+            ids[:, eos] = step % 4 == 0
+            return ids
+        separators = (emitted == separator).sum(dim=1)  # contours finished so far
+        after = torch.arange(step, device=emitted.device)[None] > _last_index(emitted == separator)[:, None]
+        coordinates = ((emitted < eos) & after).sum(dim=1)  # of the current contour
+        whole = (coordinates % 2 == 0) & (coordinates >= 6)
+        ids[:, :eos] = (coordinates < 2 * layout.max_points)[:, None]
+        ended = (emitted == eos).any(dim=1)  # rows already ended emit EOS anyway (`_decode`)
+        ids[:, eos] = whole | ended | (step == 0)
+        ids[:, separator] = whole & (separators + 1 < layout.max_objects)
+        return ids
+
+    return allowed
+
+
+def _last_index(flags: torch.Tensor) -> torch.Tensor:
+    """The index of each row's last True in ``flags`` (B, T), -1 for none."""
+    positions = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
+    if not flags.shape[1]:
+        return torch.full(flags.shape[:1], -1, dtype=torch.int64, device=flags.device)
+    return torch.where(flags, positions, -1).amax(dim=1)
+
+
 def _decode(
     model: nn.Module,
     decoding: Decoding,
@@ -125,8 +178,10 @@ def _decode(
     strategy: str,
     top_p: float,
     generator: torch.Generator | None,
+    allowed_after: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Emit up to ``steps`` tokens; EOS allowed (and ending a sequence) only ``with_eos``.
+    """Emit up to ``steps`` tokens; EOS allowed (and ending a sequence) only ``with_eos``; with
+    ``allowed_after`` (`answer_grammar`), only the ids it allows at each step.
 
     Each emitted token's embedding is appended to ``decoding``. Returns tokens int64 (B, steps), scores
     (B, steps) and, when ``decoding`` records it, the attention (B, L, nh, steps, S) of each emitting query
@@ -147,7 +202,9 @@ def _decode(
                 layers, heads, cells = decoding.last_attention.shape[1:]
                 attention = torch.zeros(batch, layers, heads, steps, cells, dtype=dtype, device=device)
             attention[:, :, :, step] = decoding.last_attention.to(dtype).masked_fill(finished[:, None, None, None], 0.0)
-        if not with_eos:
+        if allowed_after is not None:
+            logits = logits.masked_fill(~allowed_after(tokens[:, :step], step), float("-inf"))
+        elif not with_eos:
             logits = logits[:, :eos]  # EOS is the last id: coordinates only
         probs = F.softmax(logits, dim=-1)
         if strategy == "greedy":

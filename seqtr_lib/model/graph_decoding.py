@@ -11,7 +11,8 @@ elsewhere (and in the tests) the same step runs eagerly.
 Tokens equal the cached decoder's greedy tokens, scores to float rounding. A mask part always runs its
 2N steps (the cached decoder stops when every sequence has emitted EOS; the extra steps only write EOS
 with score 0, which is what that decoder's output holds there). No attention maps, no nucleus sampling:
-use `generate_from_memory` for those.
+use `generate_from_memory` for those. No generalised answers (zero or more objects, docs/method.md section
+11): the constructor refuses such a model.
 
     decoder = GraphDecoder(model)                        # model.eval(); one per model, reused
     results = decoder.generate_from_memory(model.encode(images, pad_mask, expression_ids))
@@ -33,6 +34,9 @@ class GraphDecoder:
     is False. Keeps one set of buffers (and graphs) per batch shape it has seen."""
 
     def __init__(self, model: SeqTR, use_graphs: bool | None = None) -> None:
+        if model.layout.generalised:
+            raise ValueError("GraphDecoder decodes the paper's one-object sequences, not a generalised model's "
+                             "answers (data.max_objects > 0); decode it with cuda_graphs off")
         self.model = model
         self.use_graphs = use_graphs
         self._states: dict[tuple, _StepState] = {}

@@ -51,7 +51,7 @@ class SeqTR(nn.Module):
 
     Built from its parts (see `build_model`): the DarkNet backbone, the expression encoder, the fusion
     (with the projection to d_model), the transformer encoder and decoder, and optionally the training
-    aids. It adds the token embedding (num_bin + 1 rows), the task embedding (multi-task only) and the
+    aids. It adds the token embedding (``layout.vocab_size`` rows: num_bin + 1, or num_bin + 2 generalised), the task embedding (multi-task only) and the
     predictor MLP.
     """
 
@@ -133,6 +133,7 @@ class SeqTR(nn.Module):
         mask_tokens: torch.Tensor | None = None,
         return_attention: bool = False,
         aid_inputs: Mapping[str, torch.Tensor] | None = None,
+        answer_tokens: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced logits for training.
 
@@ -143,22 +144,33 @@ class SeqTR(nn.Module):
         ``return_attention``, also ``cross_attention`` (B, L, nh, T, S): every decoder layer's and head's
         attention over the memory cells for every position. With training aids, also their outputs
         (`TrainingAids.outputs`, from the batch entries ``aid_inputs`` named by its ``forward_keys``).
+
+        A generalised model (``layout.generalised``) takes ``answer_tokens`` int64 (B, T) instead, each row an
+        answer ending with EOS (padded with EOS), T <= ``layout.answer_length``: the inputs are the start and
+        the answer shifted right, and ``answer_logits`` (B, T, V), V = num_bin + 2, predict the answer.
         """
         batch = images.shape[0]
         memory = self.encode(images, pad_mask, expression_ids)
         outputs = {} if self.aids is None else self.aids.outputs(memory, images.shape[-1], aid_inputs or {})
-        teacher = {"box": box_tokens, "mask": mask_tokens}
-        inputs = []
-        for index, part in enumerate(self.layout.parts):
-            inputs.append(self.part_start(index, batch) if index else self.start(memory, outputs))
-            tokens = _checked(teacher[part], f"{part}_tokens", (batch, self.layout.length(part)), self.layout.task)
-            inputs.append(self.token_embedding(tokens))
+        if self.layout.generalised:
+            inputs = [self.start(memory, outputs), self.token_embedding(_checked_answer(answer_tokens, batch,
+                                                                                       self.layout)[:, :-1])]
+        else:
+            teacher = {"box": box_tokens, "mask": mask_tokens}
+            inputs = []
+            for index, part in enumerate(self.layout.parts):
+                inputs.append(self.part_start(index, batch) if index else self.start(memory, outputs))
+                tokens = _checked(teacher[part], f"{part}_tokens", (batch, self.layout.length(part)),
+                                  self.layout.task)
+                inputs.append(self.token_embedding(tokens))
         weights: list[torch.Tensor] | None = [] if return_attention else None
         hidden = self.decoder(torch.cat(inputs, dim=1), memory.features, memory.position, memory.padding,
                               cross_attention=weights)
         if weights is not None:
             outputs["cross_attention"] = torch.stack(weights, dim=1)
         logits = self.predictor(hidden)  # (B, T, V)
+        if self.layout.generalised:
+            return {"answer_logits": logits, **outputs}
         return {**{f"{part}_logits": part_logits for part, part_logits in self.layout.split(logits).items()},
                 **outputs}
 
@@ -182,10 +194,23 @@ def _checked(tokens: torch.Tensor | None, name: str, shape: tuple[int, int], tas
     return tokens
 
 
-def build_model(config: ModelConfig, vocabulary: Vocabulary, scene_classes: Mapping[str, int] | None = None) -> SeqTR:
+def _checked_answer(tokens: torch.Tensor | None, batch: int, layout: TokenLayout) -> torch.Tensor:
+    if tokens is None:
+        raise ValueError("a generalised model (data.max_objects > 0) needs answer_tokens for teacher forcing; pass "
+                         "the batch's answer_tokens (B, T)")
+    if tokens.ndim != 2 or tokens.shape[0] != batch or not 1 <= tokens.shape[1] <= layout.answer_length:
+        raise ValueError(f"answer_tokens must be (B={batch}, T) with 1 <= T <= {layout.answer_length} (the caps' "
+                         f"longest answer), got {tuple(tokens.shape)}")
+    return tokens
+
+
+def build_model(config: ModelConfig, vocabulary: Vocabulary, scene_classes: Mapping[str, int] | None = None,
+                max_objects: int = 0, max_points: int = 0) -> SeqTR:
     """Build SeqTR from a ModelConfig; the only code that reads the model config.
 
-    Loads the Darknet weights (if configured) before freezing all but the last
+    ``max_objects`` > 0 (with ``max_points`` for contours: the params' data.max_objects and data.max_points)
+    builds a generalised model (docs/method.md, section 11): one more output class, the separator, and a
+    decoder position for each token of the longest answer; 0 is the paper's model. Loads the Darknet weights (if configured) before freezing all but the last
     ``trainable_backbone_modules`` backbone modules, and the word vectors for ``vocabulary``.
     ``scene_classes``: the dataset's scene class counts, needed by the scene loss (a training aid).
     """
@@ -201,7 +226,7 @@ def build_model(config: ModelConfig, vocabulary: Vocabulary, scene_classes: Mapp
     fusion = SimpleFusion(backbone.out_channels, language.out_channels, config.d_model, config.memory_stride)
     layer = (config.d_model, config.num_heads, config.ffn_dim, config.dropout)
     encoder = Encoder(*layer, config.num_encoder_layers)
-    layout = TokenLayout(config.task, config.num_bin, config.num_ray)
+    layout = TokenLayout(config.task, config.num_bin, config.num_ray, max_objects, max_points)
     decoder = Decoder(*layer, config.num_decoder_layers, layout.decoder_length)
     aids = build_aids(config, config.d_model, language.out_channels, scene_classes)
     return SeqTR(backbone, language, fusion, encoder, decoder, layout, aids)
