@@ -59,7 +59,7 @@ DEMO_PARAMS = ("params/synthetic_det.yaml", "params/synthetic_mask.yaml")
 # (data.precompute_images, `seqtr_lib.precompute`), so a step computes only what trains, and the loader has no
 # image work left to hide (no worker processes taking the cores). The box trains 12 such epochs, the last at a
 # tenth of the rate; the mask then starts from the box run just made (`train.finetune_from`, as its params start
-# from the released box weights) and trains 6, the last two at a tenth (the outlines settle; the raw weights meet
+# from the released box weights) and trains 8, the last two at a tenth (the outlines settle; the raw weights meet
 # the EMA). Schedules chosen on learning runs recorded in docs/results.md.
 DEMO_OVERRIDES = ("train.warmup_epochs=1", "train.max_steps_per_epoch=192", "train.val_limit=500",
                   "train.log_every=10", "model.darknet_weights=weights/synthetic_darknet.weights",
@@ -68,7 +68,7 @@ DEMO_OVERRIDES = ("train.warmup_epochs=1", "train.max_steps_per_epoch=192", "tra
                   "model.colour_pathway=0", "model.attribute_prior=0",
                   "data.precompute_images=true", "data.num_workers=0")
 DEMO_SCHEDULES = {"box": ("train.epochs=12", "train.decay_epochs=[11]"),
-                  "mask": ("train.epochs=6", "train.decay_epochs=[4]")}
+                  "mask": ("train.epochs=8", "train.decay_epochs=[6]")}
 DEMO_PARAMETERS: dict[str, Any] = {"splits": ["val"], "limit": 1000}
 # The fast project: 40 small images and a few steps; every notebook runs, nothing learns.
 FAST_OVERRIDES = ("data.synthetic.num_images=40", "data.synthetic.image_size=128", "data.image_size=128",

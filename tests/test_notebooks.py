@@ -578,14 +578,14 @@ def test_the_demo_fine_tunes_the_mask_from_the_box_run_it_just_made(tmp_path, mo
     assert (box_file, mask_file) == pipeline.DEMO_PARAMS
     assert box[-1] == mask[-1] == "train.seed=1"  # the user's own overrides come last and win
     box_run = load_params(ROOT / box_file, box)
-    # docs/training.md's schedule: 12 epochs of 192 steps, the last at a tenth of the rate; the mask 6, two at a tenth
+    # docs/training.md's schedule: 12 epochs of 192 steps, the last at a tenth of the rate; the mask 8, two at a tenth
     assert (box_run.train.epochs, box_run.train.decay_epochs, box_run.train.max_steps_per_epoch) == (12, (11,), 192)
     # Both start from the project's detection-trained backbone, frozen as the paper freezes DarkNet.
     assert box_run.model.darknet_weights == "weights/synthetic_darknet.weights"
     assert box_run.model.trainable_backbone_modules == 2
     assert box_run.train.finetune_from is None and box_parameters == {"splits": ["val"], "limit": 1000}
     mask_run = load_params(ROOT / mask_file, mask)
-    assert (mask_run.train.epochs, mask_run.train.decay_epochs) == (6, (4,))
+    assert (mask_run.train.epochs, mask_run.train.decay_epochs) == (8, (6,))
     # each image decoded, and the frozen modules run, once: no loader processes left to take the cores
     assert all(run.data.precompute_images and run.data.num_workers == 0 for run in (box_run, mask_run))
     assert mask_run.train.finetune_from == str(tmp_path / "synthetic_det" / "best.pt")
