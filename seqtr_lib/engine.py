@@ -224,6 +224,7 @@ class Trainer:
         self._claim_run_dir()
         self.train_set: ReferDataset | None = None
         self.precomputed: PrecomputedImages | None = None  # data.precompute_images
+        self.val_set: ReferDataset | None = None
         self.val_split = "val" if "val" in DATASETS[experiment.data.dataset].splits else None
 
     def _claim_run_dir(self) -> None:
@@ -472,8 +473,11 @@ class Trainer:
         if self.val_split is not None:
             limit = t.val_limit or None
             models = {"raw": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
+            if self.val_set is None:  # read once: the annotation file can take seconds to parse
+                self.val_set = build_dataset(self.experiment, self.val_split, self.vocabulary, training=False)
             record["val"] = {name: evaluate_model(model, self.experiment, self.vocabulary, self.val_split, self.device,
-                                                  limit=limit)["metrics"] for name, model in models.items()}
+                                                  limit=limit, dataset=self.val_set)["metrics"]
+                             for name, model in models.items()}
             score = max(headline_score(s, self.experiment.model.task, self.model.layout.generalised)
                         for s in record["val"].values())
         else:

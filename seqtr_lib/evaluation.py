@@ -26,7 +26,7 @@ from seqtr_lib.codec import SequenceCodec
 from seqtr_lib.config import DECODING_KEYS, TASK_PARTS, Experiment, experiment_from_dict
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
-from seqtr_lib.data.refer import build_dataset, scene_classes
+from seqtr_lib.data.refer import ReferDataset, build_dataset, scene_classes
 from seqtr_lib.execution import Execution, ran_as, recheck_tally, resolve, training_bf16
 from seqtr_lib.execution import generate as generate_under
 from seqtr_lib.generalised_metrics import grec_sample_values, summarize_gres, summarize_grec
@@ -109,7 +109,8 @@ ANSWER_CAP_KEYS = ("max_objects", "max_points")  # the data's, part of a general
 def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
                    device: torch.device, limit: int | None = None,
                    shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9,
-                   cuda_graphs: bool = False, execution: Execution | None = None) -> dict[str, Any]:
+                   cuda_graphs: bool = False, execution: Execution | None = None,
+                   dataset: ReferDataset | None = None) -> dict[str, Any]:
     """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
 
     Metrics are computed at the original image size from the complete list of expressions, never as a
@@ -120,7 +121,13 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     `seqtr_lib.model.graph_decoding.GraphDecoder` (the same tokens; CUDA graphs on a GPU).
     ``execution`` (`seqtr_lib.execution`) runs the model that way, on a prepared copy when it folds
     BatchNorm; None runs it as the training step does (train.amp, train.channels_last: validation).
+    ``dataset``: the split's evaluation dataset (`build_dataset` with ``training=False``) when the caller scores
+    it more than once (each epoch's validation, several weights): building it reads the whole annotation file,
+    seconds for the synthetic set's 77 MB.
     """
+    if dataset is not None and (dataset.split != split or dataset.training):
+        raise ValueError(f"dataset is the {'training' if dataset.training else 'evaluation'} set of split "
+                         f"{dataset.split!r}; evaluate_model needs the evaluation set of {split!r}")
     if cuda_graphs and strategy != "greedy":
         raise ValueError("cuda_graphs decodes greedily; use strategy 'greedy' or turn cuda_graphs off")
     codec = SequenceCodec.from_experiment(experiment)  # what Collate quantized with
@@ -132,7 +139,7 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     sampling = None
     if strategy == "top_p":
         sampling = torch.Generator(device=device).manual_seed(experiment.train.seed + distributed.rank())
-    dataset = build_dataset(experiment, split, vocabulary, training=False)
+    dataset = dataset or build_dataset(experiment, split, vocabulary, training=False)
     loader = build_loader(dataset, experiment, training=False, seed=experiment.train.seed, epoch=0)
     permutation_rng = torch.Generator().manual_seed(experiment.train.seed)
     records: list[dict[str, Any]] = []
@@ -332,12 +339,13 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
             results["limit"] = limit
         for split in splits:
             per_split: dict[str, Any] = {}
+            dataset = build_dataset(experiment, split, vocabulary, training=False)  # read once for every pass
             for name, model in models.items():
                 for shuffled in (False, True) if shuffle_ablation else (False,):
                     key = f"{name}_shuffled" if shuffled else name
                     outcome = evaluate_model(model, experiment, vocabulary, split, context.device,
                                              limit=limit, shuffle_expressions=shuffled, strategy=strategy, top_p=top_p,
-                                             cuda_graphs=cuda_graphs, execution=chosen)
+                                             cuda_graphs=cuda_graphs, execution=chosen, dataset=dataset)
                     per_split[key] = {**outcome["metrics"], "num_expressions": outcome["num_expressions"],
                                       "skipped_images": outcome["skipped_images"]}
                     if "recheck" in outcome:  # bf16 + recheck: how often float32 was needed, on this process

@@ -868,3 +868,33 @@ def test_resuming_a_run_ignores_its_params_start_checkpoint(tiny_data_root, tmp_
     name = "predictor.4.weight"
     assert not torch.equal(resumed[name], other[name])
     assert torch.equal(trainer.model.state_dict()[name], resumed[name])
+
+
+def test_validation_reads_the_annotation_file_once_per_run_and_scores_as_a_fresh_read(tiny_data_root, tmp_path,
+                                                                                        monkeypatch):
+    """Each epoch validates raw and EMA weights on one val set built once (building reads the whole annotation
+    file); a held set scores what a freshly built one scores, and a set of another split is refused."""
+    from seqtr_lib import distributed, engine, evaluation
+    from seqtr_lib.config import load_params
+    from seqtr_lib.data.refer import build_dataset
+
+    built = []
+
+    def counting(experiment, split, vocabulary, training, **kwargs):
+        built.append((split, training))
+        return build_dataset(experiment, split, vocabulary, training, **kwargs)
+
+    monkeypatch.setattr(engine, "build_dataset", counting)
+    monkeypatch.setattr(evaluation, "build_dataset", counting)
+    experiment = load_params(write_params(tmp_path / "p.yaml", tiny_data_root, tmp_path / "out"),
+                             ["train.epochs=3", "train.max_steps_per_epoch=1"])
+    trainer = engine.Trainer(experiment, distributed.setup("cpu"))
+    trainer.run()
+    assert built.count(("val", False)) == 1 and built.count(("train", True)) == 1
+    held = trainer.val_set
+    fresh = evaluation.evaluate_model(trainer.model, experiment, trainer.vocabulary, "val", trainer.device)
+    again = evaluation.evaluate_model(trainer.model, experiment, trainer.vocabulary, "val", trainer.device,
+                                      dataset=held)
+    assert again["metrics"] == fresh["metrics"] and again["num_expressions"] == fresh["num_expressions"] > 0
+    with pytest.raises(ValueError, match="evaluation set of 'testA'"):
+        evaluation.evaluate_model(trainer.model, experiment, trainer.vocabulary, "testA", trainer.device, dataset=held)
