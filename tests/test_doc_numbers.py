@@ -226,6 +226,35 @@ def past(entry: str, key: str, fmt: str | Callable[[Any], str] = "{}") -> Value:
 
 
 NOW, BEFORE, SCRATCH = "2026-12-06", "2026-11-29", "2026-11-28"
+# make demo timed from fresh clones (benchmarks/demo_timing.py): runs 0-1 before the annotation file was read once
+# per run, runs 2-4 of the current demo
+RUNS, SCHEDULE_RUNS = "docs/results/demo_runs.json", "docs/results/demo_schedule_runs.json"
+PROFILE_HELD = "docs/results/demo_step_profile_precompute.json"
+LATEST = 2  # the first run of the current demo: the per-notebook times quoted
+
+
+def demo_run(index: int, key: str, fmt: str | Callable[[Any], str] = "{:.2f}") -> Value:
+    return Value(RUNS, f"runs/{index}/{key}", fmt)
+
+
+def epoch_range(epochs: list[dict]) -> str:
+    """The least and most seconds of an epoch after the first (which also holds the images)."""
+    seconds = [e["train_seconds"] for e in epochs[1:]]
+    return f"{min(seconds):.1f}-{max(seconds):.1f}"
+
+
+def ema_curve(epochs: list[dict]) -> str:
+    return ", ".join(f"{e['ema']:.1f}" for e in epochs)
+
+
+def held_row(task: str, workers: int, held: bool) -> Claim:
+    case = f"cases[task={task},workers={workers},precompute_images={held}]"
+    return Claim("docs/results.md", f"| {task} | {workers} | {'held' if held else 'read each step'} | {{}} | {{}} | {{}} | "
+                 "{} | {} | {} |",
+                 (Value(PROFILE_HELD, f"{case}/ms_per_step", "{:.0f}"), Value(PROFILE_HELD, f"{case}/samples_per_s", "{:.0f}"),
+                  *(Value(PROFILE_HELD, f"{case}/ms_per_phase/{phase}", "{:.0f}") for phase in ("data", "forward", "backward")),
+                  Value(PROFILE_HELD, f"{case}/precompute_seconds", "{:.1f}")))
+
 SCORED = Value(DEMO, "evaluation/expressions_scored", "{:,}")
 OUTLINE_CAP = "docs/results/outline_cap_synthetic_mask.json"
 PROBES = "docs/results/learning_probes.json"
@@ -307,10 +336,11 @@ CLAIMS: list[Claim] = []
 
 CLAIMS += [
     # README: the demo
-    Claim("README.md", "writes every figure; {} on a 2-core CPU.", (demo(NOW, "wall_seconds", minutes_seconds),)),
+    Claim("README.md", "writes every figure; {} on a 2-core CPU.", (demo_run(LATEST, "wall_seconds", minutes_seconds),)),
     Claim("README.md", "| demo, box | val Acc@0.5 {} % (EMA, first {} val) | `make demo` ({}, both tasks, data set made)",
-          (demo(NOW, "box/acc@0.5/ema"), SCORED, demo(NOW, "wall_seconds", minutes_seconds))),
-    Claim("README.md", "| demo, mask | val mIoU {} % (EMA) |", (demo(NOW, "mask/miou/ema"),)),
+          (demo_run(LATEST, "box/acc@0.5/ema"), demo_run(LATEST, "box/expressions_scored", "{:,}"),
+           demo_run(LATEST, "wall_seconds", minutes_seconds))),
+    Claim("README.md", "| demo, mask | val mIoU {} % (EMA) |", (demo_run(LATEST, "mask/miou/ema"),)),
     # README: the full runs, the released weights
     Claim("README.md", "| box, full run | Acc@0.5 val {} %, testB (unseen colour-kind pairs) {} % (EMA) | "
           "`train --params params/synthetic_det.yaml` ({})",
@@ -347,6 +377,43 @@ CLAIMS += [
 
 
 # === docs/results.md ========================================================================================
+
+CLAIMS += [
+    # docs/results.md: the demo of 2026-12-07 (issue 37)
+    Claim("docs/results.md", "box val Acc@0.5 **{} % EMA** / {} % raw (target 90: met; shuffled expressions {} / {} %), mask "
+          "val mIoU **{} % EMA** / {} % raw (target 65: met; shuffled {} / {} %)",
+          tuple(demo_run(LATEST, f"{task}/{metric}/{weights}") for task, metric in (("box", "acc@0.5"), ("mask", "miou"))
+                for weights in ("ema", "raw", "ema_shuffled", "raw_shuffled"))),
+    Claim("docs/results.md", "Time: **{}**, {}, {} (target 10 minutes: **missed**; the same work took longer run by run: "
+          "{}, {} and {} s of steps, as the host slowed); the two runs before the annotation file was read once (commit "
+          "9249b48) took {} and {}.",
+          (*(demo_run(i, "wall_seconds", minutes_seconds) for i in (2, 3, 4)),
+           *(demo_run(i, "", lambda r: f"{sum(e['train_seconds'] for t in ('box', 'mask') for e in r[t]['val_per_epoch']):.0f}")
+             for i in (2, 3, 4)),
+           *(demo_run(i, "wall_seconds", minutes_seconds) for i in (0, 1)))),
+    Claim("docs/results.md", "box 00 {}, 01 {}, 02 {}, 03 {}, 04 {}; mask 00 {}, 01 {}, 02 {}, 03 {}, 04 {}; 05 {}.",
+          tuple(demo_run(LATEST, f"notebook_seconds/{task}/{n}", "{:.1f}") for task in ("box", "mask")
+                for n in ("00", "01", "02", "03", "04")) + (demo_run(LATEST, "notebook_seconds/05", "{:.1f}"),)),
+    Claim("docs/results.md", "Of the two trainings, {} s and {} s are steps (box {} s an epoch after the first, which also holds the "
+          "images): {} s of the {}.",
+          (demo_run(LATEST, "box/val_per_epoch", lambda es: f"{sum(e['train_seconds'] for e in es):.0f}"),
+           demo_run(LATEST, "mask/val_per_epoch", lambda es: f"{sum(e['train_seconds'] for e in es):.0f}"),
+           demo_run(LATEST, "box/val_per_epoch", epoch_range),
+           Value(RUNS, f"runs/{LATEST}", lambda r: f"{sum(e['train_seconds'] for t in ('box', 'mask') for e in r[t]['val_per_epoch']):.0f}"),
+           demo_run(LATEST, "wall_seconds", "{:.0f}"))),
+    *(held_row(task, workers, held) for task in ("box", "mask") for workers in (0, 1) for held in (False, True)),
+    Claim("docs/results.md", "Held images take the box step from {} to {} ms and the mask's from {} to {} ms",
+          tuple(Value(PROFILE_HELD, f"cases[task={task},workers=0,precompute_images={held}]/ms_per_step", "{:.0f}")
+                for task in ("box", "mask") for held in (False, True))),
+    Claim("docs/results.md", "the box on 12 epochs, the last at a tenth of the rate, {}; 02's 1,024 expressions: {} % EMA.",
+          (Value(SCHEDULE_RUNS, "runs/0/val_per_epoch", ema_curve), Value(SCHEDULE_RUNS, "runs/0/val_1024/ema"))),
+    Claim("docs/results.md", "which stopped at {} % on 02's expressions", (demo(NOW, "box/acc@0.5/ema"),)),
+    Claim("docs/results.md", "8 epochs with the last two at a tenth: {}; {} % on 02's expressions; with 6 epochs (the last "
+          "two at a tenth) it ends at {} % on the first 500",
+          (Value(SCHEDULE_RUNS, "runs/1/val_per_epoch", ema_curve), Value(SCHEDULE_RUNS, "runs/1/val_1024/ema"),
+           Value(SCHEDULE_RUNS, "runs/2/val_per_epoch", lambda es: f"{es[-1]['ema']:.2f}"))),
+    Claim("docs/results.md", "the demo's mask at two threads ends at {} %", (demo_run(LATEST, "mask/miou/ema"),)),
+]
 
 CLAIMS += [
     # docs/results.md: the demo, the summary, the two full runs, what is next, RefCOCO, the CPU speed headlines
@@ -1253,6 +1320,7 @@ NOT_MEASURED = {
         "at probability 0.5", "under 0.3", "9.0 lists it",
     ],
     "docs/results.md": [
+        "(target 10 minutes", "the 77 MB annotation file",
         "Intel Xeon @ 2.50 GHz", "torch 2.14.1", "plus 40 % input-token noise", "Prec@0.5 / 0.7 / 0.9",
         "(0.25 / 0.75 / 1 pixel", "so 0.5, the geometry's value", "the 70 % target", "DarkNet width 0.25", "width 0.125",
         "After 8 minutes of training", "torch 2.11", "5 minutes of training each", "+ 20 % input-token noise",
