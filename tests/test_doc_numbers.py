@@ -1308,7 +1308,7 @@ NOT_MEASURED = {
         "640, true (large-scale jitter 0.3-1.4)", "torch 2.11.0 and CUDA 13.0", "pins torch 2.14.1",
     ],
     "docs/method.md": [
-        "d = 0.5 moves", "p = 0.4 gave", "p = 0.2 did not help", "sets the noise (0.4)", "has 20 minutes",
+        "d = 0.5 moves", "p = 0.4 gave", "p = 0.2 did not help", "sets the noise (0.4)", "had 20 minutes",
         "offsets of 0.25, 0.75 and 1 pixel", "visibility thresholds 0.9, 0.8, 0.7, 0.6 and 0.5", "LeakyReLU(0.1)",
         "use 0.125", "dropout 0.1", "one bin is 0.64 px", "ε = 0.1", "- 1.5 on a box's", "- 0.1 on every EOS",
         "betas (0.9, 0.98)", "× 0.1 from", "total norm 0.15", "shuffle 0.2", "width 0.125", "plus (d) at 0.4", "IoU ≥ 0.5",
