@@ -70,7 +70,7 @@ def profile(task: str, workers: int, threads: int, precompute: bool, steps: int,
         batch = next(batches)
         batch = move_batch(batch if held is None else held.fill(batch), trainer.device, t.channels_last)
         marks.append(time.perf_counter())
-        with nullcontext() if held is None else held.frozen_outputs(trainer.model.backbone, batch, batch["images"]):
+        with nullcontext() if held is None else held.frozen_outputs(trainer.model.backbone, batch):
             outputs = trainer.forward_model(**trainer._forward_inputs(batch))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         marks.append(time.perf_counter())

@@ -398,7 +398,7 @@ class Trainer:
         t = self.experiment.train
         batch = move_batch(batch, self.device, t.channels_last)
         held = (nullcontext() if self.precomputed is None
-                else self.precomputed.frozen_outputs(self.model.backbone, batch, batch["images"]))
+                else self.precomputed.frozen_outputs(self.model.backbone, batch))
         with autocast(self.device, t.amp), held:
             outputs = self.forward_model(**self._forward_inputs(batch))
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}

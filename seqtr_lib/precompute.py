@@ -134,9 +134,11 @@ class PrecomputedImages:
         return {**batch, "images": images}
 
     @contextmanager
-    def frozen_outputs(self, backbone: DarkNet53, batch: dict[str, Any], like: torch.Tensor) -> Iterator[None]:
+    def frozen_outputs(self, backbone: DarkNet53, batch: dict[str, Any]) -> Iterator[None]:
         """Within the block the frozen modules of ``backbone`` give the held outputs of ``batch``'s images
-        (zero-padded to the batch's shape; on ``like``'s device, dtype and memory format) instead of running."""
+        (zero-padded to the batch's shape; on the device, dtype and memory format of its ``images``) instead of
+        running."""
+        like = batch["images"]
         keys = batch["precomputed_keys"].tolist()
         height, width = batch["pad_mask"].shape[-2:]
         originals = {name: backbone.layers.get_submodule(name) for name in backbone.frozen_modules}

@@ -101,7 +101,7 @@ def test_a_step_on_held_maps_computes_what_a_step_on_pixels_computes(mixed_shape
         for use_held in (False, True):
             model.zero_grad(set_to_none=True)
             torch.manual_seed(0)  # the same dropout masks
-            with held.frozen_outputs(model.backbone, batch, batch["images"]) if use_held else torch.enable_grad():
+            with held.frozen_outputs(model.backbone, batch) if use_held else torch.enable_grad():
                 outputs = model(**inputs)
             loss = trainer._losses(outputs, batch)["loss"]
             loss.backward()
@@ -137,7 +137,7 @@ def test_the_frozen_modules_come_back_after_a_held_step_even_one_that_raised(mix
     batch = move_batch(held.fill(_batches(experiment, dataset, 0)[0]), trainer.device, channels_last=False)
     before = dict(backbone.layers.named_children())
     with pytest.raises(RuntimeError, match="in the step"):
-        with held.frozen_outputs(backbone, batch, batch["images"]):
+        with held.frozen_outputs(backbone, batch):
             assert all(backbone.layers.get_submodule(n) is not before[n] for n in backbone.frozen_modules)
             raise RuntimeError("in the step")
     assert dict(backbone.layers.named_children()) == before
