@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -417,3 +418,32 @@ def test_python2_pickle_helper_matches_the_pickle_module():
     # The hand-written opcodes above decode, with the standard unpickler, to the intended structure.
     raw = b"\x80\x02]}(U\x05splitU\x03valua."
     assert pickle.load(io.BytesIO(raw), encoding="bytes") == [{b"split": b"val"}]
+
+
+def test_reading_an_annotation_file_again_parses_it_only_while_its_bytes_are_unchanged(tmp_path):
+    from seqtr_lib.data.refer import read_annotations
+
+    path = tmp_path / "instances.json"
+    first = {"train": [{"image_id": 1, "expressions": ["a red circle"], "bbox": [1, 2, 3, 4]}]}
+    path.write_text(json.dumps(first))
+    document = read_annotations(path)
+    assert document == first
+    assert read_annotations(path) is document  # the same file, not parsed again
+    # An edit of the same length that keeps the modification time: only the bytes tell it apart.
+    status = path.stat()
+    path.write_text(json.dumps(first).replace("red", "tan"))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert path.stat().st_size == status.st_size
+    edited = read_annotations(path)
+    assert edited["train"][0]["expressions"] == ["a tan circle"]
+    other = tmp_path / "copy.json"
+    other.write_text(json.dumps(first).replace("red", "tan"))
+    assert read_annotations(other) is not edited  # another file is another document
+
+
+def test_an_annotation_file_that_is_not_json_is_reported_with_its_path(tmp_path):
+    path = tmp_path / "instances.json"
+    path.write_text('{"train": [{"image_id": 1,]}')
+    with pytest.raises(AnnotationError, match=rf"{path} is not valid JSON"):
+        from seqtr_lib.data.refer import read_annotations
+        read_annotations(path)

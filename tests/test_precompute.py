@@ -61,12 +61,16 @@ def test_held_batches_are_the_batches_read_from_the_files(mixed_shapes_root, tmp
     trainer = Trainer(experiment, distributed.setup("cpu"))
     dataset = build_dataset(experiment, "train", trainer.vocabulary, training=True)
     held = PrecomputedImages.build(dataset, trainer.model, trainer.device, channels_last=False, progress=False)
-    for epoch in (0, 1):
+    drawn: dict[int, set[int]] = {}  # ann_index -> expression indices drawn with held images
+    for epoch in (0, 1, 2):
         plain = _batches(experiment, dataset, epoch)
         held.attach(dataset)
         keyed = [held.fill(batch) for batch in _batches(experiment, dataset, epoch)]
         dataset.precomputed_shapes = None
         assert len(plain) == len(keyed) > 1
+        for batch in keyed:
+            for meta in batch["metas"]:
+                drawn.setdefault(meta["ann_index"], set()).add(meta["expression_index"])
         shapes = set()
         for a, b in zip(plain, keyed):
             assert b.keys() - a.keys() == {"precomputed_keys"} and a.keys() <= b.keys()
@@ -77,6 +81,8 @@ def test_held_batches_are_the_batches_read_from_the_files(mixed_shapes_root, tmp
                     assert value == b[key], key
             shapes |= {tuple(m["pad_shape"]) for m in a["metas"]}
         assert shapes == {(64, 96), (96, 96)}  # the batches mix padded shapes
+    # Held samples are made once per object: objects drawn again with another expression must show it.
+    assert sum(len(indices) > 1 for indices in drawn.values()) >= 3
 
 
 @pytest.mark.parametrize("trainable", [2, 5])

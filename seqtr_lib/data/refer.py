@@ -11,6 +11,7 @@ import json
 import logging
 import pickle
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,29 @@ class AnnotationError(ValueError):
     """An annotation file or entry is malformed; the message names the file, split, index and fix."""
 
 
+def _parse_json(data: bytes) -> Any:
+    """JSON text -> Python values, with orjson when installed: it parses the synthetic set's annotation file
+    (millions of polygon floats, read by every notebook) in well under half the standard parser's time."""
+    try:
+        import orjson
+    except ImportError:  # a minimal install (the GPU machines) keeps the standard parser
+        return json.loads(data)
+    return orjson.loads(data)  # its JSONDecodeError is json's
+
+
+# The last annotation file parsed in this process, with its path and bytes: the vocabulary, the training split and
+# the validation split of one run each read the whole file. Reading and comparing the bytes costs a small part of
+# a parse and, unlike a modification time, cannot miss an edit.
+_last_parsed: tuple[str, bytes, dict[str, list[dict[str, Any]]]] | None = None
+
+
 def read_annotations(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Parse an instances.json file: ``{split: [annotation, ...]}``."""
+    """Parse an instances.json file: ``{split: [annotation, ...]}``.
+
+    Reading the same unchanged file again in this process returns the same document without parsing it
+    again, so the document is shared: treat it as read-only (copy what you change).
+    """
+    global _last_parsed
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -55,12 +77,16 @@ def read_annotations(path: str | Path) -> dict[str, list[dict[str, Any]]]:
             "make-synthetic`, convert a refer release with `convert-refer`, or set data.data_root / "
             "data.annotation_file"
         )
+    where, data = str(path.resolve()), path.read_bytes()
+    if _last_parsed is not None and _last_parsed[:2] == (where, data):
+        return _last_parsed[2]
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = _parse_json(data)
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{path} is not valid JSON ({error})") from error
     if not isinstance(document, dict) or not all(isinstance(v, list) for v in document.values()):
         raise AnnotationError(f"{path}: expected {{split: [annotation, ...]}} at the top level")
+    _last_parsed = (where, data, document)
     return document
 
 
@@ -163,6 +189,18 @@ class _PackedAnnotations:
         return pickle.loads(self._buffer[start : self._ends[index]].tobytes())
 
 
+@dataclass(frozen=True)
+class _HeldSample:
+    """A training object's sample with held images (`ReferDataset._with_expression`), and what its expressions
+    need: their texts and, for model.attribute_prior, the object's colour and kind."""
+
+    sample: dict[str, Any]
+    path: str
+    expressions: list[str]
+    color: str | None
+    kind: str | None
+
+
 class ReferDataset:
     """One split of an instances.json dataset, as samples ready for the collate function.
 
@@ -252,6 +290,7 @@ class ReferDataset:
         # path -> (key, (height, width)) of the training process's held images (data.precompute_images,
         # `seqtr_lib.precompute`): samples then carry the key instead of pixels.
         self.precomputed_shapes: dict[str, tuple[int, tuple[int, int]]] | None = None
+        self._held_samples: dict[int, _HeldSample] = {}  # ann_index -> its sample, with held images only
 
         document = read_annotations(self.annotation_file)
         if split not in document:
@@ -301,6 +340,9 @@ class ReferDataset:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng((self.seed, epoch, index))
         ann_index = index if self.training else int(self._pairs[index, 0])
+        held = self._held_samples.get(ann_index) if self.precomputed_shapes is not None else None
+        if held is not None:  # made in an earlier epoch: only the expression is drawn again
+            return self._with_expression(held, int(rng.integers(len(held.expressions))), (self.seed, epoch, index))
         annotation = self._annotations[ann_index]
         if self.training:
             expression_index = int(rng.integers(len(annotation["expressions"])))
@@ -309,11 +351,13 @@ class ReferDataset:
         where = f"{self.dataset} split '{self.split}', annotation {ann_index}"
         path = self.image_path(annotation)
         if self.precomputed_shapes is not None:
-            key, ori_shape = self.precomputed_shapes[str(path)]
+            ori_shape = self.precomputed_shapes[str(path)][1]
             sample = self._sample(annotation, None, path, ann_index, expression_index, rng, (self.seed, epoch, index),
                                   ori_shape)
-            sample["image"] = key
-            return sample
+            held = _HeldSample(sample, str(path), annotation["expressions"], annotation.get("color"),
+                               annotation.get("category"))
+            self._held_samples[ann_index] = held
+            return self._with_expression(held, expression_index, (self.seed, epoch, index))
         try:
             if self.device_transforms:
                 from seqtr_lib.data.device_images import read_encoded_image
@@ -334,6 +378,20 @@ class ReferDataset:
         # The geometry and targets as on the host, without the pixels; the image travels as its file's bytes.
         sample = make(annotation, None, path, ann_index, expression_index, rng, rng_key, ori_shape)
         sample["image"] = payload
+        return sample
+
+    def _with_expression(self, held: _HeldSample, expression_index: int, rng_key: tuple[int, int, int]) -> dict[str, Any]:
+        """The sample of a held image's object with expression ``expression_index``: with held images there is no
+        LSJ and no zoom-out, so the image's geometry and the targets are the same every epoch and only the fields
+        `_sample` makes from the expression change. A new dict each time (the held one is never handed out)."""
+        expression = held.expressions[expression_index]
+        sample = {**held.sample, "image": self.precomputed_shapes[held.path][0], "rng_key": rng_key,
+                  "expression_ids": self.vocabulary.encode(expression, self.max_token),
+                  "meta": {**held.sample["meta"], "expression": expression, "expression_index": expression_index}}
+        if self.scene_targets:
+            from seqtr_lib.data.synthetic import named_attributes
+
+            sample["named_attributes"] = named_attributes(expression, held.color, held.kind)
         return sample
 
     def _sample(self, annotation: dict[str, Any], image: np.ndarray | None, path: Path, ann_index: int,
