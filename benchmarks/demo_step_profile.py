@@ -10,6 +10,10 @@ processes it is only the time the step waits for them. Writes JSON naming the ma
     python -m seqtr_lib make-synthetic --out data
     python benchmarks/demo_step_profile.py --data-root data --out benchmarks/results/demo_step_profile.json
     python benchmarks/demo_step_profile.py --data-root data --splits 0x2,1x2 --precompute both
+    python benchmarks/demo_step_profile.py --data-root data --splits 0x2 --precompute on --amp none,bf16
+
+With held images each object's sample is made on its first draw and reused (`ReferDataset._with_expression`);
+the few timed steps here are first draws, so their "data" phase is the first epoch's, not the later epochs'.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ PHASES = ("data", "forward", "loss", "backward", "optimizer", "ema")
 
 
 def profile(task: str, workers: int, threads: int, precompute: bool, steps: int, warmup: int, data_root: Path,
-            output_dir: Path) -> dict[str, Any]:
+            output_dir: Path, amp: str = "none") -> dict[str, Any]:
     """Mean milliseconds per phase over ``steps`` timed steps after ``warmup`` untimed ones; with ``precompute``
-    (data.precompute_images) also the seconds its one-off pass took."""
+    (data.precompute_images) also the seconds its one-off pass took. ``amp``: train.amp (bf16 autocast on a CPU
+    with bf16 units)."""
     torch.set_num_threads(threads)
     overrides = [*DEMO_OVERRIDES, *DEMO_SCHEDULES[task], f"data.data_root={data_root}", f"output_dir={output_dir}",
                  f"data.num_workers={workers}", "train.finetune_from=", f"name=profile_{task}",
-                 f"data.precompute_images={str(precompute).lower()}"]
+                 f"data.precompute_images={str(precompute).lower()}", f"train.amp={amp}"]
     experiment = load_params(PARAMS[task], overrides)
     trainer = Trainer(experiment, distributed.setup("cpu"))
     t = experiment.train
@@ -90,7 +95,7 @@ def profile(task: str, workers: int, threads: int, precompute: bool, steps: int,
             for phase, start, end in zip(PHASES, marks, marks[1:]):
                 totals[phase] += end - start
     seconds = sum(totals.values())
-    return {"task": task, "workers": workers, "threads": threads, "precompute_images": precompute,
+    return {"task": task, "workers": workers, "threads": threads, "precompute_images": precompute, "amp": amp,
             "precompute_seconds": precompute_seconds, "steps": steps, "samples": samples,
             "ms_per_step": 1000 * seconds / steps, "samples_per_s": samples / seconds,
             "ms_per_phase": {phase: 1000 * value / steps for phase, value in totals.items()},
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="loader processes x compute threads, comma-separated (default 0x2,1x2,2x2,2x1)")
     parser.add_argument("--precompute", default="off", choices=("off", "on", "both"),
                         help="data.precompute_images for each case (both: each case twice)")
+    parser.add_argument("--amp", default="none", help="train.amp values, comma-separated (none,bf16: each case twice)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per case")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_step_profile.json"))
@@ -114,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                        f"`python -m seqtr_lib make-synthetic --out {args.data_root}`\n")
     cases = []
     for task in args.tasks.split(","):
-        for split, precompute in itertools.product(args.splits.split(","), PRECOMPUTE[args.precompute]):
+        for split, precompute, amp in itertools.product(args.splits.split(","), PRECOMPUTE[args.precompute],
+                                                        args.amp.split(",")):
             workers, threads = (int(n) for n in split.split("x"))
             with tempfile.TemporaryDirectory() as output_dir:
                 case = profile(task, workers, threads, precompute, args.steps, args.warmup, args.data_root,
-                               Path(output_dir))
+                               Path(output_dir), amp)
             held = f", held images ({case['precompute_seconds']:.1f} s once)" if precompute else ""
-            print(f"{task} {workers} workers x {threads} threads{held}: {case['ms_per_step']:.0f} ms/step, "
+            autocast = f", train.amp {amp}" if amp != "none" else ""
+            print(f"{task} {workers} workers x {threads} threads{held}{autocast}: {case['ms_per_step']:.0f} ms/step, "
                   f"{case['samples_per_s']:.0f} samples/s; "
                   + ", ".join(f"{p} {100 * s:.0f} %" for p, s in case["share_per_phase"].items()), flush=True)
             cases.append(case)

@@ -223,7 +223,8 @@ class Trainer:
             self._restore(start.resume)
         self._claim_run_dir()
         self.train_set: ReferDataset | None = None
-        self.precomputed: PrecomputedImages | None = None  # data.precompute_images
+        self.precomputed: PrecomputedImages | None = None  # data.precompute_images: the training images
+        self.val_held: PrecomputedImages | None = None  # and the validation split's
         self.val_set: ReferDataset | None = None
         self.val_split = "val" if "val" in DATASETS[experiment.data.dataset].splits else None
 
@@ -475,8 +476,14 @@ class Trainer:
             models = {"raw": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
             if self.val_set is None:  # read once: the annotation file can take seconds to parse
                 self.val_set = build_dataset(self.experiment, self.val_split, self.vocabulary, training=False)
+                if self.experiment.data.precompute_images:  # both weights share the frozen modules, every epoch
+                    self.val_held = PrecomputedImages.build(self.val_set, self.model, self.device, t.channels_last,
+                                                            t.amp, progress=self.context.is_main)
+                    self.val_held.attach(self.val_set)
+                    if self.context.is_main:
+                        print(self.val_held.describe())
             record["val"] = {name: evaluate_model(model, self.experiment, self.vocabulary, self.val_split, self.device,
-                                                  limit=limit, dataset=self.val_set)["metrics"]
+                                                  limit=limit, dataset=self.val_set, held=self.val_held)["metrics"]
                              for name, model in models.items()}
             score = max(headline_score(s, self.experiment.model.task, self.model.layout.generalised)
                         for s in record["val"].values())

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_io
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
 from seqtr_lib.text import Vocabulary
+
+if TYPE_CHECKING:  # seqtr_lib.precompute imports this module
+    from seqtr_lib.precompute import PrecomputedImages
 
 
 def autocast(device: torch.device, amp: str):
@@ -110,7 +113,7 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
                    device: torch.device, limit: int | None = None,
                    shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9,
                    cuda_graphs: bool = False, execution: Execution | None = None,
-                   dataset: ReferDataset | None = None) -> dict[str, Any]:
+                   dataset: ReferDataset | None = None, held: PrecomputedImages | None = None) -> dict[str, Any]:
     """Generate for every (object, expression) of a split on all ranks; gather exact per-expression results.
 
     Metrics are computed at the original image size from the complete list of expressions, never as a
@@ -123,11 +126,15 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     BatchNorm; None runs it as the training step does (train.amp, train.channels_last: validation).
     ``dataset``: the split's evaluation dataset (`build_dataset` with ``training=False``) when the caller scores
     it more than once (each epoch's validation, several weights): building it reads the whole annotation file,
-    seconds for the synthetic set's 77 MB.
+    seconds for the synthetic set's 77 MB. ``held``: that dataset's images held in memory
+    (`seqtr_lib.precompute`, attached to it): the frozen backbone modules then give their held outputs.
     """
     if dataset is not None and (dataset.split != split or dataset.training):
         raise ValueError(f"dataset is the {'training' if dataset.training else 'evaluation'} set of split "
                          f"{dataset.split!r}; evaluate_model needs the evaluation set of {split!r}")
+    if held is not None and (dataset is None or dataset.precomputed_shapes is None or execution is not None):
+        raise ValueError("held images (data.precompute_images) need the dataset they are attached to and no "
+                         "execution choice")
     if cuda_graphs and strategy != "greedy":
         raise ValueError("cuda_graphs decodes greedily; use strategy 'greedy' or turn cuda_graphs off")
     codec = SequenceCodec.from_experiment(experiment)  # what Collate quantized with
@@ -162,9 +169,10 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
             generated = generate_under(model, execution, batch["images"], batch["pad_mask"], batch["expression_ids"],
                                        decoder=graph_decoder, **decoding)
         else:
-            batch = move_batch(batch, device, experiment.train.channels_last)
-            generated = _generate_as_trained(model, graph_decoder, batch, device, experiment.train.amp, strategy,
-                                             top_p, sampling)
+            batch = move_batch(batch if held is None else held.fill(batch), device, experiment.train.channels_last)
+            with nullcontext() if held is None else held.frozen_outputs(model.backbone, batch):
+                generated = _generate_as_trained(model, graph_decoder, batch, device, experiment.train.amp, strategy,
+                                                 top_p, sampling)
         generated = {k: v.float().cpu().numpy() if k.endswith("scores") else v.cpu().numpy()
                      for k, v in generated.items()}
         for i, meta in enumerate(batch["metas"]):

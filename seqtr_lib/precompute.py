@@ -60,15 +60,16 @@ def kept_modules(backbone: DarkNet53) -> tuple[str, ...]:
 
 
 class PrecomputedImages:
-    """The training images of a dataset, padded pixels (uint8) and the frozen backbone modules' outputs.
+    """The images of a dataset's split, padded pixels (uint8) and the frozen backbone modules' outputs: the
+    training images, and the validation images that every epoch's validation grounds with both weights.
 
     ``build`` makes it; ``attach`` gives the dataset the keys; ``fill`` puts a loader batch's pixels in;
     ``frozen_outputs`` runs a forward pass on the held maps.
     """
 
     def __init__(self, keys: dict[str, int], ori_shapes: list[tuple[int, int]], pixels: list[torch.Tensor],
-                 maps: dict[str, list[torch.Tensor]], strides: dict[str, int]) -> None:
-        self.keys, self.ori_shapes, self.pixels = keys, ori_shapes, pixels
+                 maps: dict[str, list[torch.Tensor]], strides: dict[str, int], split: str = "train") -> None:
+        self.keys, self.ori_shapes, self.pixels, self.split = keys, ori_shapes, pixels, split
         self.maps, self.strides = maps, strides  # per kept frozen module: each image's map, its stride
 
     @classmethod
@@ -78,11 +79,11 @@ class PrecomputedImages:
         """Decode and resize every image of ``dataset`` once (as its samples do without augmentation) and run
         ``model``'s frozen backbone modules over them, in batches of ``batch_size`` images of one shape, in the
         precision a training step runs them (train.amp)."""
-        paths = list(dict.fromkeys(str(dataset.image_path(dataset.annotation(i))) for i in range(len(dataset))))
+        paths = dataset.image_paths()
         keys = {path: index for index, path in enumerate(paths)}
         ori_shapes: list[tuple[int, int]] = []
         pixels: list[torch.Tensor] = []
-        for path in tqdm(paths, desc="decoding the training images once", disable=not progress, leave=False):
+        for path in tqdm(paths, desc=f"decoding the {dataset.split} images once", disable=not progress, leave=False):
             image = read_image(path)
             ori_shapes.append(image.shape[:2])
             resized = transforms.resize_long_side(transforms.to_tv_tensors(image, None, None)[0], None, None,
@@ -110,14 +111,15 @@ class PrecomputedImages:
                     strides[name] = pixels[indices[0]].shape[1] // output.shape[2]  # pad shapes: multiples of 32
                     for row, index in enumerate(indices):
                         maps[name][index] = output[row].cpu()
-        return cls(keys, ori_shapes, pixels, maps, strides)
+        return cls(keys, ori_shapes, pixels, maps, strides, dataset.split)
 
     def describe(self) -> str:
         """One line: how many images are held and the memory they take."""
         size = sum(p.numel() * p.element_size() for p in self.pixels)
         size += sum(m.numel() * m.element_size() for maps in self.maps.values() for m in maps)
         modules = f", with the outputs of {', '.join(self.maps)}" if self.maps else ""
-        return (f"data.precompute_images: {len(self.pixels)} training images held in memory ({size / 2**20:.0f} "
+        which = "training" if self.split == "train" else self.split
+        return (f"data.precompute_images: {len(self.pixels)} {which} images held in memory ({size / 2**20:.0f} "
                 f"MB{modules})")
 
     def attach(self, dataset: ReferDataset) -> None:

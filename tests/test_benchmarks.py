@@ -169,6 +169,15 @@ def test_demo_step_profile_takes_every_step_apart(tiny_data_root, tmp_path):
         assert math.isclose(case["samples_per_s"] * case["ms_per_step"], 1000 * 32, rel_tol=1e-12)
         assert all(value > 0 for value in phases.values())
         assert (case["precompute_seconds"] > 0) is case["precompute_images"]
+        assert case["amp"] == "none"
+
+
+def test_demo_step_profile_times_each_train_amp_asked_for(tiny_data_root, tmp_path):
+    out = tmp_path / "profile.json"
+    _script("demo_step_profile.py", "--data-root", str(tiny_data_root), "--tasks", "box", "--splits", "0x1",
+            "--precompute", "on", "--amp", "none,bf16", "--steps", "1", "--warmup", "0", "--out", str(out), timeout=300)
+    assert [(c["task"], c["precompute_images"], c["amp"]) for c in _load(out)["cases"]] == [
+        ("box", True, "none"), ("box", True, "bf16")]
 
 
 @pytest.mark.slow

@@ -173,8 +173,37 @@ def test_a_run_with_held_images_trains_like_one_without(mixed_shapes_root, tmp_p
     said = capsys.readouterr().out  # the tiny set's images are one per training scene
     held = f"data.precompute_images: {split_sizes(24)['train']} training images held in memory"
     assert said.count(held) == 1, said
+    assert said.count(f"data.precompute_images: {split_sizes(24)['val']} val images held in memory") == 1, said
     assert len(losses[True]) == len(losses[False]) == 4
     assert np.allclose(losses[True], losses[False], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_validation_on_held_images_grounds_what_validation_on_the_files_grounds(mixed_shapes_root, tmp_path, task,
+                                                                               monkeypatch):
+    """Each epoch's validation with the val images held (the trainer's, both weights): the same tokens as from the
+    files, in float64, where the held maps differ from maps computed in other batches by rounding alone (far under
+    the gap between two tokens' scores); a map of another image or in the wrong place changes the tokens."""
+    from seqtr_lib import evaluation
+    from seqtr_lib.evaluation import evaluate_model
+
+    as_float32 = evaluation.move_batch  # makes float32 images; this model is float64
+    monkeypatch.setattr(evaluation, "move_batch", lambda *args: {**(moved := as_float32(*args)),
+                                                                 "images": moved["images"].double()})
+    experiment = _experiment(mixed_shapes_root, tmp_path, trainable=2, task=task)
+    trainer = Trainer(experiment, distributed.setup("cpu"))
+    model = trainer.model.double()
+    dataset = build_dataset(experiment, "val", trainer.vocabulary, training=False)
+    plain = evaluate_model(model, experiment, trainer.vocabulary, "val", trainer.device, dataset=dataset)
+    held = PrecomputedImages.build(dataset, model, trainer.device, channels_last=False, batch_size=3, progress=False)
+    assert held.split == "val" and len(held.pixels) == len(dataset.image_paths()) > 1
+    held.attach(dataset)
+    keyed = evaluate_model(model, experiment, trainer.vocabulary, "val", trainer.device, dataset=dataset, held=held)
+    assert len(plain["records"]) == len(keyed["records"]) == len(dataset)
+    predicted = "pred_box" if task == "box" else "pred_polygon"  # the tokens, dequantised
+    for a, b in zip(plain["records"], keyed["records"]):
+        assert a[predicted] == b[predicted], (a, b)
+    assert plain["metrics"] == keyed["metrics"]
 
 
 @pytest.mark.parametrize("setting", ["data.lsj=true", "data.zoom_out.probability=0.5", "data.device_transforms=true",

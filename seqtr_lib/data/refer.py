@@ -336,11 +336,15 @@ class ReferDataset:
         """The image file of an annotation of this dataset."""
         return image_path(self.data_root, self.dataset, annotation)
 
+    def image_paths(self) -> list[str]:
+        """Every image file of this split once, in the order of its first annotation."""
+        return list(dict.fromkeys(str(self.image_path(self._annotations[i])) for i in range(len(self._annotations))))
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng((self.seed, epoch, index))
         ann_index = index if self.training else int(self._pairs[index, 0])
-        held = self._held_samples.get(ann_index) if self.precomputed_shapes is not None else None
+        held = self._held_samples.get(ann_index) if self.training and self.precomputed_shapes is not None else None
         if held is not None:  # made in an earlier epoch: only the expression is drawn again
             return self._with_expression(held, int(rng.integers(len(held.expressions))), (self.seed, epoch, index))
         annotation = self._annotations[ann_index]
@@ -354,6 +358,9 @@ class ReferDataset:
             ori_shape = self.precomputed_shapes[str(path)][1]
             sample = self._sample(annotation, None, path, ann_index, expression_index, rng, (self.seed, epoch, index),
                                   ori_shape)
+            if not self.training:
+                sample["image"] = self.precomputed_shapes[str(path)][0]
+                return sample
             held = _HeldSample(sample, str(path), annotation["expressions"], annotation.get("color"),
                                annotation.get("category"))
             self._held_samples[ann_index] = held
