@@ -132,9 +132,10 @@ def _score_columns(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]
     columns: list[tuple[str, str, str]] = []
     for run in runs:
         task = _lookup(run["config"], "model.task")
+        generalised = (_lookup(run["config"], "data.max_objects") or 0) > 0
         splits = ((run["metrics"] or {}).get("splits") or {})
         for split in sorted(splits, key=lambda s: (SPLIT_ORDER + (s,)).index(s)):
-            for metric in headline_metrics(task) if task else ():
+            for metric in headline_metrics(task, generalised) if task else ():
                 for weights in ("raw", "ema"):
                     if metric in (splits[split].get(weights) or {}) and (split, metric, weights) not in columns:
                         columns.append((split, metric, weights))

@@ -183,6 +183,11 @@ class Experiment:
         return self.data.max_token or DATASETS[self.data.dataset].max_token
 
     @property
+    def generalised(self) -> bool:
+        """Whether each answer holds zero or more objects (data.max_objects > 0; docs/method.md, section 11)."""
+        return self.data.max_objects > 0
+
+    @property
     def annotation_path(self) -> Path:
         """data.annotation_file if set, else the dataset's file under data.data_root."""
         if self.data.annotation_file:

@@ -157,8 +157,9 @@ def launch_torchrun(params_file: str, overrides: Sequence[str], nproc_per_node: 
 
 
 @contextmanager
-def live_curves(run_dir: str | Path, task: str, every_s: float = 20.0) -> Iterator[None]:
-    """Redraw the training curves in the cell every ``every_s`` seconds while the body trains, and at the end."""
+def live_curves(run_dir: str | Path, task: str, every_s: float = 20.0, generalised: bool = False) -> Iterator[None]:
+    """Redraw the training curves in the cell every ``every_s`` seconds while the body trains, and at the end;
+    ``generalised``: the run's answers hold zero or more objects (its validation has other metrics)."""
     from IPython.display import Image, Markdown, display
 
     from seqtr_lib.reports import read_log
@@ -174,7 +175,7 @@ def live_curves(run_dir: str | Path, task: str, every_s: float = 20.0) -> Iterat
         except FileNotFoundError:
             return
         if records:
-            handle.update(Image(data=figure_png(training_curves(records, headline_metrics(task)))))
+            handle.update(Image(data=figure_png(training_curves(records, headline_metrics(task, generalised)))))
 
     def loop() -> None:
         while not stop.wait(every_s):

@@ -267,6 +267,18 @@ def test_train_evaluate_and_predict_on_the_gref_params(gref_root, tmp_path, caps
     for record in records[:2]:
         assert record["f1"] == pytest.approx(f1_by_hand(record))
         assert record["f1"] == pytest.approx(grec_f1(record["pred_boxes"], record["gt_boxes"]))
+    # What notebooks 01 and 05 draw and tabulate of the run: its generalised headline, not a classic metric
+    from seqtr_lib import compare, viz
+    from seqtr_lib.config import load_params
+    from seqtr_lib.metrics import headline_metrics
+    from seqtr_lib.reports import read_log
+
+    experiment = load_params("params/synthetic_gref_det.yaml", gref_overrides(gref_root, tmp_path))
+    assert experiment.generalised
+    figure = viz.training_curves(read_log(run), headline_metrics(experiment.model.task, experiment.generalised))
+    assert figure.axes[2].get_legend_handles_labels()[1] == ["raw precision", "ema precision"]
+    (row,) = compare.table_rows(compare.collect_runs(run.name, root=tmp_path))
+    assert row["val precision ema"] == metrics["precision"]
     image = next((gref_root / "images").rglob("*.jpg"))
     capsys.readouterr()
     main(["predict", "--checkpoint", str(run / "best.pt"), "--image", str(image), "--expression",
