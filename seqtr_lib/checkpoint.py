@@ -124,7 +124,7 @@ def refine_bins(table: torch.Tensor, num_bin: int, factor: int, logit_bias: bool
 
 
 def finetune_state(model_state: dict[str, torch.Tensor], source_state: dict[str, torch.Tensor],
-                   source_name: str | Path, num_bins: tuple[int, int] | None = None,
+                   source_name: str | Path, num_bins: tuple[int, int] | None = None, separator_added: bool = False,
                    ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The state dict that starts a fine-tuning run from ``source_state`` (``source_name`` in messages).
 
@@ -132,8 +132,10 @@ def finetune_state(model_state: dict[str, torch.Tensor], source_state: dict[str,
     which keep the new model's initialisation when their length differs (a box checkpoint starting a
     mask run); and, with ``num_bins`` = (the source's num_bin, this model's), those of
     ``VOCABULARY_KEYS``, refined by `refine_bins` when this model's bins are a whole multiple of the
-    source's. Returns the state to load and the names kept fresh; raises ValueError naming the first
-    tensor that does not fit and the setting that likely differs.
+    source's. ``separator_added``: this model is generalised and the source is not (docs/method.md, section 11):
+    the token tables gain their last row, the separator, from this model's initialisation (the bins and EOS keep
+    their ids). Returns the state to load and the names kept fresh; raises ValueError naming the first tensor
+    that does not fit and the setting that likely differs.
     """
     missing = [name for name in model_state if name not in source_state]
     unexpected = [name for name in source_state if name not in model_state]
@@ -152,6 +154,8 @@ def finetune_state(model_state: dict[str, torch.Tensor], source_state: dict[str,
         loaded = source_state[name]
         if name in VOCABULARY_KEYS and factor > 1:
             loaded = refine_bins(loaded.float(), source_bin, factor, logit_bias=name.endswith(".bias"))
+        if name in VOCABULARY_KEYS and separator_added:
+            loaded = torch.cat([loaded.to(tensor.dtype), tensor[-1:]])
         if loaded.shape == tensor.shape:
             state[name] = loaded
         elif name in SEQUENCE_LENGTH_KEYS and loaded.shape[1:] == tensor.shape[1:]:

@@ -156,9 +156,18 @@ def load_finetune_start(model: SeqTR, model_config: ModelConfig, start: dict[str
         raise ValueError(f"{source_name} uses the {mapping} coordinate mapping and this model the "
                          f"{model_config.mapping} one: its bins mean other pixels (set model.mapping to match)")
     num_bins = (config["num_bin"], model_config.num_bin)
-    state, fresh = ckpt.finetune_state(model.state_dict(), start.get("ema") or start["model"], source_name, num_bins)
+    source_objects = start["config"].get("data", {}).get("max_objects", 0)
+    if source_objects and not model.layout.generalised:
+        raise ValueError(f"{source_name} is a generalised model (data.max_objects {source_objects}: answers of zero or "
+                         "more objects); a model of one object per answer cannot start from it: set data.max_objects "
+                         "in the params, or start from a checkpoint of one object per answer")
+    separator_added = model.layout.generalised and not source_objects
+    state, fresh = ckpt.finetune_state(model.state_dict(), start.get("ema") or start["model"], source_name, num_bins,
+                                       separator_added)
     model.load_state_dict(state)
     notes = [f"fine-tuning from {source_name} (a {config['task']} model)"]
+    if separator_added:
+        notes.append("the separator token of the generalised answers initialised afresh")
     if num_bins[0] != num_bins[1]:
         notes.append(f"each of its {num_bins[0]} bins split into {num_bins[1] // num_bins[0]}")
     if fresh:
@@ -182,6 +191,9 @@ class RunStart:
         if t.resume:
             resume = ckpt.load(t.resume)
             differences = ckpt.config_differences(resume["config"]["model"], experiment_to_dict(experiment)["model"])
+            differences += [f"data.{key}: {resume['config'].get('data', {}).get(key, 0)} -> {getattr(experiment.data, key)}"
+                            for key in ("max_objects", "max_points")  # the answer format: output classes, lengths
+                            if resume["config"].get("data", {}).get(key, 0) != getattr(experiment.data, key)]
             if differences:
                 raise ValueError(f"checkpoint {t.resume} was trained with a different model config; differing keys "
                                  f"(checkpoint -> params): {'; '.join(differences)}")

@@ -409,3 +409,41 @@ def test_decoding_with_the_cache_equals_decoding_the_whole_prefix(task):
     recomputed = generate_from_memory(model, memory, use_cache=False)
     assert torch.equal(cached["answer_tokens"], recomputed["answer_tokens"])
     torch.testing.assert_close(cached["answer_scores"], recomputed["answer_scores"], rtol=1e-12, atol=1e-12)
+
+
+def test_a_generalised_model_starts_from_a_classic_checkpoint_and_not_the_other_way(gref_root, tiny_data_root,
+                                                                                     tmp_path):
+    """Fine-tuning from one object per answer: every tensor as trained, the token tables' bins and EOS rows too
+    (same ids), and only the separator's row new. The other way round, and resuming across the two answer
+    formats, stop with the setting to change."""
+    from seqtr_lib import checkpoint as ckpt
+    from seqtr_lib import distributed, engine
+    from seqtr_lib.config import load_params
+
+    context = distributed.Context(0, 1, 0, torch.device("cpu"))
+    steps = ["train.epochs=1", "train.max_steps_per_epoch=1"]
+    classic = load_params("params/synthetic_gref_det.yaml", gref_overrides(tiny_data_root, tmp_path)
+                          + ["data.max_objects=0", "name=classic", *steps])
+    engine.train(classic)
+    source = ckpt.load(classic.run_dir / "last.pt")
+    general = load_params("params/synthetic_gref_det.yaml", gref_overrides(gref_root, tmp_path)
+                          + ["name=general", f"train.finetune_from={classic.run_dir / 'last.pt'}", *steps])
+    model = engine.Trainer(general, context).model
+    separator = model.layout.separator
+    assert separator == general.model.num_bin + 1
+    state, trained = model.state_dict(), source["ema"]
+    for name, tensor in trained.items():
+        if name in ckpt.VOCABULARY_KEYS:
+            assert state[name].shape[0] == separator + 1 == tensor.shape[0] + 1
+            assert torch.equal(state[name][:separator], tensor), name
+        elif name not in ckpt.SEQUENCE_LENGTH_KEYS:
+            assert torch.equal(state[name], tensor), name
+    engine.train(general)
+    back = load_params("params/synthetic_gref_det.yaml", gref_overrides(tiny_data_root, tmp_path)
+                       + ["data.max_objects=0", "name=back", f"train.finetune_from={general.run_dir / 'last.pt'}"])
+    with pytest.raises(ValueError, match=r"is a generalised model \(data.max_objects 8.*set data.max_objects"):
+        engine.Trainer(back, context)
+    resumed = load_params("params/synthetic_gref_det.yaml", gref_overrides(tiny_data_root, tmp_path)
+                          + ["data.max_objects=0", "name=resumed", f"train.resume={general.run_dir / 'last.pt'}"])
+    with pytest.raises(ValueError, match=r"data.max_objects: 8 -> 0"):
+        engine.Trainer(resumed, context)
