@@ -191,9 +191,10 @@ class RunStart:
         if t.resume:
             resume = ckpt.load(t.resume)
             differences = ckpt.config_differences(resume["config"]["model"], experiment_to_dict(experiment)["model"])
-            differences += [f"data.{key}: {resume['config'].get('data', {}).get(key, 0)} -> {getattr(experiment.data, key)}"
+            stored = resume["config"].get("data", {})
+            differences += [f"data.{key}: {stored.get(key, 0)} -> {getattr(experiment.data, key)}"
                             for key in ("max_objects", "max_points")  # the answer format: output classes, lengths
-                            if resume["config"].get("data", {}).get(key, 0) != getattr(experiment.data, key)]
+                            if stored.get(key, 0) != getattr(experiment.data, key)]
             if differences:
                 raise ValueError(f"checkpoint {t.resume} was trained with a different model config; differing keys "
                                  f"(checkpoint -> params): {'; '.join(differences)}")
@@ -350,17 +351,23 @@ class Trainer:
             if index >= self.state.batches_done:
                 yield index, batch
 
+    def _hold_images(self, dataset: ReferDataset) -> PrecomputedImages:
+        """``dataset``'s images held in memory and attached to it (data.precompute_images)."""
+        t = self.experiment.train
+        held = PrecomputedImages.build(dataset, self.model, self.device, t.channels_last, t.amp,
+                                       progress=self.context.is_main)
+        held.attach(dataset)
+        if self.context.is_main:
+            print(held.describe())
+        return held
+
     def train_one_epoch(self, stop: _StopRequest) -> dict[str, float]:
         t = self.experiment.train
         epoch = self.state.epoch
         if self.train_set is None:
             self.train_set = build_dataset(self.experiment, "train", self.vocabulary, training=True)
             if self.experiment.data.precompute_images:
-                self.precomputed = PrecomputedImages.build(self.train_set, self.model, self.device, t.channels_last,
-                                                           t.amp, progress=self.context.is_main)
-                self.precomputed.attach(self.train_set)
-                if self.context.is_main:
-                    print(self.precomputed.describe())
+                self.precomputed = self._hold_images(self.train_set)
         loader = build_loader(self.train_set, self.experiment, training=True, seed=t.seed, epoch=epoch)
         total = len(loader) if not t.max_steps_per_epoch else min(len(loader), t.max_steps_per_epoch)
         self.forward_model.train()
@@ -489,11 +496,7 @@ class Trainer:
             if self.val_set is None:  # read once: the annotation file can take seconds to parse
                 self.val_set = build_dataset(self.experiment, self.val_split, self.vocabulary, training=False)
                 if self.experiment.data.precompute_images:  # both weights share the frozen modules, every epoch
-                    self.val_held = PrecomputedImages.build(self.val_set, self.model, self.device, t.channels_last,
-                                                            t.amp, progress=self.context.is_main)
-                    self.val_held.attach(self.val_set)
-                    if self.context.is_main:
-                        print(self.val_held.describe())
+                    self.val_held = self._hold_images(self.val_set)
             record["val"] = {name: evaluate_model(model, self.experiment, self.vocabulary, self.val_split, self.device,
                                                   limit=limit, dataset=self.val_set, held=self.val_held)["metrics"]
                              for name, model in models.items()}

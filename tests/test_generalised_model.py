@@ -447,3 +447,25 @@ def test_a_generalised_model_starts_from_a_classic_checkpoint_and_not_the_other_
                           + ["data.max_objects=0", "name=resumed", f"train.resume={general.run_dir / 'last.pt'}"])
     with pytest.raises(ValueError, match=r"data.max_objects: 8 -> 0"):
         engine.Trainer(resumed, context)
+
+
+def test_held_images_give_a_generalised_run_the_batches_read_from_the_files(gref_root, tmp_path):
+    """data.precompute_images with answers of several objects: the held path makes generalised samples too."""
+    from seqtr_lib import distributed, engine
+    from seqtr_lib.config import load_params
+    from seqtr_lib.data.loader import build_loader
+    from seqtr_lib.data.refer import build_dataset
+    from seqtr_lib.precompute import PrecomputedImages
+
+    experiment = load_params("params/synthetic_gref_det.yaml", gref_overrides(gref_root, tmp_path)
+                             + ["data.precompute_images=true", "model.trainable_backbone_modules=2"])
+    trainer = engine.Trainer(experiment, distributed.Context(0, 1, 0, torch.device("cpu")))
+    dataset = build_dataset(experiment, "train", trainer.vocabulary, training=True)
+    plain = list(build_loader(dataset, experiment, training=True, epoch=0))
+    PrecomputedImages.build(dataset, trainer.model, trainer.device, channels_last=False, progress=False).attach(dataset)
+    keyed = list(build_loader(dataset, experiment, training=True, epoch=0))
+    assert len(plain) == len(keyed) > 1
+    for a, b in zip(plain, keyed):
+        for key, value in a.items():
+            if key != "images":
+                assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key

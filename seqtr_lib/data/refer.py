@@ -354,17 +354,18 @@ class ReferDataset:
             expression_index = int(self._pairs[index, 1])
         where = f"{self.dataset} split '{self.split}', annotation {ann_index}"
         path = self.image_path(annotation)
+        rng_key = (self.seed, epoch, index)
+        make = self._generalised_sample if self.max_objects else self._sample
         if self.precomputed_shapes is not None:
-            ori_shape = self.precomputed_shapes[str(path)][1]
-            sample = self._sample(annotation, None, path, ann_index, expression_index, rng, (self.seed, epoch, index),
-                                  ori_shape)
-            if not self.training:
-                sample["image"] = self.precomputed_shapes[str(path)][0]
+            image_key, ori_shape = self.precomputed_shapes[str(path)]
+            sample = make(annotation, None, path, ann_index, expression_index, rng, rng_key, ori_shape)
+            if not self.training or self.max_objects:  # only a classic training sample is held (`_with_expression`)
+                sample["image"] = image_key
                 return sample
             held = _HeldSample(sample, str(path), annotation["expressions"], annotation.get("color"),
                                annotation.get("category"))
             self._held_samples[ann_index] = held
-            return self._with_expression(held, expression_index, (self.seed, epoch, index))
+            return self._with_expression(held, expression_index, rng_key)
         try:
             if self.device_transforms:
                 from seqtr_lib.data.device_images import read_encoded_image
@@ -378,8 +379,6 @@ class ReferDataset:
                                     "true to skip and count such images") from None
             log.warning("skipping %s (%s)", error, where)
             return None
-        rng_key = (self.seed, epoch, index)
-        make = self._generalised_sample if self.max_objects else self._sample
         if not self.device_transforms:
             return make(annotation, image, path, ann_index, expression_index, rng, rng_key)
         # The geometry and targets as on the host, without the pixels; the image travels as its file's bytes.
