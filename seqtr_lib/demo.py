@@ -97,6 +97,9 @@ class GroundingDemo:
         self.submit = widgets.Button(description="ground it", button_style="primary")
         self.show_attention = widgets.Checkbox(value=False, description="show where it looked", indent=False,
                                                layout=widgets.Layout(width="auto", margin="0 0 0 16px"))
+        if grounder.codec.layout.generalised:  # its answers have no per-token attention maps yet (predict refuses)
+            self.show_attention.disabled = True
+            self.show_attention.description = "where it looked: not for answers of several objects"
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
         self.attention_image = widgets.Image(format="png", layout=widgets.Layout(max_width="960px", display="none"))
         self.status = widgets.HTML()

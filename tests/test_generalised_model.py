@@ -4,6 +4,7 @@ teacher forcing over the answer, the criterion's answer term, greedy decoding to
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 
 import numpy as np
@@ -357,9 +358,8 @@ def test_an_answer_decodes_to_the_original_image():
     assert empty["pred_polygons"] == [] and empty["pred_rle"]["size"] == [120, 160]
 
 
-@pytest.mark.parametrize("task", ["box", "mask"])
-def test_the_grounder_answers_a_list_of_objects(tmp_path, task):
-    """A 128 x 96 image at 64 px (scale 0.5, padded to 64 x 64: 4 input pixels, 8 original ones per token)."""
+def scripted_grounder(task: str):
+    """A Grounder around `tiny_model` at 64 px whose predictor the caller scripts (`ScriptedPredictor`)."""
     from seqtr_lib.config import load_params
     from seqtr_lib.predict import Grounder
 
@@ -368,7 +368,14 @@ def test_the_grounder_answers_a_list_of_objects(tmp_path, task):
                                       "data.max_objects=2", *(["data.max_points=4"] if task == "mask" else []),
                                       "model.decode_bin_centres=false", "model.outline_offset=0"], start_files=False)
     model = tiny_model(task, 2, 4 if task == "mask" else 0).float()
-    grounder = Grounder(model, experiment, VOCABULARY, torch.device("cpu"), execution="fp32")
+    return Grounder(model, experiment, VOCABULARY, torch.device("cpu"), execution="fp32")
+
+
+@pytest.mark.parametrize("task", ["box", "mask"])
+def test_the_grounder_answers_a_list_of_objects(tmp_path, task):
+    """A 128 x 96 image at 64 px (scale 0.5, padded to 64 x 64: 4 input pixels, 8 original ones per token)."""
+    grounder = scripted_grounder(task)
+    model = grounder.model
     eos, sep = model.layout.eos, model.layout.separator
     image = np.zeros((96, 128, 3), np.uint8)
     if task == "box":
@@ -396,6 +403,44 @@ def test_the_grounder_answers_a_list_of_objects(tmp_path, task):
     assert nothing.objects == [] and nothing.description().startswith("no matching object")
     with pytest.raises(ValueError, match="generalised"):
         grounder.predict(image, "the green star", return_attention=True)
+
+
+def test_the_widget_outlines_every_object_or_says_no_matching_object():
+    """The demo widget with a generalised box checkpoint: two boxes drawn in the first two object colours where
+    the tokens put them, the status listing both; an answer of EOS alone says "no matching object" on the image
+    and in the status; the attention checkbox, which such a checkpoint cannot serve, is off."""
+    import cv2
+
+    from seqtr_lib.demo import GroundingDemo
+    from seqtr_lib.viz import OBJECT_COLORS
+
+    grounder = scripted_grounder("box")
+    eos = grounder.model.layout.eos
+    image = np.full((96, 128, 3), 90, np.uint8)
+    ok, png = cv2.imencode(".png", image)
+    demo = GroundingDemo(grounder)
+    assert demo.show_attention.disabled
+    grounder.model.predictor = ScriptedPredictor([[2, 3, 6, 8, 10, 1, 14, 5, eos]], grounder.model.layout.vocab_size, eos)
+    demo.upload.value = ({"name": "grey.png", "type": "image/png", "size": png.size, "content": memoryview(png.tobytes()),
+                          "last_modified": datetime.datetime(2024, 1, 1)},)
+    demo.expression.value = "all the red shapes"
+    assert "2 box(es) (x1, y1, x2, y2) 16, 24, 48, 64; 80, 8, 112, 40" in demo.status.value
+    assert demo.image.layout.display is None
+
+    def pixels_of(colour: str) -> np.ndarray:
+        shown = cv2.cvtColor(cv2.imdecode(np.frombuffer(demo.image.value, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        return np.argwhere(np.abs(shown.astype(int) - rgb).max(axis=2) <= 40)[:, ::-1]  # (x, y)
+
+    first, second = pixels_of(OBJECT_COLORS[0]), pixels_of(OBJECT_COLORS[1])
+    assert len(first) > 50 and len(second) > 50
+    # in the PNG the image spans the axes' x range: the first box's pixels lie left of the second's
+    assert np.median(first[:, 0]) < np.median(second[:, 0])
+    grounder.model.predictor = ScriptedPredictor([[eos]], grounder.model.layout.vocab_size, eos)
+    demo.expression.value = "the green star"
+    assert "no matching object" in demo.status.value and demo.image.layout.display is None
+    assert len(pixels_of("#cc3333")) > 50  # the red "no target" label over the image
+    assert len(pixels_of(OBJECT_COLORS[0])) == 0
 
 
 @pytest.mark.parametrize("task", ["box", "mask"])
