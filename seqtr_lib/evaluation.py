@@ -29,7 +29,7 @@ from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, scene_classes
 from seqtr_lib.execution import Execution, ran_as, recheck_tally, resolve, training_bf16
 from seqtr_lib.execution import generate as generate_under
-from seqtr_lib.generalised_metrics import grec_sample_values, summarize_gres, summarize_grec
+from seqtr_lib.generalised_metrics import EXPRESSION_TYPES, grec_sample_values, summarize_gres, summarize_grec
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
@@ -237,11 +237,6 @@ def metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, 
     if len(per_part) == 1:
         return dict(*per_part.values())
     return {f"{part}/{key}": value for part, metrics in per_part.items() for key, value in metrics.items()}
-
-
-# The breakdown of generalised metrics by how many objects an expression names.
-EXPRESSION_TYPES = {"no_target": lambda count: count == 0, "one_target": lambda count: count == 1,
-                    "several_targets": lambda count: count >= 2}
 
 
 def generalised_metrics_from_records(records: list[dict[str, Any]], task: str) -> dict[str, float]:

@@ -44,6 +44,10 @@ import numpy as np
 
 MATCH_THRESHOLD = 0.5  # a prediction and a target match at this overlap or more (GREC)
 OVERLAPS = ("iou", "giou")
+# The breakdown of the metrics by how many objects an expression names (the evaluators' no-target / one /
+# several): a type's name and which target counts belong to it.
+EXPRESSION_TYPES = {"no_target": lambda count: count == 0, "one_target": lambda count: count == 1,
+                    "several_targets": lambda count: count >= 2}
 
 
 def pairwise_box_overlap(pred: Any, gt: Any, overlap: str = "iou") -> np.ndarray:

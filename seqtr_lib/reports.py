@@ -2,8 +2,8 @@
 
 - `read_log`: the records of ``log.jsonl`` (notebook 01's curves, benchmarks);
 - `metrics_table`: ``evaluation.evaluate``'s results as aligned text;
-- `read_predictions`, `expression_ious`, `category_breakdown`, `breakdown_table`: notebook 02's analysis of
-  the per-expression records ``evaluation.evaluate`` saves under ``predictions/``;
+- `read_predictions`, `expression_ious`, `category_breakdown`, `target_breakdown`, `breakdown_table`: notebook
+  02's analysis of the per-expression records ``evaluation.evaluate`` saves under ``predictions/``;
 - `cpu_model`: the processor a result was measured on, for the JSON that records it.
 """
 
@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from seqtr_lib.config import Experiment
+from seqtr_lib.generalised_metrics import EXPRESSION_TYPES
+from seqtr_lib.viz import METRIC_LABELS
 from seqtr_lib.text import clean_expression
 
 # Groups of expression lengths for the breakdown: (label, most words in the group).
@@ -43,7 +45,9 @@ def metrics_table(results: dict[str, Any]) -> str:
     """evaluation.evaluate's results as aligned text: one row per split and weights, metrics in percent."""
     rows = [(split, weights, metrics) for split, per_split in results["splits"].items()
             for weights, metrics in per_split.items()]
-    columns = [k for k in rows[0][2] if k not in ("num_expressions", "skipped_images")] if rows else []
+    # a generalised run's metrics per expression type are `target_breakdown`'s table, not columns here
+    columns = [k for k in rows[0][2] if k not in ("num_expressions", "skipped_images")
+               and k.split("/")[0] not in EXPRESSION_TYPES] if rows else []
     lines = [f"{'split':<8}{'weights':<14}" + "".join(f"{c:>13}" for c in columns) + f"{'expressions':>13}"]
     for split, weights, metrics in rows:
         lines.append(f"{split:<8}{weights:<14}" + "".join(f"{metrics[c]:>13.2f}" for c in columns)
@@ -64,13 +68,41 @@ def expression_ious(records: Sequence[dict[str, Any]], task: str) -> np.ndarray:
     """Each record's IoU with its ground truth as the evaluation scored it, float64 (N,).
 
     Task box or multi: the ``box_iou`` the records carry; task mask: their ``mask_iou``. The mean is the
-    evaluation's Acc/mIoU basis.
+    evaluation's Acc/mIoU basis. A generalised run's records (`score_name`): a box answer's GREC F1, a mask
+    answer's IoU of the union of its contours with the union of the targets (1 for "nothing" rightly answered).
     """
-    key = "mask_iou" if task == "mask" else "box_iou"
+    key = "mask_iou" if task == "mask" else "f1" if _generalised(records) else "box_iou"
     if any(key not in record for record in records):
         raise KeyError(f"these prediction records have no {key}; evaluate the split again (python -m seqtr_lib "
                        "evaluate, or notebook 02) to write records that carry it")
     return np.array([record[key] for record in records], dtype=np.float64)
+
+
+def _generalised(records: Sequence[dict[str, Any]]) -> bool:
+    return bool(records) and "gt_boxes" in records[0]
+
+
+def score_name(records: Sequence[dict[str, Any]], task: str) -> str:
+    """What `expression_ious` returns for these records: "IoU", or "F1" for a generalised box run's."""
+    return "F1" if task != "mask" and _generalised(records) else "IoU"
+
+
+def target_breakdown(metrics: Mapping[str, float], records: Sequence[dict[str, Any]]
+                     ) -> dict[str, dict[str, dict[str, float]]]:
+    """A generalised run's metrics by how many objects the expression names (no target, one, several), as
+    `category_breakdown` groups them: {"targets named": {type: {"n", metric: value}}}.
+
+    ``metrics``: one split's and weights' entry of the evaluation's results, which scores each type
+    (`evaluation.generalised_metrics_from_records`); ``records``: the same evaluation's records, counted per
+    type. A type absent from the split is left out.
+    """
+    counts = np.array([0 if r["no_target"] else len(r["gt_boxes"]) for r in records], dtype=np.int64)
+    members = {}
+    for name, of_type in EXPRESSION_TYPES.items():
+        scored = {key.removeprefix(f"{name}/"): value for key, value in metrics.items() if key.startswith(f"{name}/")}
+        if scored:
+            members[name.replace("_", " ")] = {"n": int(of_type(counts).sum()), **scored}
+    return {"targets named": members}
 
 
 def _length_bucket(expression: str) -> str:
@@ -100,11 +132,14 @@ def category_breakdown(records: Sequence[dict[str, Any]], ious: np.ndarray,
 
 
 def breakdown_table(breakdown: dict[str, dict[str, dict[str, float]]]) -> str:
-    """category_breakdown as aligned text."""
+    """category_breakdown or target_breakdown as aligned text: a row per group, a column per metric (a metric
+    a group cannot have, such as N-acc where every expression names an object, is blank)."""
     lines = []
     for grouping, members in breakdown.items():
-        lines.append(f"{grouping:<20}{'n':>7}{'mIoU':>9}{'Acc@0.5':>10}")
-        lines += [f"  {name:<18}{v['n']:>7}{v['miou']:>9.2f}{v['acc@0.5']:>10.2f}" for name, v in members.items()]
+        keys = [key for key in METRIC_LABELS if any(key in v for v in members.values())]
+        lines.append(f"{grouping:<20}{'n':>7}" + "".join(f"{METRIC_LABELS[key]:>11}" for key in keys))
+        lines += [f"  {name:<18}{v['n']:>7}" + "".join(f"{v[key]:>11.2f}" if key in v else " " * 11 for key in keys)
+                  for name, v in members.items()]
     return "\n".join(lines)
 
 

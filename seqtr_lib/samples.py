@@ -21,7 +21,7 @@ from seqtr_lib.data.refer import ReferDataset, box_corners, build_dataset, decod
 from seqtr_lib.data.transforms import pad_shape_for
 from seqtr_lib.images import read_image
 from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
-from seqtr_lib.viz import draw_comparison, draw_objects, grid_figure
+from seqtr_lib.viz import draw_answer_comparison, draw_comparison, draw_objects, grid_figure
 
 # Samples are read by annotation, never encoded: the vocabulary's words do not matter, and building the
 # real one would parse the annotation file a second time.
@@ -170,18 +170,29 @@ def failure_gallery(experiment: Experiment, split: str, records: Sequence[dict[s
                     count: int = 8) -> Figure:
     """The ``count`` objects whose worst expression has the lowest IoU, worst first.
 
-    One panel per object (its expressions often fail together); ground truth green, prediction red.
+    One panel per object (its expressions often fail together); ground truth green, prediction red. A
+    generalised run's records (zero or more objects per expression): one panel per record, scored by
+    ``ious`` as `reports.expression_ious` gives them (F1 for boxes), every target and every answer drawn.
     """
     task = experiment.model.task
+    generalised = bool(records) and "gt_boxes" in records[0]
     worst, shown = [], set()
     for i in np.argsort(ious, kind="stable"):
-        if records[i]["ann_index"] not in shown and len(worst) < count:
+        key = (records[i]["ann_index"], records[i]["expression_index"]) if generalised else records[i]["ann_index"]
+        if key not in shown and len(worst) < count:
             worst.append(i)
-            shown.add(records[i]["ann_index"])
+            shown.add(key)
     figure, axes = grid_figure(len(worst))
     for ax, i in zip(axes, worst):
         record = records[i]
         sample = load_sample(experiment, split, record["ann_index"], record["expression_index"])
+        if generalised:
+            masks = sample.annotation.get("masks") or []
+            draw_answer_comparison(ax, sample.image, sample.boxes, [p for m in masks if isinstance(m, list) for p in m],
+                                   record.get("pred_boxes", []),
+                                   [np.reshape(c, (-1, 2)) for c in record.get("pred_polygons", [])],
+                                   title=f"{'F1' if task == 'box' else 'IoU'} {ious[i]:.2f}: {record['expression']}")
+            continue
         polygon = record.get("pred_polygon")
         draw_comparison(ax, sample.image, sample.box if task != "mask" else None,
                         _polygons(sample.annotation) if task != "box" else None, record.get("pred_box"),

@@ -118,6 +118,9 @@ def new_figure(width: float = 6.0, height: float = 6.0) -> tuple[Figure, Axes]:
 # Notebook figures: training curves, evaluation analysis, point sequences. Each returns a bare Figure.
 # ---------------------------------------------------------------------------------------------------
 
+# How tables and charts name the metrics (notebook 02's breakdowns).
+METRIC_LABELS = {"miou": "mIoU", "acc@0.5": "Acc@0.5", "precision": "Precision", "n_acc": "N-acc",
+                 "t_acc": "T-acc", "giou": "gIoU", "ciou": "cIoU"}
 GT_COLOR = "#00ff66"
 PRED_COLOR = "#ff3366"
 
@@ -153,6 +156,25 @@ def draw_comparison(ax: Axes, image: np.ndarray, gt_box: Sequence[float] | None,
                                linestyle="--"))
     if pred_polygon is not None:
         draw_points(ax, pred_polygon, color=PRED_COLOR)
+    return ax
+
+
+def draw_answer_comparison(ax: Axes, image: np.ndarray, gt_boxes: Sequence[Sequence[float]],
+                           gt_polygons: Sequence[Sequence[float]], pred_boxes: Sequence[Sequence[float]],
+                           pred_polygons: Sequence[np.ndarray], title: str | None = None) -> Axes:
+    """A generalised answer against its targets: every target's box and mask polygons in green, every predicted
+    box (dashed) or contour (numbered points) in red; "no target" on an image whose expression names nothing."""
+    draw_sample(ax, image, polygons=gt_polygons, expression=title, color=GT_COLOR)
+    for x1, y1, x2, y2 in gt_boxes:
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_COLOR, linewidth=1.5))
+    for x1, y1, x2, y2 in pred_boxes:
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=PRED_COLOR, linewidth=1.5,
+                               linestyle="--"))
+    for contour in pred_polygons:
+        draw_points(ax, contour, color=PRED_COLOR)
+    if not len(gt_boxes):
+        ax.text(0.02, 0.02, "no target", transform=ax.transAxes, ha="left", va="bottom", fontsize=8, color="white",
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "#333333", "alpha": 0.8})
     return ax
 
 
@@ -202,26 +224,35 @@ def length_histogram(lengths: dict[str, Sequence[int]], max_token: int) -> Figur
     return figure
 
 
-def iou_histogram(ious: Sequence[float], title: str) -> Figure:
-    """Histogram of per-expression IoUs with the 0.5 threshold marked."""
+def iou_histogram(ious: Sequence[float], title: str, score: str = "IoU") -> Figure:
+    """Histogram of per-expression IoUs with the 0.5 threshold marked; ``score`` "F1" for a generalised box
+    run's per-expression F1 (`reports.score_name`), where only F1 = 1 counts."""
     ious = np.asarray(ious, dtype=float)
     figure, ax = new_figure(6.0, 3.5)
     ax.hist(ious, bins=np.linspace(0, 1, 21), color="#4477aa", edgecolor="white")
-    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
-    summary = f"mean {ious.mean():.2f}, {np.mean(ious >= 0.5):.0%} at IoU >= 0.5" if ious.size else "empty"
-    ax.set(xlabel="IoU with the ground truth", ylabel="expressions", title=f"{title}: {summary}")
+    threshold, relation = (1.0, "=") if score == "F1" else (0.5, ">=")
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
+    summary = (f"mean {ious.mean():.2f}, {np.mean(ious >= threshold):.0%} at {score} {relation} {threshold:g}"
+               if ious.size else "empty")
+    ax.set(xlabel=f"{score} with the ground truth", ylabel="expressions", title=f"{title}: {summary}")
     return figure
 
 
 def breakdown_chart(breakdown: dict[str, dict[str, dict[str, float]]]) -> Figure:
-    """Bars of mIoU and Acc@0.5 per group, one panel per grouping (reports.category_breakdown)."""
+    """Bars of each metric per group, one panel per grouping (reports.category_breakdown: mIoU and Acc@0.5;
+    reports.target_breakdown: a generalised run's metrics per number of objects named)."""
     figure = Figure(figsize=(5.5 * len(breakdown), 3.8), layout="constrained")
     axes = figure.subplots(1, max(len(breakdown), 1), squeeze=False)[0]
+    colors = ("#4477aa", "#ee6677", "#228833", "#ccbb44")
     for ax, (grouping, members) in zip(axes, breakdown.items()):
         x = np.arange(len(members))
-        for offset, key, label, color in ((-0.2, "miou", "mIoU", "#4477aa"), (0.2, "acc@0.5", "Acc@0.5", "#ee6677")):
-            bars = ax.bar(x + offset, [m[key] for m in members.values()], 0.4, label=label, color=color)
-            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        keys = [key for key in METRIC_LABELS if any(key in m for m in members.values())]
+        width = 0.8 / max(len(keys), 1)
+        for number, (key, color) in enumerate(zip(keys, colors)):
+            values = [m.get(key, np.nan) for m in members.values()]  # N-acc of a type that names objects: none
+            bars = ax.bar(x + (number - (len(keys) - 1) / 2) * width, values, width, label=METRIC_LABELS[key],
+                          color=color)
+            ax.bar_label(bars, labels=["" if np.isnan(value) else f"{value:.0f}" for value in values], fontsize=7)
         ax.set_xticks(x, [f"{name}\nn={m['n']}" for name, m in members.items()], fontsize=8)
         ax.set(ylim=(0, 100), ylabel="%", title=f"by {grouping}")
         ax.legend(fontsize=8)

@@ -514,3 +514,60 @@ def test_held_images_give_a_generalised_run_the_batches_read_from_the_files(gref
         for key, value in a.items():
             if key != "images":
                 assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["det", "mask"])
+def test_the_evaluation_notebook_breaks_a_generalised_run_down_by_targets_named(gref_root, tmp_path, task):
+    """Notebook 02 on a generalised run, headless: every cell runs and draws; its breakdown by the number of
+    objects named holds what the definitions give on the saved records (no target: the share answered empty,
+    one target: the share with F1 = 1 for boxes), counted per type by hand."""
+    import json
+
+    import nbformat
+
+    from seqtr_lib.cli import main
+    from seqtr_lib.config import load_params
+    from seqtr_lib.pipeline import run_pipeline
+    from seqtr_lib.reports import expression_ious, read_predictions, score_name, target_breakdown
+
+    params = f"params/synthetic_gref_{task}.yaml"
+    overrides = gref_overrides(gref_root, tmp_path) + ["train.epochs=1", "train.max_steps_per_epoch=3"]
+    main(["train", "--params", params, *[a for value in overrides for a in ("--set", value)]])
+    experiment = load_params(params, overrides)
+    (run_dir,) = run_pipeline([params], ("02",), output_root=str(tmp_path), data_root=str(gref_root),
+                              overrides=overrides, parameters={"checkpoint": str(experiment.run_dir / "best.pt"),
+                                                               "splits": ["val"], "shuffle_ablation": False,
+                                                               "weights": "raw"})
+    executed = nbformat.read(run_dir / "notebooks" / "02_evaluate.ipynb", as_version=4)
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    for figure in ("iou_histogram.png", "failures.png", "breakdown.png"):
+        assert (run_dir / figure).stat().st_size > 1000, figure
+    records = read_predictions(experiment, "val", "raw")
+    metrics = json.loads((run_dir / "metrics.json").read_text())["splits"]["val"]["raw"]
+    members = target_breakdown(metrics, records)["targets named"]
+    counts = [0 if r["no_target"] else len(r["gt_boxes"]) for r in records]
+    expected_n = {"no target": counts.count(0), "one target": counts.count(1),
+                  "several targets": sum(c >= 2 for c in counts)}
+    assert {name: m["n"] for name, m in members.items()} == {k: v for k, v in expected_n.items() if v}
+    assert members["no target"]["n_acc"] == pytest.approx(
+        100 * np.mean([not r["pred_boxes" if task == "det" else "pred_polygons"] for r in records if r["no_target"]]))
+    if task == "det":
+        assert score_name(records, "box") == "F1"
+        assert members["one target"]["precision"] == pytest.approx(
+            100 * np.mean([f1_by_hand(r) == 1 for r, c in zip(records, counts) if c == 1]))
+        assert expression_ious(records, "box").tolist() == [f1_by_hand(r) for r in records]
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "targets named" in text and "no target" in text
+    if task == "det":  # the gallery draws every target (green) and every answered box (red, dashed)
+        from matplotlib.colors import to_hex
+        from matplotlib.patches import Rectangle
+
+        from seqtr_lib import samples, viz
+
+        shown = [dict(r, pred_boxes=[[b[0] + 2, b[1], b[2], b[3] + 1] for b in r["gt_boxes"]] + [[0, 0, 5, 5]])
+                 for r in records[:3]]
+        figure = samples.failure_gallery(experiment, "val", shown, np.zeros(3), 8)
+        edges = [to_hex(p.get_edgecolor()) for ax in figure.axes for p in ax.patches if isinstance(p, Rectangle)]
+        assert edges.count(viz.GT_COLOR.lower()) == sum(len(r["gt_boxes"]) for r in shown)
+        assert edges.count(viz.PRED_COLOR.lower()) == sum(len(r["pred_boxes"]) for r in shown)
