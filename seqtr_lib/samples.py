@@ -122,6 +122,31 @@ def target_sequence(experiment: Experiment, sample: Sample) -> tuple[np.ndarray,
     return vertices.T[(vertices >= 0).all(axis=0)], codec.encode_vertices(vertices, pad_shape)
 
 
+def answer_sequence(experiment: Experiment, sample: Sample) -> tuple[list[np.ndarray], np.ndarray]:
+    """A generalised sample's training target at its original resolution: its objects in emission order and
+    the answer's tokens (docs/method.md, section 11).
+
+    Box task: each object's two corners (2, 2) as its tokens decode; mask task: each visible piece of each
+    object sampled as training samples it (``data.max_points``, `refer.answer_contours`), exact. Training does
+    the same after resizing the long side to ``data.image_size``.
+    """
+    from seqtr_lib.codec import SequenceCodec
+    from seqtr_lib.data.refer import answer_contours
+
+    if sample.boxes is None:
+        raise ValueError("this sample names one object (a classic record): use target_sequence")
+    codec, max_objects = SequenceCodec.from_experiment(experiment), experiment.data.max_objects
+    pad_shape = pad_shape_for(sample.image.shape[:2])
+    if experiment.model.task == "box":
+        tokens = codec.encode_boxes(sample.boxes, pad_shape, max_objects)
+        return list(codec.decode_boxes(tokens, pad_shape, max_objects).reshape(-1, 2, 2)), tokens
+    height, width = sample.image.shape[:2]
+    masks = [padded(decode_mask(m, height, width)[0], pad_shape) for m in sample.annotation.get("masks", [])]
+    contours = answer_contours(masks, experiment.data.max_points, max_objects, pad_shape,
+                               experiment.data.center_sampling)
+    return contours, codec.encode_contours(contours, pad_shape, max_objects, experiment.data.max_points)
+
+
 def prediction_iou(sample: Sample, prediction: Any) -> float:
     """IoU of a `predict.Prediction` with the sample's annotation: boxes for a box, masks for a mask."""
     if prediction.outlines and sample.mask is None:

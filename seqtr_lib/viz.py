@@ -283,14 +283,36 @@ def cmap_color(index: int) -> tuple[float, float, float, float]:
     return colormaps["tab20"](index % 20)
 
 
-def draw_token_scores(ax: Axes, tokens: Sequence[int], scores: Sequence[float], eos: int) -> Axes:
-    """Bar per emitted token (x1, y1, x2, ... up to the first EOS) with its probability, coloured per point."""
+def draw_token_scores(ax: Axes, tokens: Sequence[int], scores: Sequence[float], eos: int,
+                      separator: int | None = None, box_objects: bool = False) -> Axes:
+    """Bar per emitted token (x1, y1, x2, ... up to the first EOS) with its probability, coloured per point.
+
+    A generalised answer (``separator``: its separator id; ``box_objects``: 4 tokens an object, else contours
+    split at separators) labels each token with its object ("2:x1") in that object's `OBJECT_COLORS` colour,
+    and shows each separator as a grey "SEP" bar."""
     tokens = np.asarray(tokens).reshape(-1)
     stop = np.flatnonzero(tokens == eos)
     length = int(stop[0]) + 1 if len(stop) else len(tokens)
-    labels = ["EOS" if tokens[i] == eos else f"{'xy'[i % 2]}{i // 2 + 1}" for i in range(length)]
-    colors = [to_rgba("black") if tokens[i] == eos else cmap_color(i // 2) for i in range(length)]
-    ax.bar(np.arange(length), np.asarray(scores, dtype=float)[:length], color=colors)
+    if separator is None:
+        labels = ["EOS" if tokens[i] == eos else f"{'xy'[i % 2]}{i // 2 + 1}" for i in range(length)]
+        colors = [to_rgba("black") if tokens[i] == eos else cmap_color(i // 2) for i in range(length)]
+    else:
+        labels, colors, number, position = [], [], 0, 0
+        for token in tokens[:length]:
+            if token in (eos, separator):
+                labels.append("EOS" if token == eos else "SEP")
+                colors.append(to_rgba("black" if token == eos else "#999999"))
+                number, position = number + (token == separator), 0
+                continue
+            labels.append(f"{number + 1}:{'xy'[position % 2]}{position // 2 + 1}")
+            colors.append(to_rgba(OBJECT_COLORS[number % len(OBJECT_COLORS)]))
+            position += 1
+            if box_objects and position == 4:
+                number, position = number + 1, 0
+        if length > 40:  # a long answer: name each object's first token, the separators and EOS only
+            labels = [label if ":" not in label or label.endswith(":x1") else "" for label in labels]
+    ax.bar(np.arange(length), np.asarray(scores, dtype=float)[:length], color=colors, edgecolor="#444444",
+           linewidth=0.3)
     ax.set_xticks(np.arange(length), labels, rotation=90, fontsize=7)
     ax.set(ylim=(0, 1), ylabel="probability", title="confidence of each emitted token")
     return ax
@@ -321,6 +343,43 @@ def sequence_view(image: np.ndarray, gt_points: np.ndarray, expression: str, tas
         draw_points(axes[1], prediction.points, prediction.point_scores(), color=PRED_COLOR, close=prediction.outlines)
         draw_token_scores(axes[2], prediction.tokens, prediction.scores, eos)
     return figure
+
+
+def answer_view(image: np.ndarray, objects: Sequence[np.ndarray], expression: str, task: str, prediction=None,
+                eos: int | None = None, separator: int | None = None) -> Figure:
+    """A generalised answer (docs/method.md, section 11) as `sequence_view` draws one object: the target's and
+    the prediction's objects in emission order, each in its `OBJECT_COLORS` colour with its number at its first
+    point and its points numbered (a box: its two corners; a mask: its contour), and the prediction's token
+    confidences with every separator shown.
+
+    objects: the target's objects in emission order, each (2, 2) box corners or (K, 2) contour points; a
+    prediction's are its ``objects`` (boxes (4,) x1, y1, x2, y2, or contours).
+    """
+    panels = 3 if prediction is not None else 1
+    figure = Figure(figsize=(4.6 * panels, 4.8), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    _draw_answer(axes[0], image, [np.asarray(o, float).reshape(-1, 2) for o in objects], task,
+                 f"target: {expression}")
+    if prediction is not None:
+        _draw_answer(axes[1], image, [np.asarray(o, float).reshape(-1, 2) for o in prediction.objects], task,
+                     f"predicted ({prediction.seconds * 1000:.0f} ms)")
+        draw_token_scores(axes[2], prediction.tokens, prediction.scores, eos, separator, box_objects=task == "box")
+    return figure
+
+
+def _draw_answer(ax: Axes, image: np.ndarray, objects: Sequence[np.ndarray], task: str, title: str) -> None:
+    draw_sample(ax, image, expression=title)
+    for number, points in enumerate(objects):
+        color = OBJECT_COLORS[number % len(OBJECT_COLORS)]
+        if task == "box":
+            (x1, y1), (x2, y2) = points
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
+        draw_points(ax, points, color=color, close=task != "box")
+        ax.annotate(f"object {number + 1}", points[0], xytext=(-4, -10), textcoords="offset points", fontsize=8,
+                    color="black", ha="right", bbox={"boxstyle": "round,pad=0.15", "facecolor": color, "alpha": 0.9})
+    if not len(objects):
+        ax.text(0.5, 0.5, "no target", transform=ax.transAxes, ha="center", va="center", fontsize=11,
+                color="white", bbox={"boxstyle": "round,pad=0.3", "facecolor": "#cc3333", "alpha": 0.85})
 
 
 def _zoom(ax: Axes, points: np.ndarray, margin: float, shape: tuple[int, ...]) -> None:

@@ -535,14 +535,21 @@ def test_the_evaluation_notebook_breaks_a_generalised_run_down_by_targets_named(
     overrides = gref_overrides(gref_root, tmp_path) + ["train.epochs=1", "train.max_steps_per_epoch=3"]
     main(["train", "--params", params, *[a for value in overrides for a in ("--set", value)]])
     experiment = load_params(params, overrides)
-    (run_dir,) = run_pipeline([params], ("02",), output_root=str(tmp_path), data_root=str(gref_root),
+    val = json.loads(experiment.annotation_path.read_text())["val"]
+    several = next(i for i, a in enumerate(val) if len(a["bboxes"]) >= 2)  # 03 shows a record naming several
+    (run_dir,) = run_pipeline([params], ("02", "03"), output_root=str(tmp_path), data_root=str(gref_root),
                               overrides=overrides, parameters={"checkpoint": str(experiment.run_dir / "best.pt"),
                                                                "splits": ["val"], "shuffle_ablation": False,
-                                                               "weights": "raw"})
-    executed = nbformat.read(run_dir / "notebooks" / "02_evaluate.ipynb", as_version=4)
-    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    for figure in ("iou_histogram.png", "failures.png", "breakdown.png"):
+                                                               "weights": "raw", "sample_index": several,
+                                                               "num_rays": [4]})
+    for name in ("02_evaluate", "03_visualize_sequences"):
+        executed = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    for figure in ("iou_histogram.png", "failures.png", "breakdown.png", "sequence_view.png"):
         assert (run_dir / figure).stat().st_size > 1000, figure
+    shown = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"{len(val[several]['bboxes'])} object(s)" in shown or task == "mask"  # a mask's pieces may be more
+    executed = nbformat.read(run_dir / "notebooks" / "02_evaluate.ipynb", as_version=4)
     records = read_predictions(experiment, "val", "raw")
     metrics = json.loads((run_dir / "metrics.json").read_text())["splits"]["val"]["raw"]
     members = target_breakdown(metrics, records)["targets named"]
@@ -571,3 +578,36 @@ def test_the_evaluation_notebook_breaks_a_generalised_run_down_by_targets_named(
         edges = [to_hex(p.get_edgecolor()) for ax in figure.axes for p in ax.patches if isinstance(p, Rectangle)]
         assert edges.count(viz.GT_COLOR.lower()) == sum(len(r["gt_boxes"]) for r in shown)
         assert edges.count(viz.PRED_COLOR.lower()) == sum(len(r["pred_boxes"]) for r in shown)
+
+
+@pytest.mark.parametrize("task", ["det", "mask"])
+def test_an_answer_target_lists_every_object_in_emission_order(gref_root, tmp_path, task):
+    """03's target of a generalised record: boxes within a bin of the annotation's, row-major by top-left
+    corner; contours whose points lie on their objects, ordered by first vertex, one separator between
+    consecutive contours; the tokens are what the training batches hold for the same record."""
+    import json
+
+    from seqtr_lib.config import load_params
+    from seqtr_lib.samples import answer_sequence, load_sample
+
+    experiment = load_params(f"params/synthetic_gref_{task}.yaml", gref_overrides(gref_root, tmp_path))
+    val = json.loads(experiment.annotation_path.read_text())["val"]
+    index = next(i for i, a in enumerate(val) if len(a["bboxes"]) >= 2)
+    sample = load_sample(experiment, "val", index)
+    objects, tokens = answer_sequence(experiment, sample)
+    layout = SequenceCodec.from_experiment(experiment).layout
+    assert tokens[-1] == layout.eos
+    height, width = sample.image.shape[:2]
+    bin_size = max(height, width) / experiment.model.num_bin  # the synthetic images are square: pad = size
+    if task == "det":
+        expected = sorted(sample.boxes.tolist(), key=lambda b: (b[1], b[0]))
+        assert len(objects) == len(expected) and len(tokens) == 4 * len(objects) + 1
+        for corners, box in zip(objects, expected):
+            assert np.abs(corners.reshape(-1) - np.asarray(box)).max() <= bin_size
+    else:
+        assert (tokens == layout.separator).sum() == len(objects) - 1 >= 1
+        firsts = [(c[0, 1], c[0, 0]) for c in objects]
+        assert firsts == sorted(firsts)
+        for contour in objects:  # sampled on the boundary of the mask union
+            xs, ys = np.clip(contour.round().astype(int).T, 0, [[width - 1], [height - 1]])
+            assert sample.mask[ys, xs].mean() > 0.5

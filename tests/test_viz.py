@@ -202,3 +202,24 @@ def test_predicts_overlay_shows_the_printed_contour_outlined_and_filled(tmp_path
     for x, y in corners:
         row, column = locate(x, y)
         assert tuple(pixels[row, column]) == (200, 200, 200), (x, y)
+
+
+def test_a_generalised_answers_tokens_are_labelled_by_object_with_the_separators_shown():
+    """Two contours of 3 points, a separator, EOS: 6 + 1 + 6 + 1 bars; tokens of object 1 then object 2 in their
+    colours, the separator grey and labelled SEP; a box answer counts 4 tokens an object."""
+    from matplotlib.colors import to_hex
+
+    eos, separator = 16, 17
+    tokens = [1, 2, 3, 4, 5, 6, separator, 7, 8, 9, 10, 11, 12, eos, eos]
+    figure, ax = viz.new_figure(4, 3)
+    viz.draw_token_scores(ax, tokens, [0.5] * len(tokens), eos, separator)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["1:x1", "1:y1", "1:x2", "1:y2", "1:x3", "1:y3", "SEP", "2:x1", "2:y1", "2:x2", "2:y2", "2:x3",
+                      "2:y3", "EOS"]
+    colours = [to_hex(bar.get_facecolor()) for bar in ax.patches]
+    assert colours[:6] == [viz.OBJECT_COLORS[0]] * 6 and colours[7:13] == [viz.OBJECT_COLORS[1]] * 6
+    assert colours[6] == "#999999" and colours[13] == "#000000"
+    figure, ax = viz.new_figure(4, 3)
+    viz.draw_token_scores(ax, [1, 2, 3, 4, 5, 6, 7, 8, eos], [0.5] * 9, eos, separator, box_objects=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1:x1", "1:y1", "1:x2", "1:y2", "2:x1", "2:y1", "2:x2",
+                                                            "2:y2", "EOS"]
