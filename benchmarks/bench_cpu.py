@@ -8,7 +8,8 @@ box and mask:
     training    `Trainer.step` on a batch of 2 (forward, loss, backward, clip, Adam, EMA), the paper
                 params' recipe (frozen DarkNet but its last two modules, EMA); fp32, channels_last and
                 channels_last + bf16 autocast (train.amp bf16)
-    synthetic   the embedded default (params/synthetic_det.yaml's model, 128 px), batch 1 and 64
+    synthetic   the embedded default (params/synthetic_det.yaml's model, 128 px, or each of
+                ``--synthetic-sizes``, e.g. 128,192: the released weights run at 192), batch 1 and 64
 
 The choices of a section are timed interleaved (one call of each in turn, ``--repeats`` rounds after a
 warm-up round), so that other work on a shared machine slows them alike; each figure is the median, and
@@ -70,9 +71,11 @@ def paper_experiment(task: str) -> Any:
     return experiment_from_dict(raw)
 
 
-def synthetic_experiment() -> Any:
+def synthetic_experiment(image_size: int | None = None) -> Any:
     raw = yaml.safe_load((REPOSITORY / "params" / "synthetic_det.yaml").read_text())
     raw["model"].update(darknet_weights=None, word_vectors="random")
+    if image_size:
+        raw["data"]["image_size"] = image_size
     return experiment_from_dict(raw)
 
 
@@ -180,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="inference,evaluation,training,synthetic")
     parser.add_argument("--tasks", default="box,mask")
+    parser.add_argument("--synthetic-sizes", default="", help="input sizes of the synthetic section, e.g. 128,192 "
+                        "(default: the params file's)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (inference, synthetic)")
     parser.add_argument("--slow-repeats", type=int, default=3, help="timed rounds (evaluation, training)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -225,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         if "training" in sections:
             record(measure_training(experiment, 2, args.slow_repeats))
     if "synthetic" in sections:
-        experiment = synthetic_experiment()
         choices = ("fp32", "channels_last", "channels_last+fold_bn", "channels_last+bf16+fold_bn")
-        record(measure_generation("synthetic", experiment, 1, choices, args.repeats * 4))
-        record(measure_generation("synthetic", experiment, 64, choices, args.repeats))
+        for size in [int(v) for v in args.synthetic_sizes.split(",") if v] or [None]:
+            experiment = synthetic_experiment(size)
+            record(measure_generation("synthetic", experiment, 1, choices, args.repeats * 4))
+            record(measure_generation("synthetic", experiment, 64, choices, args.repeats))
     return 0
 
 

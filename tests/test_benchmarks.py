@@ -246,9 +246,12 @@ def test_bench_data_quick(tmp_path):
 
 def test_bench_cpu_synthetic_section(tmp_path):
     out = tmp_path / "cpu.json"
-    _script("bench_cpu.py", "--quick", "--sections", "synthetic", "--threads", "1", "--out", str(out))
+    _script("bench_cpu.py", "--quick", "--sections", "synthetic", "--synthetic-sizes", "128,192", "--threads", "1",
+            "--out", str(out))
     report = _load(out)
     rows = report["results"]
+    assert {(r["image_size"], r["batch"]) for r in rows} == {(128, 1), (128, 64), (192, 1), (192, 64)}
+    rows = [r for r in rows if r["image_size"] == 128]
     assert {r["batch"] for r in rows} == {1, 64} and {r["section"] for r in rows} == {"synthetic"}
     assert {"fp32", "channels_last+bf16+fold_bn"} <= {r["choice"] for r in rows}
     for batch in (1, 64):
