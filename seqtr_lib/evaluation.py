@@ -302,6 +302,9 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
              execution: str = "auto") -> dict[str, Any]:
     """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
 
+    The data are the params' at the checkpoint's input size (``data.image_size`` as trained, printed when the
+    params say otherwise); the decoding is the params' (`DECODING_KEYS`).
+
     With ``shuffle_ablation`` each weight set is also evaluated with expressions shuffled across samples
     (keys ``raw_shuffled``/``ema_shuffled``): a model that reads the words must fall far below its score.
     ``limit`` scores only the first expressions of each split (whole batches, in file order).
@@ -321,6 +324,14 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
             raise ValueError(f"checkpoint {checkpoint_path} writes another token format than the params describe "
                              f"(checkpoint -> params: {'; '.join(differences)}); evaluate it with the params it was "
                              "trained with")
+        # The input size is the model's, as for predict (the released weights were fine-tuned at 192 px, the
+        # synthetic params train at 128): a notebook opened on its params scores them as they were trained.
+        if trained.data.image_size != experiment.data.image_size:
+            if context.is_main:
+                print(f"evaluating at data.image_size {trained.data.image_size}, the checkpoint's input size (the "
+                      f"params say {experiment.data.image_size})", flush=True)
+            experiment = dataclasses.replace(experiment, data=dataclasses.replace(experiment.data,
+                                                                                  image_size=trained.data.image_size))
         # The decoding is the params', so one checkpoint can be scored under several; the results name it.
         decoding = {key: getattr(experiment.model, key) for key in DECODING_KEYS}
         stored = {key: getattr(trained.model, key) for key in DECODING_KEYS}
@@ -334,7 +345,8 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
             print(f"execution: {ran_as}", flush=True)
         splits = splits or tuple(s for s in DATASETS[experiment.data.dataset].splits if s != "train")
         results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
-                                   "epoch": payload["epoch"], "decoding": decoding,
+                                   "epoch": payload["epoch"], "image_size": experiment.data.image_size,
+                                   "decoding": decoding,
                                    "execution": chosen.name if chosen is not None else "as_trained", "splits": {}}
         if strategy != "greedy":
             results.update(strategy=strategy, top_p=top_p)
@@ -378,7 +390,8 @@ def _with_earlier_splits(path: Path, results: dict[str, Any]) -> dict[str, Any]:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return results
-    same = all(earlier.get(key) == results.get(key) for key in ("checkpoint", "step", "epoch", "strategy", "top_p", "limit"))
+    same = all(earlier.get(key) == results.get(key)
+               for key in ("checkpoint", "step", "epoch", "image_size", "strategy", "top_p", "limit"))
     if not same or not isinstance(earlier.get("splits"), dict):
         return results
     return {**results, "splits": {**earlier["splits"], **results["splits"]}}

@@ -160,9 +160,9 @@ def test_missing_params_file_and_malformed_override():
 def test_a_start_checkpoint_is_found_here_else_in_the_repository(tmp_path, monkeypatch):
     from seqtr_lib.config import REPOSITORY, repository_file
 
-    monkeypatch.chdir(tmp_path)  # no weights/ here: the released box weights the mask params name still load
+    monkeypatch.chdir(tmp_path)  # no weights/ here: the box weights the mask params name still load
     assert repository_file("weights/synthetic_det.pt") == REPOSITORY / "weights" / "synthetic_det.pt"
-    assert load_params(REPOSITORY / "params" / "synthetic_mask.yaml").train.finetune_from == "weights/synthetic_det.pt"
+    assert load_params(REPOSITORY / "params" / "synthetic_mask.yaml").train.finetune_from == "weights/stage1/synthetic_det.pt"
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "synthetic_det.pt").write_bytes(b"x")  # one of the cwd's own comes first
     assert repository_file("weights/synthetic_det.pt") == Path("weights/synthetic_det.pt")

@@ -201,3 +201,26 @@ def test_evaluation_decodes_as_its_params_say_and_records_it(trained, tmp_path, 
     assert results["decoding"] == {"decode_bin_centres": True, "outline_offset": 0.0}
     assert "the checkpoint stores {'decode_bin_centres': False" in capsys.readouterr().out
     assert json.loads((tmp_path / experiment.name / "metrics.json").read_text())["decoding"] == results["decoding"]
+
+
+@pytest.mark.slow
+def test_evaluation_runs_at_the_checkpoints_input_size_whatever_the_params_say(trained, tmp_path, capsys):
+    """Params at another data.image_size score the checkpoint as trained: the same records as its own params
+    give, the size recorded and said."""
+    import dataclasses
+
+    from seqtr_lib.evaluation import evaluate
+
+    _, experiment = trained
+    own = evaluate(dataclasses.replace(experiment, output_dir=str(tmp_path / "own")), experiment.run_dir / "best.pt",
+                   ("val",), limit=8)
+    other = dataclasses.replace(experiment, output_dir=str(tmp_path / "other"),
+                                data=dataclasses.replace(experiment.data, image_size=2 * experiment.data.image_size))
+    capsys.readouterr()
+    results = evaluate(other, experiment.run_dir / "best.pt", ("val",), limit=8)
+    assert f"evaluating at data.image_size {experiment.data.image_size}, the checkpoint's" in capsys.readouterr().out
+    assert results["image_size"] == own["image_size"] == experiment.data.image_size
+    assert results["splits"] == own["splits"]
+    saved = [json.loads((tmp_path / run / experiment.name / "predictions" / "val_raw.json").read_text())
+             for run in ("own", "other")]
+    assert saved[0] == saved[1] and len(saved[0]) >= 8

@@ -827,7 +827,7 @@ def test_a_coarse_box_model_starts_a_finer_mask_model_with_the_same_coordinate_b
     assert_same_function(torch.cat([p_fine[:32].reshape(16, 2).sum(1), p_fine[32:]]), p_coarse, scale=1.0)
 
 
-def test_the_mask_params_start_from_the_released_box_weights():
+def test_the_mask_params_start_from_the_box_weights_of_stage_1():
     from seqtr_lib.config import REPOSITORY, load_params
     from seqtr_lib.data.refer import scene_classes
     from seqtr_lib.engine import load_finetune_start

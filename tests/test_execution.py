@@ -247,9 +247,10 @@ def held_out_scenes(tmp_path_factory) -> Path:
                                              ("synthetic_mask", "pred_polygon", "channels_last+fold_bn")])
 def test_fast_path_keeps_the_released_models_tokens_and_metric(held_out_scenes, monkeypatch, name, key, spec):
     """The fast path of each task (what auto takes on a CPU with bf16 units, bf16 forced for the box)."""
+    trained, vocabulary, models = load_trained(ROOT / "weights" / f"{name}.pt")
     experiment = load_params(ROOT / "params" / f"{name}.yaml", [f"data.data_root={held_out_scenes}",
-                                                                 "data.num_workers=0"])
-    _, vocabulary, models = load_trained(ROOT / "weights" / f"{name}.pt")
+                                                                 "data.num_workers=0",
+                                                                 f"data.image_size={trained.data.image_size}"])
     model = models["ema"] if "ema" in models else models["raw"]
     cpu = torch.device("cpu")
     # The reference is the pre-existing evaluation path in float32 (no execution steps, no autocast).
