@@ -29,7 +29,7 @@ from figure_pixels import (assert_box_drawn, assert_contour_drawn, axes_frames, 
 from seqtr_lib.viz import PRED_COLOR
 
 BENCHMARKS = ROOT / "benchmarks"
-SCRIPTS = ["bench_cpu.py", "bench_data.py", "bench_decode.py", "bench_eval.py", "bench_train.py", "cell_selection.py",
+SCRIPTS = ["answer_positions.py", "bench_cpu.py", "bench_data.py", "bench_decode.py", "bench_eval.py", "bench_train.py", "cell_selection.py",
            "cpu_agreement.py", "demo_step_profile.py", "demo_timing.py", "learning_curve.py", "learning_probes.py", "outline_cap.py", "readme_picture.py",
            "scale_views.py", "widget_screenshot.py"]
 # learning_curve.py on the tiny set: one epoch of two steps, scored on the first 8 val expressions.
@@ -514,3 +514,18 @@ def test_scale_views_says_how_to_make_a_missing_set(tmp_path):
                             timeout=120)
     assert result.returncode != 0 and not (tmp_path / "out.json").exists()
     assert f"make-synthetic --out {tmp_path / 'none'}" in result.stderr.strip().splitlines()[-1]
+
+
+def test_answer_positions_counts_each_objects_tokens():
+    """Two samples: 3 boxes (1st exact, 2nd one bin off in one token, 3rd all wrong) and 2 boxes (both exact)."""
+    import torch
+
+    positions = _benchmark_module("answer_positions")
+    eos = 64
+    first = torch.tensor([1, 2, 3, 4, 10, 11, 12, 13, 20, 21, 22, 23, eos])
+    first_got = torch.tensor([1, 2, 3, 4, 10, 11, 12, 14, 30, 31, 32, 33, eos])
+    second = torch.tensor([5, 6, 7, 8, 9, 9, 9, 9, eos, eos, eos, eos, eos])
+    rows = positions.object_accuracies([(first_got, first, 3), (second, second, 2)])
+    assert rows == [{"object": 1, "samples": 2, "exact": 100.0, "within_one_bin": 100.0},
+                    {"object": 2, "samples": 2, "exact": 87.5, "within_one_bin": 100.0},
+                    {"object": 3, "samples": 1, "exact": 0.0, "within_one_bin": 0.0}]
