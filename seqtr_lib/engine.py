@@ -38,7 +38,7 @@ from seqtr_lib.config import Experiment, ModelConfig, experiment_to_dict, reposi
 from seqtr_lib.data.datasets import DATASETS
 from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, load_vocabulary, scene_classes
-from seqtr_lib.evaluation import autocast, evaluate_model, move_batch, prefetched
+from seqtr_lib.evaluation import ANSWER_CAP_KEYS, autocast, evaluate_model, move_batch, prefetched
 from seqtr_lib.metrics import headline_score
 from seqtr_lib.loss import Criterion
 from seqtr_lib.model.seqtr import SeqTR, build_model
@@ -193,7 +193,7 @@ class RunStart:
             differences = ckpt.config_differences(resume["config"]["model"], experiment_to_dict(experiment)["model"])
             stored = resume["config"].get("data", {})
             differences += [f"data.{key}: {stored.get(key, 0)} -> {getattr(experiment.data, key)}"
-                            for key in ("max_objects", "max_points")  # the answer format: output classes, lengths
+                            for key in ANSWER_CAP_KEYS  # the answer format: output classes, lengths
                             if stored.get(key, 0) != getattr(experiment.data, key)]
             if differences:
                 raise ValueError(f"checkpoint {t.resume} was trained with a different model config; differing keys "

@@ -29,7 +29,8 @@ from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import ReferDataset, build_dataset, scene_classes
 from seqtr_lib.execution import Execution, ran_as, recheck_tally, resolve, training_bf16
 from seqtr_lib.execution import generate as generate_under
-from seqtr_lib.generalised_metrics import EXPRESSION_TYPES, grec_sample_values, summarize_gres, summarize_grec
+from seqtr_lib.generalised_metrics import (EXPRESSION_TYPES, grec_sample_values, summarize_gres, summarize_grec,
+                                          targets_named)
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
@@ -245,7 +246,7 @@ def generalised_metrics_from_records(records: list[dict[str, Any]], task: str) -
     ``n_acc`` and ``t_acc`` for masks; then the same over each expression type present, prefixed
     ``no_target/``, ``one_target/``, ``several_targets/`` (an accuracy a type cannot have is left out). Each
     record also receives its ``f1`` (boxes) or ``mask_iou`` (masks, gRES's per-sample IoU)."""
-    counts = np.array([0 if r["no_target"] else len(r["gt_boxes"]) for r in records], dtype=np.int64)
+    counts = targets_named(records)
     if task == "box":
         f1, num_predicted, num_targets = grec_sample_values([r["pred_boxes"] for r in records],
                                                             [r["gt_boxes"] if not r["no_target"] else []

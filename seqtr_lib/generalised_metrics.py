@@ -50,6 +50,11 @@ EXPRESSION_TYPES = {"no_target": lambda count: count == 0, "one_target": lambda 
                     "several_targets": lambda count: count >= 2}
 
 
+def targets_named(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """How many objects each evaluation record's expression names: int64 (N,), 0 for a no-target record."""
+    return np.array([0 if r["no_target"] else len(r["gt_boxes"]) for r in records], dtype=np.int64)
+
+
 def pairwise_box_overlap(pred: Any, gt: Any, overlap: str = "iou") -> np.ndarray:
     """(P, G) float64 overlap of every predicted box with every target box, both [x1, y1, x2, y2] pixels.
 

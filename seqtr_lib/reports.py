@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from seqtr_lib.config import Experiment
-from seqtr_lib.generalised_metrics import EXPRESSION_TYPES
+from seqtr_lib.generalised_metrics import EXPRESSION_TYPES, targets_named
 from seqtr_lib.viz import METRIC_LABELS
 from seqtr_lib.text import clean_expression
 
@@ -71,20 +71,21 @@ def expression_ious(records: Sequence[dict[str, Any]], task: str) -> np.ndarray:
     evaluation's Acc/mIoU basis. A generalised run's records (`score_name`): a box answer's GREC F1, a mask
     answer's IoU of the union of its contours with the union of the targets (1 for "nothing" rightly answered).
     """
-    key = "mask_iou" if task == "mask" else "f1" if _generalised(records) else "box_iou"
+    key = "mask_iou" if task == "mask" else "f1" if generalised_records(records) else "box_iou"
     if any(key not in record for record in records):
         raise KeyError(f"these prediction records have no {key}; evaluate the split again (python -m seqtr_lib "
                        "evaluate, or notebook 02) to write records that carry it")
     return np.array([record[key] for record in records], dtype=np.float64)
 
 
-def _generalised(records: Sequence[dict[str, Any]]) -> bool:
+def generalised_records(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether these are a generalised run's records (zero or more objects per expression)."""
     return bool(records) and "gt_boxes" in records[0]
 
 
 def score_name(records: Sequence[dict[str, Any]], task: str) -> str:
     """What `expression_ious` returns for these records: "IoU", or "F1" for a generalised box run's."""
-    return "F1" if task != "mask" and _generalised(records) else "IoU"
+    return "F1" if task != "mask" and generalised_records(records) else "IoU"
 
 
 def target_breakdown(metrics: Mapping[str, float], records: Sequence[dict[str, Any]]
@@ -96,7 +97,7 @@ def target_breakdown(metrics: Mapping[str, float], records: Sequence[dict[str, A
     (`evaluation.generalised_metrics_from_records`); ``records``: the same evaluation's records, counted per
     type. A type absent from the split is left out.
     """
-    counts = np.array([0 if r["no_target"] else len(r["gt_boxes"]) for r in records], dtype=np.int64)
+    counts = targets_named(records)
     members = {}
     for name, of_type in EXPRESSION_TYPES.items():
         scored = {key.removeprefix(f"{name}/"): value for key, value in metrics.items() if key.startswith(f"{name}/")}

@@ -20,6 +20,7 @@ from seqtr_lib.config import DataConfig, Experiment
 from seqtr_lib.data.refer import ReferDataset, box_corners, build_dataset, decode_mask, ground_truth_box
 from seqtr_lib.data.transforms import pad_shape_for
 from seqtr_lib.images import read_image
+from seqtr_lib.reports import generalised_records, score_name
 from seqtr_lib.text import SPECIAL_TOKENS, Vocabulary
 from seqtr_lib.viz import draw_answer_comparison, draw_comparison, draw_objects, grid_figure
 
@@ -200,7 +201,7 @@ def failure_gallery(experiment: Experiment, split: str, records: Sequence[dict[s
     ``ious`` as `reports.expression_ious` gives them (F1 for boxes), every target and every answer drawn.
     """
     task = experiment.model.task
-    generalised = bool(records) and "gt_boxes" in records[0]
+    generalised = generalised_records(records)
     worst, shown = [], set()
     for i in np.argsort(ious, kind="stable"):
         key = (records[i]["ann_index"], records[i]["expression_index"]) if generalised else records[i]["ann_index"]
@@ -216,7 +217,7 @@ def failure_gallery(experiment: Experiment, split: str, records: Sequence[dict[s
             draw_answer_comparison(ax, sample.image, sample.boxes, [p for m in masks if isinstance(m, list) for p in m],
                                    record.get("pred_boxes", []),
                                    [np.reshape(c, (-1, 2)) for c in record.get("pred_polygons", [])],
-                                   title=f"{'F1' if task == 'box' else 'IoU'} {ious[i]:.2f}: {record['expression']}")
+                                   title=f"{score_name(records, task)} {ious[i]:.2f}: {record['expression']}")
             continue
         polygon = record.get("pred_polygon")
         draw_comparison(ax, sample.image, sample.box if task != "mask" else None,

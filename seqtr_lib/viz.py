@@ -67,9 +67,14 @@ def draw_objects(ax: Axes, image: np.ndarray, boxes: Sequence[Sequence[float]],
         x1, y1, x2, y2 = box
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
     if not len(boxes):
-        ax.text(0.5, 0.5, "no target", transform=ax.transAxes, ha="center", va="center", fontsize=11,
-                color="white", bbox={"boxstyle": "round,pad=0.3", "facecolor": "#cc3333", "alpha": 0.85})
+        _no_target_label(ax)
     return ax
+
+
+def _no_target_label(ax: Axes) -> None:
+    """The red "no target" label across an answer of no object."""
+    ax.text(0.5, 0.5, "no target", transform=ax.transAxes, ha="center", va="center", fontsize=11,
+            color="white", bbox={"boxstyle": "round,pad=0.3", "facecolor": "#cc3333", "alpha": 0.85})
 
 
 def draw_points(ax: Axes, points: np.ndarray, scores: Sequence[float] | None = None, *, color: str = "#ff3366",
@@ -378,8 +383,7 @@ def _draw_answer(ax: Axes, image: np.ndarray, objects: Sequence[np.ndarray], tas
         ax.annotate(f"object {number + 1}", points[0], xytext=(-4, -10), textcoords="offset points", fontsize=8,
                     color="black", ha="right", bbox={"boxstyle": "round,pad=0.15", "facecolor": color, "alpha": 0.9})
     if not len(objects):
-        ax.text(0.5, 0.5, "no target", transform=ax.transAxes, ha="center", va="center", fontsize=11,
-                color="white", bbox={"boxstyle": "round,pad=0.3", "facecolor": "#cc3333", "alpha": 0.85})
+        _no_target_label(ax)
 
 
 def _zoom(ax: Axes, points: np.ndarray, margin: float, shape: tuple[int, ...]) -> None:
