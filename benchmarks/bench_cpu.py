@@ -10,6 +10,12 @@ box and mask:
                 channels_last + bf16 autocast (train.amp bf16)
     synthetic   the embedded default (params/synthetic_det.yaml's model, 128 px, or each of
                 ``--synthetic-sizes``, e.g. 128,192: the released weights run at 192), batch 1 and 64
+    exported    the paper's model exported (`seqtr_lib.export`) and run by each installed runtime
+                (`seqtr_lib.runtime`: OpenVINO, ONNX Runtime) at float32 and with the int8 encoder, batch 1,
+                beside torch's float32 and auto; and `Grounder.predict` of a 640 x 480 image (what the widget
+                waits for) with torch auto and each runtime. The int8 encoder is calibrated on random images
+                (timing only: random weights say nothing of agreement, benchmarks/cpu_agreement.py measures
+                it), and timed with no sample rechecked, the cost of a sample whose choices were no near-ties
 
 The choices of a section are timed interleaved (one call of each in turn, ``--repeats`` rounds after a
 warm-up round), so that other work on a shared machine slows them alike; each figure is the median, and
@@ -23,6 +29,7 @@ processes on the machine). To emulate a CPU without bf16 units, cap oneDNN below
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_cpu.py --sections inference,synthetic \
         --out docs/results/bench_cpu_avx2.json
     python benchmarks/bench_cpu.py --quick --out /tmp/bench_cpu.json    # a check of the script, minutes
+    python benchmarks/bench_cpu.py --sections exported --out docs/results/bench_cpu_exported.json
 """
 
 from __future__ import annotations
@@ -157,6 +164,68 @@ def measure_generation(section: str, experiment: Any, batch_size: int, choices: 
     return results
 
 
+def measure_exported(experiment: Any, repeats: int, scratch: Path) -> list[dict[str, Any]]:
+    """The paper model (random weights) at batch 1 under torch and each installed runtime, side by side."""
+    import numpy as np
+
+    from seqtr_lib import runtime as rt
+    from seqtr_lib.config import experiment_to_dict
+    from seqtr_lib.export import export_model, quantize_encoder
+    from seqtr_lib.predict import Grounder
+
+    task, size = experiment.model.task, experiment.data.image_size
+    torch.manual_seed(0)
+    model = build_model(experiment.model, VOCABULARY, scene_classes(experiment)).eval()
+    started = time.perf_counter()
+    directory = export_model(model, {"config": experiment_to_dict(experiment), "vocabulary": VOCABULARY.to_list(),
+                                     "weights": "random", "max_token": experiment.max_token, "image_size": size},
+                             scratch / f"paper_{task}")
+    export_seconds = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    calibration = [{"images": (rng.random((1, 3, size, size)) * 255).astype(np.float32),
+                    "pad_mask": np.zeros((1, size, size), dtype=bool),
+                    "expression_ids": inputs(1, size, experiment.max_token, experiment.model)["expression_ids"].numpy()}
+                   for _ in range(8)]
+    started = time.perf_counter()
+    quantize_encoder(directory, calibration, "8 random images (timing only)")
+    quantize_seconds = time.perf_counter() - started
+    batch = inputs(1, size, experiment.max_token, experiment.model)
+    auto = ex.pick_execution("cpu", experiment.model, size)
+    runs, equal, _ = generation_runs(model, batch, ("fp32", "channels_last+fold_bn", "auto"), auto)
+    rt.RECHECK_MARGIN = 0.0  # int8 timed as a sample with no near-tie costs (random weights: every sample is one)
+    reference = runs["fp32"]()
+    threads = torch.get_num_threads()
+    for runtime in rt.available_runtimes():
+        for precision in ("fp32", "int8"):
+            network = rt.ExportedSeqTR(directory, runtime, precision, threads=threads)
+            name = f"{runtime} {precision}"
+            runs[name] = (lambda network=network: network.generate(batch["images"], batch["pad_mask"],
+                                                                   batch["expression_ids"]))
+            got = runs[name]()
+            equal[name] = all(torch.equal(reference[key], got[key]) for key in reference if key.endswith("_tokens"))
+    times = interleaved(runs, repeats)
+    rows = summary(times, section="exported", task=task, batch=1, image_size=size)
+    for row in rows:
+        row["tokens_equal_fp32"] = equal[row["choice"]]
+        row["is_auto"] = row["choice"] == "auto"
+    # What the widget waits for: Grounder.predict of a 640 x 480 photo, torch auto against each runtime.
+    photo = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    grounders = {"torch auto": Grounder(model, experiment, VOCABULARY, torch.device("cpu"))}
+    for runtime in rt.available_runtimes():
+        for precision in ("fp32", "int8"):
+            grounders[f"{runtime} {precision}"] = Grounder.from_export(directory, runtime, precision, threads=threads)
+    predict_times = interleaved({name: (lambda g=g: g.predict(photo, "the red circle on the left"))
+                                 for name, g in grounders.items()}, repeats)
+    base = statistics.median(predict_times["torch auto"])
+    for name, values in predict_times.items():
+        rows.append({"section": "exported_predict", "task": task, "choice": name, "image": "640 x 480",
+                     "median_s": round(statistics.median(values), 4), "speedup_vs_torch_auto":
+                     round(base / statistics.median(values), 3), "times_s": [round(v, 4) for v in values]})
+    for row in rows:
+        row.update(export_seconds=round(export_seconds, 1), quantize_seconds=round(quantize_seconds, 1))
+    return rows
+
+
 def measure_training(experiment: Any, batch_size: int, repeats: int) -> list[dict[str, Any]]:
     """`Trainer.step` of the paper recipe at each training choice (fresh trainers, interleaved steps)."""
     task = experiment.model.task
@@ -229,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                                       args.slow_repeats))
         if "training" in sections:
             record(measure_training(experiment, 2, args.slow_repeats))
+        if "exported" in sections:
+            with tempfile.TemporaryDirectory() as scratch:
+                record(measure_exported(experiment, args.repeats, Path(scratch)))
     if "synthetic" in sections:
         choices = ("fp32", "channels_last", "channels_last+fold_bn", "channels_last+bf16+fold_bn")
         for size in [int(v) for v in args.synthetic_sizes.split(",") if v] or [None]:

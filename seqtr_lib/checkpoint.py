@@ -246,13 +246,13 @@ def resolve_checkpoint(run_dir: Path, name: str, checkpoint: str | Path = "") ->
                             "or set the checkpoint parameter")
 
 
-def move_aside(path: str | Path) -> Path | None:
+def move_aside(path: str | Path, holding: str = "*.pt") -> Path | None:
     """Rename what a new result would replace, beside it, stamped with the time: a folder holding checkpoints
-    (``*.pt``) becomes ``<name>.<YYYYmmdd-HHMMSS>``, a file ``<stem>.<YYYYmmdd-HHMMSS><suffix>``; ``-2``,
+    (``*.pt``, or what the pattern ``holding`` matches) becomes ``<name>.<YYYYmmdd-HHMMSS>``, a file ``<stem>.<YYYYmmdd-HHMMSS><suffix>``; ``-2``,
     ``-3`` ... follow the stamp when that name is taken (nothing is renamed onto anything). Returns the new
     path, or None when there was nothing to keep (no such path, or a folder without checkpoints)."""
     path = Path(path)
-    if not path.exists() or (path.is_dir() and not any(path.glob("*.pt"))):
+    if not path.exists() or (path.is_dir() and not any(path.glob(holding))):
         return None
     stem, suffix = (path.name, "") if path.is_dir() else (path.stem, path.suffix)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -281,8 +281,9 @@ def keep_earlier_run(run_dir: str | Path, resume: str | Path | None = None) -> s
     return line
 
 
-def keep_earlier_file(path: str | Path) -> Path | None:
-    """Move a file about to be written over aside (`move_aside`), saying so in one line; returns where it went."""
-    if (moved := move_aside(path)) is not None:
+def keep_earlier_file(path: str | Path, holding: str = "*.pt") -> Path | None:
+    """Move a file (or a folder holding ``holding``) about to be written over aside (`move_aside`), saying so in
+    one line; returns where it went."""
+    if (moved := move_aside(path, holding)) is not None:
         print(f"{path} existed: moved it to {moved}, not overwritten", flush=True)
     return moved

@@ -131,15 +131,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from seqtr_lib.checkpoint import resolve_checkpoint
     from seqtr_lib.predict import Grounder
 
-    if args.checkpoint:  # the checkpoint holds everything the Grounder needs: no params to find from any cwd
-        path, which = resolve_checkpoint(Path(), "", args.checkpoint)
+    if args.exported:  # an export folder holds the params and vocabulary too
+        grounder = Grounder.from_export(args.exported, runtime=args.runtime, precision=args.precision,
+                                        max_pixels=args.max_pixels or None)
     else:
-        experiment = load_params(args.params, args.overrides, start_files=False)
-        path, which = resolve_checkpoint(experiment.run_dir, experiment.name)
-    print(which)
-    grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None,
-                                        execution=args.execution)
-    print(f"execution: {grounder.execution.describe()}")
+        if args.checkpoint:  # the checkpoint holds everything the Grounder needs: no params to find from any cwd
+            path, which = resolve_checkpoint(Path(), "", args.checkpoint)
+        else:
+            experiment = load_params(args.params, args.overrides, start_files=False)
+            path, which = resolve_checkpoint(experiment.run_dir, experiment.name)
+        print(which)
+        grounder = Grounder.from_checkpoint(path, device=args.device, max_pixels=args.max_pixels or None,
+                                            execution=args.execution)
+    print(f"backend: {grounder.describe_backend()}")
     prediction = grounder.predict(args.image, args.expression, task=args.task, return_attention=bool(args.attention),
                                   strategy=args.strategy, top_p=args.top_p, seed=args.seed)
     if prediction.objects is not None:
@@ -152,6 +156,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
     if args.attention:
         print(f"wrote {grounder.save_attention(args.image, args.expression, prediction, args.attention)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from seqtr_lib.export import calibration_batches, export_checkpoint, quantize_encoder
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {out} (encoder.onnx, decoder_step.onnx)")
+    if args.calibration_data:
+        batches = calibration_batches(out, args.calibration_data, args.calibration_split, args.calibration_images)
+        described = f"{args.calibration_data}, split {args.calibration_split}, first {args.calibration_images}"
+        print(f"wrote {quantize_encoder(out, batches, described)}")
 
 
 def cmd_export_weights(args: argparse.Namespace) -> None:
@@ -292,7 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution(p)
     _add_strategy(p)
     p.add_argument("--seed", type=int, default=0, help="seed of top_p sampling")
+    p.add_argument("--exported", default="", metavar="DIR",
+                   help="run an export folder (python -m seqtr_lib export) instead of a checkpoint, with --runtime "
+                        "and --precision (needs pip install '.[deploy]')")
+    p.add_argument("--runtime", choices=("auto", "openvino", "onnxruntime"), default="auto",
+                   help="with --exported: auto takes OpenVINO when installed, else ONNX Runtime")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="with --exported: int8 runs the quantised encoder with its float32 recheck; auto takes it "
+                        "only where the export's measured agreement allows")
     p.set_defaults(run=cmd_predict)
+
+    p = commands.add_parser("export", help="write a checkpoint as ONNX graphs for a CPU runtime (OpenVINO, ONNX "
+                                           "Runtime), optionally with an int8 encoder")
+    p.add_argument("--checkpoint", required=True, help="e.g. weights/synthetic_det.pt")
+    p.add_argument("--out", required=True, help="the export folder to write, e.g. exported/synthetic_det")
+    p.add_argument("--calibration-data", default="", metavar="DATA_ROOT",
+                   help="also write an int8 encoder, calibrated on images of the checkpoint's dataset read from here")
+    p.add_argument("--calibration-split", default="train")
+    p.add_argument("--calibration-images", type=int, default=64, help="how many (image, expression) samples")
+    p.set_defaults(run=cmd_export)
 
     p = commands.add_parser("export-weights", help="write a checkpoint's EMA weights in half precision, alone")
     p.add_argument("--checkpoint", required=True, help="a training checkpoint, e.g. outputs/synthetic_det/best.pt")

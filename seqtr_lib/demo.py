@@ -4,6 +4,9 @@
                          samples=dataset_samples(experiment, "val"))
     demo            # as the last line of a notebook cell
 
+Any Grounder runs it, an exported one too (``Grounder.from_export``: OpenVINO or ONNX Runtime); the status line
+names what ran (`Prediction.description`).
+
 Every callback goes through `GroundingDemo.run`, which never raises: a bad input (empty expression,
 unreadable or oversized upload, no image) is reported in the status line and hides the overlay, so what
 is on screen always matches the status, and the app keeps working.
@@ -100,6 +103,9 @@ class GroundingDemo:
         if grounder.codec.layout.generalised:  # its answers have no per-token attention maps yet (predict refuses)
             self.show_attention.disabled = True
             self.show_attention.description = "where it looked: not for answers of several objects"
+        elif grounder.exported is not None:  # an exported network returns tokens only
+            self.show_attention.disabled = True
+            self.show_attention.description = "where it looked: needs the torch backend"
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="640px", display="none"))
         self.attention_image = widgets.Image(format="png", layout=widgets.Layout(max_width="960px", display="none"))
         self.status = widgets.HTML()

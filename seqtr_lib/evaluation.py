@@ -34,6 +34,7 @@ from seqtr_lib.generalised_metrics import (EXPRESSION_TYPES, grec_sample_values,
 from seqtr_lib.metrics import box_iou, box_metrics, mask_ious, summarize_mask_ious
 from seqtr_lib.model.graph_decoding import GraphDecoder
 from seqtr_lib.model.seqtr import SeqTR, build_model, without_weight_files
+from seqtr_lib.runtime import ExportedSeqTR
 from seqtr_lib.text import Vocabulary
 
 if TYPE_CHECKING:  # seqtr_lib.precompute imports this module
@@ -110,7 +111,7 @@ ANSWER_CAP_KEYS = ("max_objects", "max_points")  # the data's, part of a general
 
 
 @torch.inference_mode()
-def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
+def evaluate_model(model: SeqTR | ExportedSeqTR, experiment: Experiment, vocabulary: Vocabulary, split: str,
                    device: torch.device, limit: int | None = None,
                    shuffle_expressions: bool = False, strategy: str = "greedy", top_p: float = 0.9,
                    cuda_graphs: bool = False, execution: Execution | None = None,
@@ -129,7 +130,13 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     it more than once (each epoch's validation, several weights): building it reads the whole annotation file,
     seconds for the synthetic set's 77 MB. ``held``: that dataset's images held in memory
     (`seqtr_lib.precompute`, attached to it): the frozen backbone modules then give their held outputs.
+    ``model`` may be an exported network (`seqtr_lib.runtime.ExportedSeqTR`, CPU): it runs as it was
+    compiled (``execution``, ``cuda_graphs`` and ``held`` do not apply).
     """
+    exported = model if isinstance(model, ExportedSeqTR) else None
+    if exported is not None and (execution is not None or cuda_graphs or held is not None):
+        raise ValueError("an exported model runs as its runtime compiled it: no execution choice, cuda_graphs or "
+                         "held images")
     if dataset is not None and (dataset.split != split or dataset.training):
         raise ValueError(f"dataset is the {'training' if dataset.training else 'evaluation'} set of split "
                          f"{dataset.split!r}; evaluate_model needs the evaluation set of {split!r}")
@@ -139,8 +146,9 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
     if cuda_graphs and strategy != "greedy":
         raise ValueError("cuda_graphs decodes greedily; use strategy 'greedy' or turn cuda_graphs off")
     codec = SequenceCodec.from_experiment(experiment)  # what Collate quantized with
-    given, was_training = model, model.training
-    model.eval()
+    given, was_training = model, exported is None and model.training
+    if exported is None:
+        model.eval()
     if execution is not None:
         model = execution.prepare(model)
     graph_decoder = GraphDecoder(model) if cuda_graphs else None
@@ -164,7 +172,10 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
             batch["expression_ids"] = batch["expression_ids"][order]
             batch["metas"] = [{**meta, "expression": batch["metas"][j]["expression"]}
                               for meta, j in zip(batch["metas"], order.tolist())]
-        if execution is not None:
+        if exported is not None:
+            generated = exported.generate(batch["images"], batch["pad_mask"], batch["expression_ids"],
+                                          strategy=strategy, top_p=top_p, generator=sampling)
+        elif execution is not None:
             batch = move_batch(batch, device, execution.channels_last)
             decoding = {} if graph_decoder is not None else dict(strategy=strategy, top_p=top_p, generator=sampling)
             generated = generate_under(model, execution, batch["images"], batch["pad_mask"], batch["expression_ids"],
@@ -201,6 +212,11 @@ def evaluate_model(model: SeqTR, experiment: Experiment, vocabulary: Vocabulary,
                else metrics_from_records(ordered, experiment.model.task))
     outcome = {"metrics": metrics, "records": ordered,
                "num_expressions": len(ordered), "skipped_images": skipped}
+    if exported is not None:
+        outcome["ran_as"] = exported.name
+        if exported.tally is not None:
+            outcome["recheck"] = exported.tally
+        return outcome
     tally = recheck_tally(model)
     if tally is not None:  # this process's samples
         outcome.update(recheck=tally, ran_as=ran_as(model, execution))

@@ -404,12 +404,20 @@ def _smallest_lead(model: nn.Module, memory: Any, steps: list[torch.Tensor], gen
     """Each sample's smallest lead of a winning logit over the runner-up, over the query-selection cell
     (with query selection) and every emitted token up to its EOS (``steps``: the predictor's logits (B, V),
     one per decoding step, in order)."""
-    layout = model.layout
-    batch = memory.features.shape[0]
-    smallest = torch.full((batch,), math.inf, device=memory.features.device)
     aids = model.aids
-    if aids is not None and aids.query_projection is not None:
-        smallest = torch.minimum(smallest, _lead(aids.cell_logits(memory).float()))
+    cell_logits = aids.cell_logits(memory) if aids is not None and aids.query_projection is not None else None
+    return smallest_lead(model.layout, steps, generated, task, cell_logits)
+
+
+def smallest_lead(layout: Any, steps: list[torch.Tensor], generated: dict[str, torch.Tensor], task: str | None,
+                  cell_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sample's smallest lead of a winning logit over the runner-up, over the query-selection cell
+    (``cell_logits`` (B, S), with query selection) and every emitted token up to its EOS (``steps``: the
+    predictor's logits (B, V), one per decoding step, in order). Also the exported int8 runtime's recheck."""
+    batch, device = steps[0].shape[0], steps[0].device
+    smallest = torch.full((batch,), math.inf, device=device)
+    if cell_logits is not None:
+        smallest = torch.minimum(smallest, _lead(cell_logits.float()))
     offset = 0
     for part in layout.parts_to_generate(task):
         tokens = generated[f"{part}_tokens"]

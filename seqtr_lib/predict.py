@@ -28,6 +28,7 @@ from seqtr_lib.execution import FP32, Execution, ran_as, resolve
 from seqtr_lib.execution import generate as generate_under
 from seqtr_lib.images import MAX_IMAGE_PIXELS, to_rgb_uint8
 from seqtr_lib.model.seqtr import SeqTR
+from seqtr_lib.runtime import ExportedSeqTR
 from seqtr_lib.metrics import box_iou, mask_ious
 from seqtr_lib.sequence import mask_to_rle, rle_to_mask
 from seqtr_lib.text import Vocabulary
@@ -146,14 +147,20 @@ class Grounder:
     float32 on a GPU), ``fp32`` or steps joined by ``+`` force one; `Grounder.execution` says which ran.
     """
 
-    def __init__(self, model: SeqTR, experiment: Experiment, vocabulary: Vocabulary, device: torch.device,
-                 max_pixels: int | None = MAX_IMAGE_PIXELS, execution: str | Execution = "auto") -> None:
+    def __init__(self, model: SeqTR | ExportedSeqTR, experiment: Experiment, vocabulary: Vocabulary,
+                 device: torch.device, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                 execution: str | Execution = "auto") -> None:
         device = torch.device(device)
         self.codec = SequenceCodec.from_experiment(experiment)
-        self.execution: Execution = resolve(execution, device, experiment.model, experiment.data.image_size,
-                                            generalised=self.codec.layout.generalised) or FP32
-        # fold_bn works on a copy: the model given keeps its weights
-        self.model = self.execution.prepare(model.eval().to(device))
+        # An exported network (`from_export`) runs as its runtime compiled it, on the CPU.
+        self.exported = model if isinstance(model, ExportedSeqTR) else None
+        if self.exported is not None:
+            self.execution, self.model, device = FP32, None, torch.device("cpu")
+        else:
+            self.execution: Execution = resolve(execution, device, experiment.model, experiment.data.image_size,
+                                                generalised=self.codec.layout.generalised) or FP32
+            # fold_bn works on a copy: the model given keeps its weights
+            self.model = self.execution.prepare(model.eval().to(device))
         self.experiment = experiment
         self.vocabulary = vocabulary
         self.device = device
@@ -167,6 +174,25 @@ class Grounder:
         experiment, vocabulary, models = load_trained(path, device)
         model = models.get(weights) or models["raw"]
         return cls(model, experiment, vocabulary, device, max_pixels, execution)
+
+    @classmethod
+    def from_export(cls, directory: str | Path, runtime: str = "auto", precision: str = "auto",
+                    max_pixels: int | None = MAX_IMAGE_PIXELS, threads: int | None = None) -> Grounder:
+        """A Grounder on an export folder (`python -m seqtr_lib export`), run by OpenVINO or ONNX Runtime
+        (`seqtr_lib.runtime`; ``pip install ".[deploy]"``); ``precision`` auto takes int8 + recheck only where the
+        export's measured agreement allows it. `describe_backend` says what runs and why."""
+        exported = ExportedSeqTR(directory, runtime, precision, threads)
+        return cls(exported, exported.experiment, exported.vocabulary, torch.device("cpu"), max_pixels)
+
+    def describe_backend(self) -> str:
+        """What runs the network: the torch execution (`seqtr_lib.execution`), or the runtime and precision of an
+        export, with the reason for the choice."""
+        if self.exported is not None:
+            return f"{self.exported.name} ({self.exported.reason}; {self.exported.directory})"
+        return f"torch {self.execution.describe()}"
+
+    def _ran_as(self) -> str:
+        return self.exported.name if self.exported is not None else ran_as(self.model, self.execution)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -190,6 +216,9 @@ class Grounder:
                              f"a {task!r}; choose one of {self.tasks}")
         if not expression or not expression.strip():
             raise ValueError("the expression is empty: type what to look for, e.g. 'the red circle on the left'")
+        if return_attention and self.exported is not None:
+            raise ValueError("attention maps need the torch backend (Grounder.from_checkpoint); an exported network "
+                             "returns tokens only")
         if return_attention and self.codec.layout.generalised:
             raise ValueError("attention maps are not available for a generalised checkpoint (data.max_objects > 0) "
                              "yet; call predict without return_attention")
@@ -198,9 +227,13 @@ class Grounder:
         images, pad_mask, meta = prepare_inference_image(rgb, self.experiment.data.image_size)
         ids = torch.from_numpy(self.vocabulary.encode(expression, self.experiment.max_token))[None]
         sampling = torch.Generator(self.device).manual_seed(seed) if strategy == "top_p" else None
-        generated = generate_under(self.model, self.execution, images.to(self.device), pad_mask.to(self.device),
-                                   ids.to(self.device), task=task, strategy=strategy, top_p=top_p,
-                                   generator=sampling, return_attention=return_attention)
+        if self.exported is not None:
+            generated = self.exported.generate(images, pad_mask, ids, task=task, strategy=strategy, top_p=top_p,
+                                               generator=sampling)
+        else:
+            generated = generate_under(self.model, self.execution, images.to(self.device), pad_mask.to(self.device),
+                                       ids.to(self.device), task=task, strategy=strategy, top_p=top_p,
+                                       generator=sampling, return_attention=return_attention)
         if self.codec.layout.generalised:
             return self._answer(task, generated, meta, started)
         tokens = generated[f"{task}_tokens"][0].cpu().numpy()
@@ -218,7 +251,7 @@ class Grounder:
             attention_grid = raw.reshape(*raw.shape[:3], *grid_shape).cpu().numpy()
             attention = attention_in_original_pixels(raw.mean(dim=(0, 1)).reshape(emitted, *grid_shape), meta, stride)
         return Prediction(task, box, polygon, mask, tokens, scores, time.perf_counter() - started,
-                          attention, attention_grid, ran_as(self.model, self.execution))
+                          attention, attention_grid, self._ran_as())
 
     def _answer(self, task: str, generated: dict[str, torch.Tensor], meta: dict[str, Any], started: float
                 ) -> Prediction:
@@ -232,7 +265,7 @@ class Grounder:
             objects = [np.array(polygon, dtype=np.float32).reshape(-1, 2) for polygon in decoded["pred_polygons"]]
             mask = rle_to_mask(decoded["pred_rle"])
         return Prediction(task, None, None, mask, tokens, scores, time.perf_counter() - started,
-                          execution=ran_as(self.model, self.execution), objects=objects)
+                          execution=self._ran_as(), objects=objects)
 
     def save_overlay(self, image: Any, expression: str, prediction: Prediction, path: str | Path) -> Path:
         """Draw the prediction over the image (numbered points for masks) and write a PNG."""

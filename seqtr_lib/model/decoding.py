@@ -105,12 +105,23 @@ def generate_from_memory(
     also ``box_attention`` / ``mask_attention`` float (B, L, nh, steps, S): the cross-attention of the
     query that emitted each token (zero after a sequence's EOS).
     """
+    decoding = Decoding(model, memory, model.start(memory), use_cache, return_attention)
+    return decode(model, decoding, task, strategy, top_p, generator)
+
+
+def decode(model: Any, decoding: Any, task: str | None = None, strategy: str = "greedy", top_p: float = 0.9,
+           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """`generate_from_memory`'s loop over the parts of a sequence, from a started ``decoding``.
+
+    ``model`` needs only ``layout``, ``token_embedding`` and ``part_start``; ``decoding`` only ``inputs`` (the
+    inputs not yet fed, (B, T, D)), ``append``, ``next_logits`` and ``last_attention``, as `Decoding`: an
+    exported network (`seqtr_lib.runtime`) decodes with the same choices through the same code.
+    """
     layout = model.layout
     parts = layout.parts_to_generate(task)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
-    batch = memory.features.shape[0]
-    decoding = Decoding(model, memory, model.start(memory), use_cache, return_attention)
+    batch = decoding.inputs.shape[0]
     if layout.generalised:
         tokens, scores, attention = _decode(model, decoding, layout.answer_length, True, strategy, top_p, generator,
                                             allowed_after=answer_grammar(layout))

@@ -52,6 +52,8 @@ def padding_zeroed(module: nn.Module, pad_mask: torch.Tensor) -> Iterator[None]:
 
     def zero_padding(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         size = (output.shape[-2], output.shape[-1])
+        if torch.compiler.is_compiling():  # traced sizes are symbols, not dictionary keys (torch.export, ONNX)
+            return output * F.interpolate(valid_pixels, size=size, mode="nearest").to(output.dtype)
         if size not in by_size:
             by_size[size] = F.interpolate(valid_pixels, size=size, mode="nearest").to(output.dtype)
         return output * by_size[size]

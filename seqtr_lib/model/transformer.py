@@ -249,15 +249,20 @@ class DecoderLayer(nn.Module):
              cache: StaticCache, layer: int) -> torch.Tensor:
         """`forward` for one new position with a StaticCache: x, position (B or 1, 1, D); index int64 (1,), the
         position's slot; self_attend bool (1, max_length), the slots filled so far. Returns (B, 1, D)."""
-        with_position = x + position
-        keys, values = self.self_attention.project_keys(with_position, x)  # (B, nh, 1, hs)
+        keys, values = self.self_attention.project_keys(x + position, x)  # (B, nh, 1, hs)
         cache.self_keys[layer].index_copy_(2, index, keys)
         cache.self_values[layer].index_copy_(2, index, values)
-        attended = self.self_attention.attend(with_position, cache.self_keys[layer], cache.self_values[layer],
-                                              self_attend)
+        return self.attend_step(x, position, cache.self_keys[layer], cache.self_values[layer], self_attend,
+                                cache.memory_keys[layer], cache.memory_values[layer], cache.memory_attend)
+
+    def attend_step(self, x: torch.Tensor, position: torch.Tensor, self_keys: torch.Tensor, self_values: torch.Tensor,
+                    self_attend: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+                    memory_attend: torch.Tensor) -> torch.Tensor:
+        """The rest of `step` once the new position's key and value are in ``self_keys``/``self_values``
+        (B, nh, max_length, hs); the exported decoder step (`seqtr_lib.export`) writes them out of place."""
+        attended = self.self_attention.attend(x + position, self_keys, self_values, self_attend)
         x = self.norm1(x + self.dropout(attended))
-        return self._cross_and_feed_forward(x, position, cache.memory_keys[layer], cache.memory_values[layer],
-                                            cache.memory_attend)
+        return self._cross_and_feed_forward(x, position, memory_keys, memory_values, memory_attend)
 
 
 class Decoder(nn.Module):
