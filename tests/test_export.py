@@ -20,7 +20,9 @@ pytestmark = pytest.mark.xdist_group("export")
 
 @pytest.mark.slow
 def test_the_exported_path_cases_pass_in_a_process_of_their_own():
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/export_cases.py"],
+    # -X faulthandler: a crash in native code prints the Python stack it happened under
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/export_cases.py"],
                             cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-2000:]
