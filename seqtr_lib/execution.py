@@ -381,12 +381,21 @@ def generate(model: nn.Module, execution: Execution, images: torch.Tensor, pad_m
     if not check:
         return generated
     margin = _smallest_lead(model, memory, steps, generated, decoding.get("task"))
-    unsure = margin < RECHECK_MARGIN
+    return redo_near_ties(generated, margin, RECHECK_MARGIN, tally,
+                          lambda rows: generate(fallback, FP32, images[rows], pad_mask[rows], expression_ids[rows],
+                                                **decoding))
+
+
+def redo_near_ties(generated: dict[str, torch.Tensor], margin: torch.Tensor, threshold: float, tally: RecheckTally,
+                   regenerate: Any) -> dict[str, torch.Tensor]:
+    """The recheck's second half, shared by bf16 here and the exported int8 encoder (`seqtr_lib.runtime`): the
+    samples whose smallest lead ``margin`` (B,) is under ``threshold`` take what ``regenerate(rows)`` gives them (in
+    float32), the tally counts them; adds ``min_margin`` and ``rechecked`` (B,)."""
+    unsure = margin < threshold
     tally.add(len(unsure), int(unsure.sum()))
     if bool(unsure.any()):
         rows = unsure.nonzero()[:, 0]
-        again = generate(fallback, FP32, images[rows], pad_mask[rows], expression_ids[rows], **decoding)
-        for key, value in again.items():
+        for key, value in regenerate(rows).items():
             generated[key][rows] = value.to(generated[key].dtype)
     return {**generated, "min_margin": margin, "rechecked": unsure}
 

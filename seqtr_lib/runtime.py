@@ -23,7 +23,7 @@ from torch import nn
 
 from seqtr_lib.codec import TokenLayout
 from seqtr_lib.config import Experiment, experiment_from_dict
-from seqtr_lib.execution import RecheckTally, smallest_lead
+from seqtr_lib.execution import RecheckTally, redo_near_ties, smallest_lead
 from seqtr_lib.export import read_manifest
 from seqtr_lib.model import decoding as token_decoding
 from seqtr_lib.text import Vocabulary
@@ -201,15 +201,9 @@ class ExportedSeqTR:
             return generated
         cell_logits = torch.from_numpy(encoded["cell_logits"]) if "cell_logits" in encoded else None
         margin = smallest_lead(self.layout, steps, generated, task, cell_logits)
-        unsure = margin < RECHECK_MARGIN
-        self.tally.add(len(unsure), int(unsure.sum()))
-        if bool(unsure.any()):
-            rows = unsure.nonzero()[:, 0]
-            again = self._decode(self.encode(images[rows], pad_mask[rows], expression_ids[rows]), task, strategy,
-                                 top_p, generator, None)
-            for key, value in again.items():
-                generated[key][rows] = value.to(generated[key].dtype)
-        return {**generated, "min_margin": margin, "rechecked": unsure}
+        return redo_near_ties(generated, margin, RECHECK_MARGIN, self.tally,
+                              lambda rows: self._decode(self.encode(images[rows], pad_mask[rows], expression_ids[rows]),
+                                                        task, strategy, top_p, generator, None))
 
     def _decode(self, encoded: dict[str, np.ndarray], task: str | None, strategy: str, top_p: float,
                 generator: torch.Generator | None, steps: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
