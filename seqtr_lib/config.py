@@ -148,6 +148,9 @@ class TrainConfig:
     warmup_epochs: int = 5  # factor (epoch+1)/(warmup+1) during warm-up
     decay_epochs: tuple[int, ...] = (50,)  # multiply lr by decay_factor from each of these epochs
     decay_factor: float = 0.1
+    # step: the paper's (warm-up, then x decay_factor from each of decay_epochs, per epoch); cosine: per step, a
+    # linear warm-up over warmup_epochs, then half a cosine down to 0 at the last step (decay_epochs unused)
+    lr_schedule: str = "step"
     ema: bool = True
     ema_decay: float = 0.999
     seed: int = 6666
@@ -346,6 +349,7 @@ def validate(experiment: Experiment, start_files: bool = True) -> None:
         ("train.ema_decay", 0 < t.ema_decay < 1, "must be in (0, 1)"),
         ("train.amp", t.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
         ("train.decay_epochs", list(t.decay_epochs) == sorted(t.decay_epochs), "must be increasing"),
+        ("train.lr_schedule", t.lr_schedule in ("step", "cosine"), "must be step or cosine"),
     ]
     for key, ok, rule in checks:
         if not ok:

@@ -61,6 +61,14 @@ def lr_factor(epoch: int, warmup_epochs: int, decay_epochs: tuple[int, ...], dec
     return decay_factor ** sum(epoch >= milestone for milestone in decay_epochs)
 
 
+def cosine_factor(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier of step ``step`` of ``total``: linear warm-up (step+1)/warmup over ``warmup``
+    steps, then half a cosine from 1 down to 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
 class ModelEMA:
     """Exponential moving average of a model's weights and float buffers.
 
@@ -284,8 +292,11 @@ class Trainer:
         # the tensors, a tenth of a small model's step there. Same update rule.
         optimizer = torch.optim.Adam(parameters, lr=t.lr, betas=t.betas, eps=t.eps, amsgrad=t.amsgrad,
                                      weight_decay=t.weight_decay, fused=self.device.type in ("cpu", "cuda"))
+        # train.lr_schedule=cosine sets the rate before every step (train_one_epoch); the epoch scheduler then
+        # only carries the base rate.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_factor))
+            optimizer, lambda e: 1.0 if t.lr_schedule == "cosine"
+            else lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_factor))
         scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" and self.device.type == "cuda" else None
         return ema, optimizer, scheduler, scaler
 
@@ -386,6 +397,9 @@ class Trainer:
             if not batch["metas"]:  # every image of the batch was unreadable (skip_bad_images)
                 self.state.batches_done = index + 1
                 continue
+            if t.lr_schedule == "cosine":
+                for group in self.optimizer.param_groups:
+                    group["lr"] = t.lr * cosine_factor(epoch * total + index, t.epochs * total, t.warmup_epochs * total)
             losses = self.step(batch)
             self.state.batches_done = index + 1
             batch_size = len(batch["metas"]) * self.context.world_size

@@ -13,7 +13,6 @@ loads it, with ``model.trainable_backbone_modules`` freezing what the paper free
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from seqtr_lib.data.loader import build_loader
 from seqtr_lib.data.refer import build_dataset, load_vocabulary
 from seqtr_lib.data.synthetic import SCENE_ATTRIBUTES
 from seqtr_lib.distributed import resolve_device
-from seqtr_lib.engine import seed_everything
+from seqtr_lib.engine import cosine_factor, seed_everything
 from seqtr_lib.evaluation import move_batch
 from seqtr_lib.loss import scene_loss
 from seqtr_lib.model.darknet import ConvBNLeaky, DarkNet53, save_darknet_weights
@@ -120,12 +119,6 @@ def detection_accuracy(model: SceneDetector, loader: Any, device: torch.device, 
     return {name: round(100 * float(c) / max(objects, 1), 2) for name, c in zip(names, correct)}
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-
 def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: float = 1e-3,
                       max_steps: int = 0, val_limit: int = 1000, warmup_steps: int = 100) -> dict[str, Any]:
     """Train a `SceneDetector` on the training split of ``experiment``'s synthetic data and write its
@@ -149,7 +142,7 @@ def pretrain_backbone(experiment: Experiment, out: str | Path, epochs: int, lr: 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = len(build_loader(train_set, experiment, training=True))
     total = min(max_steps, epochs * steps_per_epoch) if max_steps > 0 else epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total, warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total, warmup_steps))
     step, started = 0, time.perf_counter()
     bar = tqdm(total=total, desc="pretrain-backbone", dynamic_ncols=True)
     for epoch in range(epochs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from torch import nn
 from conftest import ROOT, assert_moved_aside, cli_env, run_cli, write_params
 from rounding import U32, assert_same_function
 from seqtr_lib import checkpoint as ckpt
-from seqtr_lib.engine import ModelEMA, lr_factor
+from seqtr_lib.engine import ModelEMA, cosine_factor, lr_factor
 
 
 def test_lr_factor_warms_up_linearly_then_steps_down():
@@ -29,6 +30,33 @@ def test_lr_factor_warms_up_linearly_then_steps_down():
     assert factors[5:50] == pytest.approx([1.0] * 45)
     assert factors[50:] == pytest.approx([0.1] * 10)
     assert lr_factor(80, 0, (75, 78), 0.1) == pytest.approx(0.01)
+
+
+def test_cosine_factor_warms_up_then_falls_as_half_a_cosine_to_zero():
+    factors = [cosine_factor(s, total=10, warmup=2) for s in range(11)]
+    assert factors[:3] == pytest.approx([0.5, 1.0, 1.0])
+    # Halfway through the 8 decay steps the cosine is at a half; a quarter in, (1 + cos(pi/4)) / 2.
+    assert factors[6] == pytest.approx(0.5) and factors[4] == pytest.approx((1 + 2 ** -0.5) / 2)
+    assert factors[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+
+
+def test_the_cosine_schedule_sets_each_steps_rate_across_epochs(tiny_data_root, tmp_path):
+    lr = 2e-3
+    params = write_params(tmp_path / "cosine.yaml", tiny_data_root, tmp_path / "out",
+                          train={"epochs": 3, "warmup_epochs": 1, "lr": lr, "lr_schedule": "cosine",
+                                 "decay_epochs": [1], "log_every": 1})
+    run_cli("-m", "seqtr_lib", "train", "--params", str(params))
+    log = _log_lines(tmp_path / "out" / "tiny")
+    per_epoch = [r["step"] for r in log if r["type"] == "epoch"][0]
+    rates = [r["lr"] for r in log if r["type"] == "step"]
+    assert len(rates) == 3 * per_epoch and per_epoch >= 2
+    # Step s of 3n: warm-up lr (s+1)/n over the first epoch, then lr (1 + cos(pi (s - n) / 2n)) / 2: the epoch
+    # boundaries leave no step (decay_epochs is not read).
+    n = per_epoch
+    expected = [lr * (s + 1) / n if s < n else lr * (1 + math.cos(math.pi * (s - n) / (2 * n))) / 2
+                for s in range(3 * n)]
+    assert rates == pytest.approx(expected, rel=1e-12)
 
 
 def test_ema_follows_the_reference_decay_ramp():
