@@ -22,6 +22,17 @@ def _add_params(parser: argparse.ArgumentParser, required: bool = True, default:
                         help="override a params value, e.g. --set train.lr=1e-4 (repeatable)")
 
 
+def _add_exported(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exported", default="", metavar="DIR",
+                        help="run an export folder (python -m seqtr_lib export) instead of a checkpoint, with "
+                             "--runtime and --precision (needs pip install '.[deploy]')")
+    parser.add_argument("--runtime", choices=("auto", "openvino", "onnxruntime"), default="auto",
+                        help="with --exported: auto takes OpenVINO when installed, else ONNX Runtime")
+    parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                        help="with --exported: int8 runs the quantised encoder with its float32 recheck; auto takes "
+                             "it only where the export's measured agreement allows")
+
+
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
     from seqtr_lib.data.synthetic import generate_dataset
 
@@ -116,9 +127,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     experiment = load_params(args.params, args.overrides, start_files=False)
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
-    results = evaluate(experiment, args.checkpoint, splits, shuffle_ablation=args.shuffle_ablation,
+    if bool(args.checkpoint) == bool(args.exported):
+        raise ValueError("give one of --checkpoint (a training checkpoint) and --exported (an export folder)")
+    results = evaluate(experiment, args.checkpoint or args.exported, splits, shuffle_ablation=args.shuffle_ablation,
                        strategy=args.strategy, top_p=args.top_p, limit=args.limit or None,
-                       cuda_graphs=args.cuda_graphs, execution=args.execution)
+                       cuda_graphs=args.cuda_graphs, execution=args.execution, runtime=args.runtime,
+                       precision=args.precision)
     for split, per_weights in results["splits"].items():
         for weights, metrics in per_weights.items():
             shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()
@@ -278,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="evaluate a checkpoint's raw and EMA weights; writes metrics.json")
     _add_params(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default="", help="the checkpoint whose raw and EMA weights are scored")
     p.add_argument("--splits", default="", help="comma-separated, e.g. val,testA (default: all but train)")
     p.add_argument("--shuffle-ablation", action="store_true",
                    help="also evaluate with expressions shuffled across samples (proof that words are used)")
@@ -288,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy decoding replayed from CUDA graphs (the same tokens; faster on a GPU)")
     _add_execution(p)
     _add_strategy(p)
+    _add_exported(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("predict", help="ground one expression in one image; prints and draws the result")
@@ -307,14 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution(p)
     _add_strategy(p)
     p.add_argument("--seed", type=int, default=0, help="seed of top_p sampling")
-    p.add_argument("--exported", default="", metavar="DIR",
-                   help="run an export folder (python -m seqtr_lib export) instead of a checkpoint, with --runtime "
-                        "and --precision (needs pip install '.[deploy]')")
-    p.add_argument("--runtime", choices=("auto", "openvino", "onnxruntime"), default="auto",
-                   help="with --exported: auto takes OpenVINO when installed, else ONNX Runtime")
-    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                   help="with --exported: int8 runs the quantised encoder with its float32 recheck; auto takes it "
-                        "only where the export's measured agreement allows")
+    _add_exported(p)
     p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser("export", help="write a checkpoint as ONNX graphs for a CPU runtime (OpenVINO, ONNX "

@@ -313,11 +313,22 @@ def _load_models(path: str | Path, device: torch.device | str
     return payload, experiment, vocabulary, models
 
 
+def _load_export(path: str | Path, runtime: str, precision: str
+                 ) -> tuple[dict[str, Any], Experiment, Vocabulary, dict[str, ExportedSeqTR]]:
+    """`_load_models` of an export folder: its network under the name of the weights it was exported from."""
+    network = ExportedSeqTR(path, runtime, precision)
+    return {"step": None, "epoch": None}, network.experiment, network.vocabulary, {network.manifest["weights"]: network}
+
+
 def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[str, ...] | None = None,
              save_predictions: bool = True, shuffle_ablation: bool = False, strategy: str = "greedy",
              top_p: float = 0.9, limit: int | None = None, cuda_graphs: bool = False,
-             execution: str = "auto") -> dict[str, Any]:
+             execution: str = "auto", runtime: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """Evaluate the raw and EMA weights of a checkpoint on each split; rank 0 writes metrics.json.
+
+    ``checkpoint_path`` may be an export folder (`seqtr_lib.export`): its network runs under ``runtime`` and
+    ``precision`` (`seqtr_lib.runtime.ExportedSeqTR`) and is scored under the name of the weights it holds
+    ("ema" as exported by default); ``execution`` and ``cuda_graphs`` do not apply to it.
 
     The data are the params' at the checkpoint's input size (``data.image_size`` as trained, printed when the
     params say otherwise); the decoding is the params' (`DECODING_KEYS`).
@@ -331,7 +342,12 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
     """
     context = distributed.setup(experiment.train.device)
     try:
-        payload, trained, vocabulary, models = _load_models(checkpoint_path, context.device)
+        export = Path(checkpoint_path).is_dir()
+        if export and (cuda_graphs or context.device.type != "cpu"):
+            raise ValueError(f"{checkpoint_path} is an export folder: it runs on the CPU (--set train.device=cpu), "
+                             "without cuda_graphs")
+        payload, trained, vocabulary, models = (_load_export(checkpoint_path, runtime, precision) if export
+                                                else _load_models(checkpoint_path, context.device))
         # The params read the data and decode the tokens: their token format must be the stored model's.
         differences = [f"model.{key}: {getattr(trained.model, key)!r} -> {getattr(experiment.model, key)!r}"
                        for key in TOKEN_FORMAT_KEYS if getattr(trained.model, key) != getattr(experiment.model, key)]
@@ -355,16 +371,18 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
         if decoding != stored and context.is_main:
             print(f"decoding as the params say, {decoding}; the checkpoint stores {stored} (predict and the "
                   "notebooks use the checkpoint's)", flush=True)
-        chosen = resolve(execution, context.device, trained.model, experiment.data.image_size,
-                         generalised=trained.data.max_objects > 0)
-        ran_as = chosen.describe() if chosen is not None else f"as trained (train.amp {experiment.train.amp})"
+        chosen = None if export else resolve(execution, context.device, trained.model, experiment.data.image_size,
+                                             generalised=trained.data.max_objects > 0)
+        ran_as = (next(iter(models.values())).name if export else chosen.describe() if chosen is not None
+                  else f"as trained (train.amp {experiment.train.amp})")
         if context.is_main:
             print(f"execution: {ran_as}", flush=True)
         splits = splits or tuple(s for s in DATASETS[experiment.data.dataset].splits if s != "train")
         results: dict[str, Any] = {"checkpoint": str(checkpoint_path), "step": payload["step"],
                                    "epoch": payload["epoch"], "image_size": experiment.data.image_size,
                                    "decoding": decoding,
-                                   "execution": chosen.name if chosen is not None else "as_trained", "splits": {}}
+                                   "execution": ran_as if export else chosen.name if chosen is not None
+                                   else "as_trained", "splits": {}}
         if strategy != "greedy":
             results.update(strategy=strategy, top_p=top_p)
         if limit:

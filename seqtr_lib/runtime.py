@@ -3,8 +3,10 @@
     model = ExportedSeqTR("exported/synthetic_det")              # OpenVINO when installed, else ONNX Runtime
     generated = model.generate(images, pad_mask, expression_ids)  # what SeqTR.generate returns
 
-The runtime runs the encoder once and one decoder step per token, the keys and values of the positions so far
-held in the step's buffers; the token choices (greedy or nucleus, EOS, a generalised answer's grammar) are made
+The runtime runs the encoder once and one decoder step per token; the keys and values of the positions so far stay
+on the runtime's side between steps (OpenVINO: the step graph made stateful, the cache its state; ONNX Runtime:
+the step's outputs bound to runtime-held buffers that the next step reads), and the encoder's memory is handed
+over once per answer. The token choices (greedy or nucleus, EOS, a generalised answer's grammar) are made
 by `seqtr_lib.model.decoding.decode`, the code that decodes the PyTorch model, from the runtime's logits.
 No attention maps (`Grounder.predict(return_attention=True)` needs the PyTorch backend).
 
@@ -96,20 +98,88 @@ class _Tokens(nn.Module):
         return self.task_embedding.weight[index].expand(batch, 1, -1)
 
 
+class _CachedStep:
+    """The exported decoder step with its self-attention cache kept by the runtime: `begin` hands over one batch's
+    encoder memory and empties the cache, then `run(input, position)` feeds one input of each sample and returns
+    the logits (B, V), the cache growing by that position. One decoding at a time per object."""
+
+    CACHE = {"self_keys": "new_self_keys", "self_values": "new_self_values"}
+    MEMORY = ("memory_keys", "memory_values", "memory_attend")
+
+    def __init__(self, path: Path, runtime: str, threads: int, cache: dict[str, int], length: int) -> None:
+        self.runtime, self.cache, self.length = runtime, cache, length
+        if runtime == "openvino":
+            import openvino as ov
+            from openvino import passes
+
+            core = ov.Core()
+            graph = core.read_model(str(path))
+            # Each cache input/output pair becomes one state: the runtime feeds a step's written cache to the next.
+            manager = passes.Manager()
+            manager.register_pass(passes.MakeStateful(self.CACHE))
+            manager.run_passes(graph)
+            self.compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                              "INFERENCE_NUM_THREADS": threads,
+                                                              "PERFORMANCE_HINT": "LATENCY"})
+            self.request = self.compiled.create_infer_request()
+        elif runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        else:
+            raise ValueError(f"runtime {runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+
+    def begin(self, encoded: dict[str, np.ndarray]) -> None:
+        batch = encoded["start"].shape[0]
+        shape = (self.cache["layers"], batch, self.cache["heads"], self.length, self.cache["head_size"])
+        memory = {key: np.ascontiguousarray(encoded[key]) for key in self.MEMORY}
+        if self.runtime == "openvino":
+            import openvino as ov
+
+            for state in self.request.query_state():
+                state.state = ov.Tensor(np.zeros(shape, np.float32))
+            self.held = memory  # the shared tensors below read these arrays: they must outlive the decoding
+            for key, array in memory.items():
+                self.request.set_tensor(key, ov.Tensor(array, shared_memory=True))
+            return
+        import onnxruntime as ort
+
+        self.binding = self.session.io_binding()
+        self.binding.bind_output("logits", "cpu")  # bound first: the first of get_outputs()
+        for key, array in memory.items():
+            self.binding.bind_ortvalue_input(key, ort.OrtValue.ortvalue_from_numpy(array))
+        # Two sets of cache buffers, read and written in turn: a step never writes the buffer it reads.
+        self.buffers = [{key: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for key in self.CACHE}
+                        for _ in range(2)]
+
+    def run(self, inputs: np.ndarray, position: int) -> np.ndarray:
+        index = np.array([position], dtype=np.int64)
+        if self.runtime == "openvino":
+            self.request.infer({"input": inputs, "index": index})
+            return self.request.get_tensor("logits").data.copy()
+        read, written = self.buffers[position % 2], self.buffers[(position + 1) % 2]
+        self.binding.bind_cpu_input("input", inputs)
+        self.binding.bind_cpu_input("index", index)
+        for key, output in self.CACHE.items():
+            self.binding.bind_ortvalue_input(key, read[key])
+            self.binding.bind_ortvalue_output(output, written[key])
+        self.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()[0].numpy()
+
+
 class _StepDecoding:
-    """`decoding.Decoding` for the exported step: each input not yet fed runs one step, writing its keys and values
-    into the buffers; the logits of the last are returned."""
+    """`decoding.Decoding` for the exported step: each input not yet fed runs one step (the runtime keeps the
+    cache); the logits of the last are returned."""
 
     last_attention = None
 
-    def __init__(self, step: _Graph, encoded: dict[str, np.ndarray], cache: dict[str, int], length: int,
-                 record: list[torch.Tensor] | None) -> None:
+    def __init__(self, step: _CachedStep, encoded: dict[str, np.ndarray], record: list[torch.Tensor] | None) -> None:
         self.step = step
         self.inputs = torch.from_numpy(encoded["start"])
-        batch = self.inputs.shape[0]
-        shape = (cache["layers"], batch, cache["heads"], length, cache["head_size"])
-        self.state = {"self_keys": np.zeros(shape, np.float32), "self_values": np.zeros(shape, np.float32),
-                      **{key: encoded[key] for key in ("memory_keys", "memory_values", "memory_attend")}}
+        step.begin(encoded)
         self.position = 0
         self.record = record  # each step's logits, for the recheck (`ExportedSeqTR.generate`)
 
@@ -118,12 +188,10 @@ class _StepDecoding:
 
     def next_logits(self) -> torch.Tensor:
         for column in range(self.inputs.shape[1]):
-            results = self.step.run({"input": np.ascontiguousarray(self.inputs[:, column:column + 1].numpy()),
-                                     "index": np.array([self.position], dtype=np.int64), **self.state})
-            self.state["self_keys"], self.state["self_values"] = results["new_self_keys"], results["new_self_values"]
+            logits = self.step.run(np.ascontiguousarray(self.inputs[:, column:column + 1].numpy()), self.position)
             self.position += 1
         self.inputs = self.inputs[:, :0]
-        logits = torch.from_numpy(results["logits"])
+        logits = torch.from_numpy(logits)
         if self.record is not None:
             self.record.append(logits)
         return logits
@@ -156,7 +224,8 @@ class ExportedSeqTR:
         self.encoder_int8 = (_Graph(directory / graphs["encoder_int8"], runtime, threads)
                              if self.precision == "int8" else None)
         self.tally = RecheckTally() if self.encoder_int8 is not None else None
-        self.step = _Graph(directory / graphs["step"], runtime, threads)
+        self.step = _CachedStep(directory / graphs["step"], runtime, threads, manifest["cache"],
+                                manifest["layout"]["decoder_length"])
         self.experiment: Experiment = experiment_from_dict(manifest["config"], source=str(directory))
         self.vocabulary = Vocabulary.from_list(manifest["vocabulary"])
         data = self.experiment.data
@@ -207,8 +276,7 @@ class ExportedSeqTR:
 
     def _decode(self, encoded: dict[str, np.ndarray], task: str | None, strategy: str, top_p: float,
                 generator: torch.Generator | None, steps: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        decoding = _StepDecoding(self.step, encoded, self.manifest["cache"], self.manifest["layout"]["decoder_length"],
-                                 steps)
+        decoding = _StepDecoding(self.step, encoded, steps)
         return token_decoding.decode(self.tokens, decoding, task, strategy, top_p, generator)
 
 

@@ -242,3 +242,24 @@ def test_cpu_agreement_compares_an_export_and_records_int8s_agreement_for_auto(e
     kept = recorded["equal_to_fp32"] >= rt.AGREEMENT_NEEDED and recorded["recheck"]["float32_from"] is None
     expected = "int8" if kept else "fp32"
     assert rt.ExportedSeqTR(out, "openvino", "auto").precision == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exported", ["synthetic_mask"], indirect=True)
+def test_evaluate_scores_an_export_as_it_scores_the_checkpoints_weights(exported, scenes, tmp_path):
+    out = exported[0]
+    common = ["--params", "params/synthetic_mask.yaml", "--set", f"data.data_root={scenes}", "--set",
+              "data.num_workers=0", "--splits", "val", "--limit", "12"]
+    run_cli("-m", "seqtr_lib", "evaluate", *common, "--set", f"output_dir={tmp_path / 'torch'}", "--checkpoint",
+            str(ROOT / "weights" / "synthetic_mask.pt"), "--execution", "fp32")
+    printed = run_cli("-m", "seqtr_lib", "evaluate", *common, "--set", f"output_dir={tmp_path / 'export'}",
+                      "--exported", str(out), "--runtime", "onnxruntime", "--precision", "fp32").stdout
+    assert "execution: onnxruntime fp32" in printed
+    torch_run = json.loads((tmp_path / "torch" / "synthetic_mask" / "metrics.json").read_text())
+    export_run = json.loads((tmp_path / "export" / "synthetic_mask" / "metrics.json").read_text())
+    assert export_run["execution"] == "onnxruntime fp32" and list(export_run["splits"]["val"]) == ["ema"]
+    assert export_run["splits"]["val"]["ema"] == torch_run["splits"]["val"]["ema"]
+    assert export_run["splits"]["val"]["ema"]["num_expressions"] >= 12
+    both = run_cli("-m", "seqtr_lib", "evaluate", *common, "--exported", str(out), "--checkpoint",
+                   str(ROOT / "weights" / "synthetic_mask.pt"), check=False)
+    assert both.returncode == 2 and "one of --checkpoint" in both.stderr
