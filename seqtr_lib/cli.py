@@ -129,6 +129,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
     if bool(args.checkpoint) == bool(args.exported):
         raise ValueError("give one of --checkpoint (a training checkpoint) and --exported (an export folder)")
+    if args.exported and not Path(args.exported).is_dir():
+        raise ValueError(f"--exported {args.exported}: no such folder (python -m seqtr_lib export --checkpoint C --out "
+                         "DIR writes one)")
     results = evaluate(experiment, args.checkpoint or args.exported, splits, shuffle_ablation=args.shuffle_ablation,
                        strategy=args.strategy, top_p=args.top_p, limit=args.limit or None,
                        cuda_graphs=args.cuda_graphs, execution=args.execution, runtime=args.runtime,

@@ -149,7 +149,7 @@ class TrainConfig:
     decay_epochs: tuple[int, ...] = (50,)  # multiply lr by decay_factor from each of these epochs
     decay_factor: float = 0.1
     # step: the paper's (warm-up, then x decay_factor from each of decay_epochs, per epoch); cosine: per step, a
-    # linear warm-up over warmup_epochs, then half a cosine down to 0 at the last step (decay_epochs unused)
+    # linear warm-up over warmup_epochs, then half a cosine down towards 0 at the end (decay_epochs unused)
     lr_schedule: str = "step"
     ema: bool = True
     ema_decay: float = 0.999
@@ -350,6 +350,8 @@ def validate(experiment: Experiment, start_files: bool = True) -> None:
         ("train.amp", t.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
         ("train.decay_epochs", list(t.decay_epochs) == sorted(t.decay_epochs), "must be increasing"),
         ("train.lr_schedule", t.lr_schedule in ("step", "cosine"), "must be step or cosine"),
+        ("train.warmup_epochs", t.lr_schedule != "cosine" or t.warmup_epochs < t.epochs,
+         "must be fewer than train.epochs under train.lr_schedule=cosine (the cosine follows the warm-up)"),
     ]
     for key, ok, rule in checks:
         if not ok:

@@ -409,6 +409,8 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
                                           [{k: v for k, v in r.items() if not k.endswith("rle")}
                                            for r in outcome["records"]])
             results["splits"][split] = per_split
+        if export:  # what ran in the end: the recheck may have given int8 up on the way
+            results["execution"] = next(iter(models.values())).name
         if context.is_main:
             metrics_path = experiment.run_dir / "metrics.json"
             write_json_atomic(metrics_path, _with_earlier_splits(metrics_path, results))
@@ -426,7 +428,8 @@ def _with_earlier_splits(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError):
         return results
     same = all(earlier.get(key) == results.get(key)
-               for key in ("checkpoint", "step", "epoch", "image_size", "strategy", "top_p", "limit"))
+               for key in ("checkpoint", "step", "epoch", "image_size", "strategy", "top_p", "limit", "execution",
+                           "decoding"))
     if not same or not isinstance(earlier.get("splits"), dict):
         return results
     return {**results, "splits": {**earlier["splits"], **results["splits"]}}

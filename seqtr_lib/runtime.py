@@ -167,7 +167,7 @@ class _CachedStep:
             self.binding.bind_ortvalue_input(key, read[key])
             self.binding.bind_ortvalue_output(output, written[key])
         self.session.run_with_iobinding(self.binding)
-        return self.binding.get_outputs()[0].numpy()
+        return self.binding.get_outputs()[0].numpy().copy()  # a view of a buffer the next step reuses
 
 
 class _StepDecoding:

@@ -118,6 +118,13 @@ def test_the_exported_memory_and_logits_are_pytorchs_within_float32_rounding(exp
         else:
             assert float((generated[key] - expected[key]).abs().max()) <= BOUND, key
     assert logits and logits[0].shape == (2, model.layout.vocab_size)
+    # Each recorded step's logits chose that step's greedy token (rows not yet ended): the recheck reads them.
+    (part,) = model.layout.parts
+    tokens, eos = generated[f"{part}_tokens"], model.layout.eos
+    for step in range(min(tokens.shape[1], len(logits))):
+        live = ~(tokens[:, :step] == eos).any(dim=1)
+        choices = logits[step] if model.layout.stops_at_eos(part) else logits[step][:, :eos]
+        assert torch.equal(choices.argmax(dim=1)[live], tokens[live, step]), (runtime, step)
 
 
 @pytest.mark.slow
@@ -260,6 +267,14 @@ def test_evaluate_scores_an_export_as_it_scores_the_checkpoints_weights(exported
     assert export_run["execution"] == "onnxruntime fp32" and list(export_run["splits"]["val"]) == ["ema"]
     assert export_run["splits"]["val"]["ema"] == torch_run["splits"]["val"]["ema"]
     assert export_run["splits"]["val"]["ema"]["num_expressions"] >= 12
+    # Another runtime's scores of another split are not merged with these into one metrics.json.
+    run_cli("-m", "seqtr_lib", "evaluate", *common[:-4], "--splits", "testB", "--set",
+            f"output_dir={tmp_path / 'export'}", "--exported", str(out), "--runtime", "openvino", "--precision", "fp32")
+    other = json.loads((tmp_path / "export" / "synthetic_mask" / "metrics.json").read_text())
+    assert other["execution"] == "openvino fp32" and set(other["splits"]) == {"testB"}
     both = run_cli("-m", "seqtr_lib", "evaluate", *common, "--exported", str(out), "--checkpoint",
                    str(ROOT / "weights" / "synthetic_mask.pt"), check=False)
     assert both.returncode == 2 and "one of --checkpoint" in both.stderr
+    a_file = run_cli("-m", "seqtr_lib", "evaluate", *common, "--exported", str(ROOT / "weights" / "synthetic_mask.pt"),
+                     check=False)
+    assert a_file.returncode == 2 and "no such folder" in a_file.stderr

@@ -94,6 +94,15 @@ def test_max_token_defaults_to_the_dataset_value():
     assert load_params(None, ["data.dataset=mixed"]).max_token == 40
 
 
+def test_the_cosine_schedule_needs_epochs_after_its_warm_up_and_a_known_name():
+    load_params(None, ["train.lr_schedule=cosine", "train.epochs=3", "train.warmup_epochs=2"])
+    with pytest.raises(ConfigError, match=r"train.warmup_epochs = 3 is invalid: .*fewer than train.epochs"):
+        load_params(None, ["train.lr_schedule=cosine", "train.epochs=3", "train.warmup_epochs=3"])
+    load_params(None, ["train.epochs=3", "train.warmup_epochs=3"])  # the step schedule allows it
+    with pytest.raises(ConfigError, match=r"train.lr_schedule = 'linear' is invalid: it must be step or cosine"):
+        load_params(None, ["train.lr_schedule=linear"])
+
+
 def test_dict_round_trip_gives_an_equal_experiment():
     experiment = load_params(PARAMS / "synthetic_mask.yaml", ["train.decay_epochs=[3, 4]"])
     assert experiment_from_dict(experiment_to_dict(experiment)) == experiment
