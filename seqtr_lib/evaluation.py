@@ -371,9 +371,10 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
         if decoding != stored and context.is_main:
             print(f"decoding as the params say, {decoding}; the checkpoint stores {stored} (predict and the "
                   "notebooks use the checkpoint's)", flush=True)
+        network = next(iter(models.values())) if export else None  # an export holds one network
         chosen = None if export else resolve(execution, context.device, trained.model, experiment.data.image_size,
                                              generalised=trained.data.max_objects > 0)
-        ran_as = (next(iter(models.values())).name if export else chosen.describe() if chosen is not None
+        ran_as = (network.name if network is not None else chosen.describe() if chosen is not None
                   else f"as trained (train.amp {experiment.train.amp})")
         if context.is_main:
             print(f"execution: {ran_as}", flush=True)
@@ -409,8 +410,8 @@ def evaluate(experiment: Experiment, checkpoint_path: str | Path, splits: tuple[
                                           [{k: v for k, v in r.items() if not k.endswith("rle")}
                                            for r in outcome["records"]])
             results["splits"][split] = per_split
-        if export:  # what ran in the end: the recheck may have given int8 up on the way
-            results["execution"] = next(iter(models.values())).name
+        if network is not None:  # what ran in the end: the recheck may have given int8 up on the way
+            results["execution"] = network.name
         if context.is_main:
             metrics_path = experiment.run_dir / "metrics.json"
             write_json_atomic(metrics_path, _with_earlier_splits(metrics_path, results))

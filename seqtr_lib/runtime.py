@@ -51,31 +51,36 @@ def available_runtimes() -> tuple[str, ...]:
     return tuple(name for name in RUNTIMES if importlib.util.find_spec(name) is not None)
 
 
+def _openvino_compiled(model: Any, threads: int) -> Any:
+    """An OpenVINO model (or the path of an ONNX file) compiled for this CPU, in float32, for latency."""
+    import openvino as ov
+
+    # f32 inference precision: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                                  "PERFORMANCE_HINT": "LATENCY"})
+
+
+def _onnxruntime_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class _Graph:
     """One ONNX graph compiled by a runtime: ``run(inputs) -> {output name: array}``."""
 
     def __init__(self, path: Path, runtime: str, threads: int) -> None:
-        self.runtime = runtime
+        self.runtime = runtime  # one of RUNTIMES: ExportedSeqTR checked it
         if runtime == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
-            # f32 inference precision: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
-            self.compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                                 "INFERENCE_NUM_THREADS": threads,
-                                                                 "PERFORMANCE_HINT": "LATENCY"})
+            self.compiled = _openvino_compiled(str(path), threads)
             self.request = self.compiled.create_infer_request()
             self.outputs = [output.get_any_name() for output in self.compiled.outputs]
-        elif runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self.outputs = [output.name for output in self.session.get_outputs()]
         else:
-            raise ValueError(f"runtime {runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+            self.session = _onnxruntime_session(path, threads)
+            self.outputs = [output.name for output in self.session.get_outputs()]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.runtime == "openvino":
@@ -112,25 +117,14 @@ class _CachedStep:
             import openvino as ov
             from openvino import passes
 
-            core = ov.Core()
-            graph = core.read_model(str(path))
+            graph = ov.Core().read_model(str(path))
             # Each cache input/output pair becomes one state: the runtime feeds a step's written cache to the next.
             manager = passes.Manager()
             manager.register_pass(passes.MakeStateful(self.CACHE))
             manager.run_passes(graph)
-            self.compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                              "INFERENCE_NUM_THREADS": threads,
-                                                              "PERFORMANCE_HINT": "LATENCY"})
-            self.request = self.compiled.create_infer_request()
-        elif runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.request = _openvino_compiled(graph, threads).create_infer_request()
         else:
-            raise ValueError(f"runtime {runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+            self.session = _onnxruntime_session(path, threads)
 
     def begin(self, encoded: dict[str, np.ndarray]) -> None:
         batch = encoded["start"].shape[0]
